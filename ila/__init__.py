@@ -1,0 +1,1 @@
+"""ILA video recognition: the authors' model, exactly, with training, evaluation and prediction."""

@@ -1,0 +1,5 @@
+import sys
+
+from ila.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""Implicit mask-based alignment: interactive points of a frame pair and the soft masks around them.
+
+Shapes: B videos, P = T-1 adjacent frame pairs, an S x S patch grid, D channels. A pair is
+(previous frame, current frame) = (frame t, frame t+1). Points are (x_prev, y_prev, x_cur, y_cur) in grid
+coordinates where cell k sits at 2k/(S-1) - 1 (x indexes columns, y rows).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
+MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
+POINT_RANGE = 0.75  # the release scales the tanh output to [-0.75, 0.75]
+
+
+def interactive_block(dim: int, hidden: int, kind: str) -> nn.Sequential:
+    """The shared trunk on a pair's stacked features [P_t ; C_t] (2D channels) -> `hidden` channels.
+
+    `separable` (Kinetics release): depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU, 3x3 + BN + ReLU.
+    `dense` (SSv2 release): 3x3 + BN + ReLU, 3x3 + BN + ReLU.
+    """
+    if kind == "separable":
+        layers = [nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim), nn.BatchNorm2d(2 * dim), nn.ReLU(True),
+                  nn.Conv2d(2 * dim, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(True)]
+    elif kind == "dense":
+        layers = [nn.Conv2d(2 * dim, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(True)]
+    else:
+        raise ValueError(f"interactive_block must be 'separable' or 'dense', got {kind!r}")
+    layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(True)]
+    return nn.Sequential(*layers)
+
+
+class InteractivePointHead(nn.Module):
+    """p_{t-1}, p_t = Conv(Concat(z_{t-1}, z_t)) (paper Sec. 3, point prediction), in the release's layout.
+
+    Spatial: two [3x3 conv, BN, 2x2 max-pool, ReLU] stages and a global max-pool, per pair. Temporal: two 1x1
+    convolutions over the pair sequence with 2 groups (one group per point), ReLU between, tanh after.
+    The last convolution starts at zero, so every point starts at the grid centre.
+    """
+
+    def __init__(self, in_channels: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.spatial = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.MaxPool2d(2), nn.ReLU(True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.MaxPool2d(2), nn.ReLU(True),
+            nn.AdaptiveMaxPool2d(1))
+        self.temporal = nn.Sequential(nn.Conv1d(hidden, hidden // 2, 1, groups=2), nn.ReLU(True),
+                                      nn.Conv1d(hidden // 2, 4, 1, groups=2), nn.Tanh())
+        nn.init.zeros_(self.temporal[2].weight)
+        nn.init.zeros_(self.temporal[2].bias)
+
+    def forward(self, pair_features: torch.Tensor, batch: int) -> torch.Tensor:
+        """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling)."""
+        pooled = self.spatial(pair_features).view(batch, -1, self.hidden)
+        return self.temporal(pooled.transpose(1, 2)).transpose(1, 2)
+
+
+def grid_coordinates(size: int, device=None, dtype=None) -> torch.Tensor:
+    """Cell centres 2k/(S-1) - 1 for k = 0..S-1."""
+    return torch.arange(size, device=device, dtype=dtype) * (2.0 / (size - 1)) - 1.0
+
+
+def axis_weights(coords: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """w(d) = eta if |d| <= delta else max(0, eta - beta (|d| - delta)), per axis; `(...,)` -> `(..., S)`."""
+    d = (coords - position.unsqueeze(-1)).abs()
+    return (MASK_HEIGHT - MASK_SLOPE * (d - MASK_RADIUS).clamp(min=0)).clamp(min=0)
+
+
+def alignment_masks(points: torch.Tensor, size: int, delta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable masks m = w(y) w(x)^T around each point; with `delta` > 0 the mean of the masks at the point
+    and its eight neighbours at offsets of delta (the release's training disturbance).
+
+    points `(..., 4)` -> (row weights `(..., 2, S)`, column weights `(..., 2, S)`) for (previous, current).
+    The 2-D mask of a frame is `rows[..., :, None] * cols[..., None, :]`. Because the nine offsets form the full
+    grid {-delta, 0, delta}^2, the mean of the nine products is the product of the per-axis means.
+    """
+    coords = grid_coordinates(size, points.device, points.dtype)
+    xy = points.unflatten(-1, (2, 2))  # (..., frame, xy)
+    x, y = xy[..., 0], xy[..., 1]
+    if delta:
+        offsets = torch.tensor([-delta, 0.0, delta], device=points.device, dtype=points.dtype)
+        cols = axis_weights(coords, x.unsqueeze(-1) + offsets).mean(-2)
+        rows = axis_weights(coords, y.unsqueeze(-1) + offsets).mean(-2)
+    else:
+        cols, rows = axis_weights(coords, x), axis_weights(coords, y)
+    return rows, cols
+
+
+def merge_pairs(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """Per-frame view of pair quantities along dim 1: frame 0 takes prev_0, frame T-1 takes cur_{T-2},
+    a middle frame t takes (prev_t + cur_{t-1}) / 2.   `(B, T-1, ...)` x 2 -> `(B, T, ...)`."""
+    pad = [0, 0] * (prev.dim() - 2)
+    out = nn.functional.pad(prev, pad + [0, 1]) + nn.functional.pad(cur, pad + [1, 0])
+    frames = out.shape[1]
+    if frames > 2:
+        scale = torch.full((frames,), 0.5, device=out.device, dtype=out.dtype)
+        scale[0] = scale[-1] = 1.0
+        out = out * scale.view(1, frames, *([1] * (out.dim() - 2)))
+    return out
+
+
+class Alignment(NamedTuple):
+    """What the alignment of one block produces."""
+
+    aligned_tokens: torch.Tensor       # (B, T, L, D): masked patch features per frame, message class token first
+    interactive_tokens: torch.Tensor   # (B, T, L, D): trunk features per frame after temporal conv and 128->D
+    pooled_prev: torch.Tensor          # (B, P, D): sum over cells of m_{t} * z_t   (the MI vectors of a pair)
+    pooled_cur: torch.Tensor           # (B, P, D): sum over cells of m_{t+1} * z_{t+1}
+    points: torch.Tensor               # (B, P, 4): interactive points, scaled to [-0.75, 0.75]
+    mask_rows: torch.Tensor            # (B, P, 2, S) per-axis mask weights (previous, current)
+    mask_cols: torch.Tensor            # (B, P, 2, S)
+
+
+class ImplicitAlignment(nn.Module):
+    """Align adjacent frames at their interactive points (paper Sec. 3.2, release form).
+
+    Input: the block's message features A `(B, T, L, D)` (class token first, then S*S patch tokens).
+    """
+
+    def __init__(self, dim: int, grid: int, trunk: str = "separable", hidden: int = 256, point_hidden: int = 128):
+        super().__init__()
+        self.grid = grid
+        self.interactive_block = interactive_block(dim, hidden, trunk)
+        self.point_head = InteractivePointHead(hidden, point_hidden)
+        half = hidden // 2
+        self.token_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))  # temporal conv over frames
+        self.token_proj = nn.Linear(half, dim)
+        self.delta = 0.0  # disturbance offset used in training; set by the model
+
+    def forward(self, a: torch.Tensor) -> Alignment:
+        b, t, length, dim = a.shape
+        s = self.grid
+        cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
+        maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
+        pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
+        features = self.interactive_block(pairs)                          # (B*P, C, S, S)
+        points = POINT_RANGE * self.point_head(features, b)               # (B, P, 4)
+
+        rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
+        masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)
+        pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
+        pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
+        frame_masks = merge_pairs(masks[:, :, 0], masks[:, :, 1])         # (B, T, N)
+        aligned = torch.cat([cls, patches * frame_masks.unsqueeze(-1)], dim=2)
+
+        prev_half, cur_half = features.unflatten(0, (b, t - 1)).chunk(2, dim=2)
+        per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
+        conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
+        interactive = self.token_proj(conv.flatten(3).permute(0, 2, 3, 1))  # (B, T, N, D)
+        interactive = torch.cat([cls, interactive], dim=2)
+        return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
+
+
+def alignment_loss(pooled_prev: torch.Tensor, pooled_cur: torch.Tensor) -> torch.Tensor:
+    """The release's auxiliary loss of a block: mean over pairs of 1 - cos(p_t, c_t)."""
+    return (1.0 - F.cosine_similarity(pooled_prev, pooled_cur, dim=-1, eps=1e-8)).mean()

@@ -1,0 +1,83 @@
+"""The model's configuration: everything needed to build an ILA model (and nothing about data or training)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+from ila.errors import UserError
+
+Temporal = Literal["ila", "mean", "attention"]
+Head = Literal["text", "classifier"]
+
+
+@dataclass
+class ModelConfig:
+    """Geometry and variants of an ILA model; `ila.presets` holds the paper's models as instances."""
+
+    # CLIP image tower
+    image_resolution: int = 224
+    vision_patch_size: int = 32
+    vision_width: int = 768
+    vision_layers: int = 12
+    embed_dim: int = 512
+    # CLIP text tower (used by the text head only)
+    context_length: int = 77
+    vocab_size: int = 49408
+    transformer_width: int = 512
+    transformer_layers: int = 12
+    quick_gelu: bool = True                 # OpenAI CLIP: QuickGELU; most open_clip (LAION) weights: GELU
+    # video
+    num_frames: int = 8
+    temporal: Temporal = "ila"              # "ila" (IST blocks) | "mean" (no temporal modelling) | "attention" (divided ST)
+    interactive_block: Literal["separable", "dense"] = "separable"  # release K400 | release SSv2 trunk
+    mi_token: Literal["release", "paper"] = "release"  # paper: pooled MI token joins the spatial attention
+    align_hidden: int = 256                 # interactive-block channels (release: 256)
+    point_hidden: int = 128                 # point-prediction channels (release: 128)
+    align_delta: float = 0.2                # initial disturbance offset of the nine training points
+    drop_path: float = 0.0
+    # head
+    head: Head = "text"                     # "text": video-text logits (Kinetics) | "classifier" (SSv2)
+    num_classes: int = 400                  # classifier head outputs
+    mit_layers: int = 1
+    mit_pos_embed: bool = True              # False: order-blind head (fair baselines)
+    prompts_layers: int = 2
+    prompts_alpha: float = 0.1
+    classifier_dropout: float = 0.5
+    # what trains
+    freeze_clip: bool = True                # release: CLIP image + text towers frozen
+    train_prompts: bool = False             # release builds the prompt generator but never optimises it
+    grad_checkpointing: bool = False
+    fast: bool = False                      # use the fast inference path (identical outputs)
+
+    @property
+    def grid(self) -> int:
+        return self.image_resolution // self.vision_patch_size
+
+    def validate(self) -> "ModelConfig":
+        choices = {"temporal": ("ila", "mean", "attention"), "interactive_block": ("separable", "dense"),
+                   "mi_token": ("release", "paper"), "head": ("text", "classifier")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"model.{key}={getattr(self, key)!r} is not allowed; use one of {', '.join(allowed)}")
+        if self.image_resolution % self.vision_patch_size:
+            raise UserError(f"model.image_resolution={self.image_resolution} must be a multiple of "
+                            f"model.vision_patch_size={self.vision_patch_size}")
+        if self.temporal == "ila" and self.grid < 4:
+            raise UserError(f"ILA needs a patch grid of at least 4x4, got {self.grid}x{self.grid}; "
+                            f"raise model.image_resolution or lower model.vision_patch_size")
+        if self.num_frames < 1 or (self.temporal != "mean" and self.num_frames < 2):
+            raise UserError(f"model.num_frames={self.num_frames}: temporal modelling needs at least 2 frames")
+        if self.vision_width % 64 or self.embed_dim % 64 or (self.head == "text" and self.transformer_width % 64):
+            raise UserError("widths must be multiples of 64 (attention heads are width // 64)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown model config key(s): {', '.join(unknown)}")
+        return cls(**d)

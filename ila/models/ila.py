@@ -1,0 +1,191 @@
+"""The ILA video model: CLIP image tower with IST blocks (or a baseline's blocks) -> frame embeddings -> head.
+
+    video (B,T,3,H,W) -> stem -> blocks (each aligns adjacent frames) -> ln_post(class) @ proj -> (B,T,E)
+                      -> head: video-text logits (Kinetics) or classifier (SSv2)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ila.models.clip import TextTower, VisionTower
+from ila.models.config import ModelConfig
+from ila.models.heads import ClassifierHead, TextHead
+from ila.models.ist_block import ISTBlock
+from ila.models.temporal import DividedSTBlock, FrameBlock
+
+DELTA_DECAY_START = 30  # the release halves the disturbance offset at the start of every epoch from 30 on
+
+
+@dataclass
+class ILAOutput:
+    """What a forward pass returns."""
+
+    logits: torch.Tensor                 # (B, K) video-text logits or (B, num_classes)
+    align_losses: torch.Tensor           # (layers,) auxiliary alignment loss per block (zeros for baselines)
+    points: torch.Tensor | None          # (layers, B, T-1, 4) interactive points (x_prev, y_prev, x_cur, y_cur)
+    video_features: torch.Tensor         # (B, E) MIT output (text head) / logits (classifier head)
+
+
+def video_blocks(cfg: ModelConfig) -> list[nn.Module]:
+    heads = cfg.vision_width // 64
+    if cfg.temporal == "ila":
+        rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
+        return [ISTBlock(cfg.vision_width, heads, cfg.grid, cfg.num_frames, cfg.interactive_block, cfg.align_hidden,
+                         cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu) for rate in rates]
+    if cfg.temporal == "attention":
+        return [DividedSTBlock(cfg.vision_width, heads, cfg.num_frames, cfg.quick_gelu)
+                for _ in range(cfg.vision_layers)]
+    return [FrameBlock(cfg.vision_width, heads, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
+
+
+class ILAModel(nn.Module):
+    """ILA (or a baseline sharing its backbone and head), configured by a `ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.visual = VisionTower(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width, cfg.embed_dim,
+                                  video_blocks(cfg))
+        self.visual.transformer.grad_checkpointing = cfg.grad_checkpointing
+        if cfg.head == "text":
+            self.text = TextTower(cfg.context_length, cfg.vocab_size, cfg.transformer_width, cfg.transformer_layers,
+                                  cfg.embed_dim, cfg.quick_gelu)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            self.head = TextHead(cfg)
+        else:
+            self.text = None
+            self.head = ClassifierHead(cfg)
+        self.align_delta = cfg.align_delta
+        self.set_trainable()
+
+    # ------------------------------------------------------------------ alignment disturbance
+    @property
+    def align_delta(self) -> float:
+        """Offset of the nine disturbed points used in training (the release starts at 0.2)."""
+        return self._align_delta
+
+    @align_delta.setter
+    def align_delta(self, value: float) -> None:
+        self._align_delta = float(value)
+        for block in self.visual.transformer.resblocks:
+            if isinstance(block, ISTBlock):
+                block.alignment.delta = self._align_delta
+
+    def decay_align_delta(self, epoch: int) -> float:
+        """The release's rule, called at the start of every epoch: halve the offset from epoch 30 on."""
+        if epoch >= DELTA_DECAY_START:
+            self.align_delta = self.align_delta * 0.5
+        return self.align_delta
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, video: torch.Tensor):
+        """video `(B,T,3,H,W)` -> frame embeddings `(B,T,E)`, patch tokens `(B,T,N,D)`, losses, points."""
+        b, t = video.shape[:2]
+        if t != self.cfg.num_frames:
+            raise ValueError(f"the model was built for {self.cfg.num_frames} frames, got a clip of {t}")
+        x = self.visual.embed(video.flatten(0, 1))
+        losses, points = [], []
+        transformer = self.visual.transformer
+        for block in transformer.resblocks:
+            if transformer.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, loss, pts = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x, loss, pts = block(x)
+            losses.append(loss)
+            points.append(pts)
+        frames = self.visual.head(x).view(b, t, -1)
+        patches = x[:, 1:].unflatten(0, (b, t))
+        pts = torch.stack(points) if points and points[0] is not None else None
+        return frames, patches, torch.stack(losses), pts
+
+    def forward_head(self, frames: torch.Tensor, patches: torch.Tensor, text: torch.Tensor | None = None,
+                     text_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text is None:
+            return self.head(frames)
+        if text_features is None:
+            if text is None:
+                raise ValueError("a text-head model needs class-name tokens (text=) or cached text_features=")
+            text_features = self.encode_text(text)
+        return self.head(frames, patches, text_features, self.logit_scale)
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor | None = None,
+                text_features: torch.Tensor | None = None) -> ILAOutput:
+        frames, patches, losses, points = self.forward_features(video)
+        logits, video_features = self.forward_head(frames, patches, text, text_features)
+        return ILAOutput(logits, losses, points, video_features)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class-name token ids `(K, 77)` -> CLIP text features `(K, E)` (cache them while the tower is frozen)."""
+        if self.text is None:
+            raise ValueError("this model has a classifier head and no text tower")
+        return self.text(tokens)
+
+    @torch.no_grad()
+    def alignment_maps(self, video: torch.Tensor, block: int = -1) -> dict[str, torch.Tensor]:
+        """Interactive points and 2-D alignment masks of one block, for pictures: points `(B,T-1,4)`,
+        masks `(B,T-1,2,S,S)` for (previous, current) frame of each pair."""
+        blocks = self.visual.transformer.resblocks
+        target = blocks[block]
+        if not isinstance(target, ISTBlock):
+            raise ValueError("alignment maps exist only for temporal='ila'")
+        target.record = True
+        try:
+            self.forward_features(video)
+            al = target.last
+        finally:
+            target.record, target.last = False, None
+        masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
+        return {"points": al.points, "masks": masks}
+
+    # ------------------------------------------------------------------ what trains
+    def set_trainable(self, full_finetune: bool | None = None) -> None:
+        """The release's freezing: CLIP towers and logit scale frozen, prompts frozen unless `train_prompts`;
+        `full_finetune=True` (or `freeze_clip=False`) trains everything."""
+        freeze = self.cfg.freeze_clip if full_finetune is None else not full_finetune
+        for name, p in self.named_parameters():
+            group = parameter_group(name)
+            p.requires_grad = not freeze or group in ("message", "temporal", "head") or (
+                group == "prompts" and self.cfg.train_prompts)
+
+    def param_groups(self, base_lr: float = 8e-6, weight_decay: float = 3e-3, scheme: str = "release") -> list[dict]:
+        """AdamW parameter groups of the trainable parameters; no weight decay on 1-D tensors, biases and
+        positional embeddings. `release`: message_* 5e-4 / 1e-2, temporal_* 10 x base / 1e-3, head 4e-4 / wd,
+        prompts 10 x base / wd, CLIP base / wd. `uniform`: every parameter at base lr / wd."""
+        release = {"message": (5e-4, 1e-2), "temporal": (10 * base_lr, 1e-3), "head": (4e-4, weight_decay),
+                   "prompts": (10 * base_lr, weight_decay), "clip": (base_lr, weight_decay)}
+        groups: dict[tuple[str, bool], dict] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            group = parameter_group(name)
+            lr, wd = release[group] if scheme == "release" else (base_lr, weight_decay)
+            no_decay = p.ndim <= 1 or name.endswith(".bias") or "positional_embedding" in name
+            key = (group, no_decay)
+            if key not in groups:
+                groups[key] = {"name": f"{group}{'_no_decay' if no_decay else ''}", "params": [], "lr": lr,
+                               "weight_decay": 0.0 if no_decay else wd}
+            groups[key]["params"].append(p)
+        return list(groups.values())
+
+
+def parameter_group(name: str) -> str:
+    """Which release group a parameter belongs to: message (alignment), temporal (skip projections / temporal
+    attention), head (MIT, classifier), prompts, or clip (pretrained towers)."""
+    if ".message_" in name or ".alignment." in name:
+        return "message"
+    if ".temporal_" in name:
+        return "temporal"
+    if name.startswith("head.mit.") or name.startswith("head.classifier."):
+        return "head"
+    if name.startswith("head.prompts."):
+        return "prompts"
+    return "clip"
+
+
+def build_model(cfg: ModelConfig) -> ILAModel:
+    """An ILA model with fresh weights for a config (use `ila.load_release` / `ila.from_clip` for weights)."""
+    return ILAModel(cfg)

@@ -1,0 +1,62 @@
+"""The Implicit Spatio-Temporal (IST) block: a CLIP block that first aligns adjacent frames.
+
+Release form (default), per block with input X `(B*T, L, D)`:
+    A  = LN_msg(Linear_msg(X))                                     message features
+    X1 = X + Linear_align(aligned tokens of A) + Linear_inter(interactive tokens of A)
+    X2 = X1 + Attn(LN_1(X1));  X3 = X2 + MLP(LN_2(X2))             CLIP's frozen block
+Paper form (`mi_token="paper"`): additionally the pooled mutual-information token of each frame,
+z_mut = Avg(a_t), is appended to the frame's tokens for the spatial attention and dropped after it
+(paper Sec. 3.3, eq. "[z~_t, z~_mut] = MSA(LN([z_t, z_mut])) + [z_t, z_mut]").
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from ila.models.alignment import ImplicitAlignment, alignment_loss, merge_pairs
+from ila.models.clip import MLP, Attention, activation
+
+
+class ISTBlock(nn.Module):
+    """One IST block; `forward` returns the new tokens and stores the block's alignment in `self.last`."""
+
+    def __init__(self, width: int, heads: int, grid: int, frames: int, trunk: str = "separable",
+                 hidden: int = 256, point_hidden: int = 128, mi_token: str = "release", drop_path: float = 0.0,
+                 quick_gelu: bool = True):
+        super().__init__()
+        self.frames = frames
+        self.mi_token = mi_token
+        self.message_fc = nn.Linear(width, width)
+        self.message_ln = nn.LayerNorm(width)
+        self.alignment = ImplicitAlignment(width, grid, trunk, hidden, point_hidden)
+        self.temporal_skip_align_fc = nn.Linear(width, width)
+        self.temporal_skip_fc = nn.Linear(width, width)
+        for fc in (self.temporal_skip_align_fc, self.temporal_skip_fc):  # each block starts as the CLIP block
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, activation(quick_gelu))
+        self.record = False  # keep the last alignment (for pictures); off so training holds no extra tensors
+        self.last = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`)."""
+        bt, length, width = x.shape
+        a = self.message_ln(self.message_fc(x)).view(-1, self.frames, length, width)
+        al = self.alignment(a)
+        if self.record:
+            self.last = al
+        x = x + self.drop_path(self.temporal_skip_align_fc(al.aligned_tokens.view(bt, length, width)))
+        x = x + self.drop_path(self.temporal_skip_fc(al.interactive_tokens.view(bt, length, width)))
+        if self.mi_token == "paper":
+            mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
+            x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
+            x = (x + self.attn(self.ln_1(x)))[:, :length]
+        else:
+            x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points

@@ -1,0 +1,169 @@
+"""The authors' released checkpoints: safe reading, variant detection and key mapping.
+
+Release checkpoints are `{'model', 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}` with a
+pickled yacs `CfgNode` inside. They are read with a restricted unpickler: only tensors, storages and plain
+containers are rebuilt, `CfgNode` becomes a plain dict (yacs is not needed), anything else is refused, so no
+pickled code ever runs.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import types
+
+import torch
+
+from ila.errors import UserError
+from ila.models.clip import TEXT_KEYS, clip_geometry, clip_to_ila_keys
+from ila.models.config import ModelConfig
+from ila.models.ila import ILAModel
+
+
+class _ConfigNode(dict):
+    """Stands in for yacs' CfgNode when unpickling (a dict subclass that rebuilds from its items)."""
+
+    def __setstate__(self, state):  # CfgNode pickles its attributes as state
+        self.__dict__.update(state if isinstance(state, dict) else {})
+
+
+_STANDINS = {("yacs.config", "CfgNode"): _ConfigNode}
+
+
+def _allowed_globals() -> dict[str, object]:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = dict(_get_allowed_globals())
+    allowed.update({"builtins.set": set, "__builtin__.set": set, "builtins.frozenset": frozenset,
+                    "collections.OrderedDict": __import__("collections").OrderedDict})
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _STANDINS:
+            return _STANDINS[(module, name)]
+        found = _allowed_globals().get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        return found
+
+
+_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load,
+                                           __name__="ila_restricted_pickle")
+
+
+def safe_load(path: str | os.PathLike) -> dict:
+    """Load a `.pth`/`.pt` file without executing pickled code; release containers included."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # not plain weights: try the restricted unpickler that knows release containers
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"refusing to load {path}: it holds pickled code or objects ({e}); only tensors and "
+                        f"plain containers are accepted") from None
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+# ------------------------------------------------------------------ key mapping release -> ila
+
+_SEPARABLE = [(r"interactive_block\.0\.depthwise_conv\.0\.", "interactive_block.0."),
+              (r"interactive_block\.0\.depthwise_conv\.1\.", "interactive_block.1."),
+              (r"interactive_block\.0\.pointwise_conv\.0\.", "interactive_block.3."),
+              (r"interactive_block\.0\.pointwise_conv\.1\.", "interactive_block.4."),
+              (r"interactive_block\.1\.", "interactive_block.6."),
+              (r"interactive_block\.2\.", "interactive_block.7.")]
+_COMMON = [(r"message_attn\.prediction_block\.([0-9])\.", r"alignment.point_head.spatial.\1."),
+           (r"message_attn\.prediction_block\.10\.", "alignment.point_head.temporal.0."),
+           (r"message_attn\.prediction_block\.12\.", "alignment.point_head.temporal.2."),
+           (r"message_attn\.conv\.", "alignment.token_conv."),
+           (r"message_attn\.fc\.", "alignment.token_proj."),
+           (r"message_attn\.", "alignment."),
+           (r"^mit\.classify_head\.", "head.classifier."),
+           (r"^mit\.", "head.mit."),
+           (r"^prompts_visual_ln\.", "head.prompts.visual_ln."),
+           (r"^prompts_visual_proj$", "head.prompts.visual_proj"),
+           (r"^prompts_generator\.", "head.prompts.")]
+
+
+def release_to_ila(state_dict: dict[str, torch.Tensor], trunk: str) -> dict[str, torch.Tensor]:
+    """Rename a release state dict's keys to this package's module names (first matching rule of each stage)."""
+    stages = ([_SEPARABLE] if trunk == "separable" else []) + [_COMMON]
+    out = clip_to_ila_keys({k: v for k, v in state_dict.items() if k.startswith(TEXT_KEYS) or k == "logit_scale"})
+    for key, value in state_dict.items():
+        if key in ("logit_scale",) or key.startswith(TEXT_KEYS):
+            continue
+        for rules in stages:
+            for pattern, repl in rules:
+                key, n = re.subn(pattern, repl, key)
+                if n:
+                    break
+        out[key] = value
+    return out
+
+
+def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
+    """`k400` (text head, separable trunk) or `ssv2` (classifier head, dense trunk), from the keys."""
+    if any(k.startswith("mit.classify_head.") for k in state_dict):
+        return "ssv2"
+    if "token_embedding.weight" in state_dict or any(k.startswith("prompts_generator.") for k in state_dict):
+        return "k400"
+    raise UserError("cannot tell the release variant from the weights (no `mit.classify_head` and no text tower); "
+                    "pass variant='k400' or 'ssv2'")
+
+
+def release_config(state_dict: dict[str, torch.Tensor], num_frames: int | None, variant: str) -> ModelConfig:
+    """The model config implied by a release state dict (geometry, trunk, head, frames, prompt depth)."""
+    geometry = clip_geometry(state_dict)
+    sep = any(".depthwise_conv." in k for k in state_dict)
+    trunk_key = next((k for k in state_dict if k.endswith("message_attn.prediction_block.0.weight")), None)
+    if trunk_key is None:
+        raise UserError("the weights have no ILA alignment modules (`message_attn.*`): not an ILA release checkpoint")
+    frames = state_dict["mit.positional_embedding"].shape[1]
+    if num_frames is not None and num_frames != frames:
+        raise UserError(f"the checkpoint's MIT was trained for {frames} frames, not num_frames={num_frames}")
+    mit_layers = len({k.split(".")[2] for k in state_dict if k.startswith("mit.resblocks.")})
+    cfg = ModelConfig(**geometry, num_frames=frames, temporal="ila",
+                      interactive_block="separable" if sep else "dense",
+                      align_hidden=state_dict[trunk_key].shape[1], point_hidden=state_dict[trunk_key].shape[0],
+                      mit_layers=mit_layers)
+    if variant == "ssv2":
+        cfg.head, cfg.num_classes = "classifier", state_dict["mit.classify_head.2.weight"].shape[0]
+    else:
+        cfg.head = "text"
+        cfg.prompts_layers = len({k.split(".")[2] for k in state_dict if k.startswith("prompts_generator.decoder.")})
+    return cfg
+
+
+def load_release(source: str | os.PathLike | dict, num_frames: int | None = None,
+                 variant: str | None = None) -> ILAModel:
+    """Build an ILA model from the authors' released weights (a release checkpoint file or a bare state dict).
+
+    `variant` is `k400` or `ssv2`; inferred from the keys when None. `num_frames` defaults to the checkpoint's.
+    """
+    state = safe_load(source) if not isinstance(source, dict) else source
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    variant = variant or detect_variant(state)
+    if variant not in ("k400", "ssv2"):
+        raise UserError(f"variant={variant!r}: use 'k400' or 'ssv2'")
+    cfg = release_config(state, num_frames, variant)
+    model = ILAModel(cfg)
+    mapped = release_to_ila(state, cfg.interactive_block)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected:
+        raise UserError(f"release weights have keys this model does not know: {', '.join(unexpected[:5])}")
+    allowed_missing = ("text.", "logit_scale") if cfg.head == "classifier" else ()
+    missing = [k for k in missing if not k.startswith(allowed_missing)]
+    if missing:
+        raise UserError(f"release weights lack {len(missing)} keys, e.g. {', '.join(missing[:5])}")
+    return model

@@ -1,0 +1,44 @@
+"""The baselines that share ILA's backbone and head: no temporal modelling, and divided space-time attention.
+
+Every video block maps tokens `(B*T, L, D)` -> (tokens, alignment loss, points) so the backbone treats all
+variants alike; the baselines return a zero loss and no points.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ila.models.clip import Attention, ResidualAttentionBlock
+
+
+class FrameBlock(ResidualAttentionBlock):
+    """`mean`: the plain CLIP block on each frame; frames meet only when the head averages them."""
+
+    def __init__(self, width: int, heads: int, quick_gelu: bool = True):
+        super().__init__(width, heads, quick_gelu)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        return super().forward(x), x.new_zeros(()), None
+
+
+class DividedSTBlock(ResidualAttentionBlock):
+    """`attention`: temporal self-attention over each patch's T tokens, then CLIP's spatial block
+    (divided space-time attention as in TimeSformer). The temporal output projection starts at zero."""
+
+    def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
+        super().__init__(width, heads, quick_gelu)
+        self.frames = frames
+        self.temporal_ln = nn.LayerNorm(width)
+        self.temporal_attn = Attention(width, heads)
+        self.temporal_fc = nn.Linear(width, width)
+        nn.init.zeros_(self.temporal_fc.weight)
+        nn.init.zeros_(self.temporal_fc.bias)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        bt, length, width = x.shape
+        b, t = bt // self.frames, self.frames
+        patches = x[:, 1:].reshape(b, t, length - 1, width).transpose(1, 2).reshape(-1, t, width)
+        mixed = self.temporal_fc(self.temporal_attn(self.temporal_ln(patches)))
+        mixed = mixed.view(b, length - 1, t, width).transpose(1, 2).reshape(bt, length - 1, width)
+        x = x + nn.functional.pad(mixed, (0, 0, 1, 0))  # class tokens untouched
+        return super().forward(x), x.new_zeros(()), None
