@@ -1,0 +1,330 @@
+"""One typed configuration for training, evaluation and prediction.
+
+A run is described by four sections, each a dataclass: `model` (`ila.models.config.ModelConfig`, filled
+from a preset named by `model.preset`), `data`, `train` and `eval`, plus a few top-level keys. A config
+comes from a YAML file or a preset name, then `--set section.key=value` overrides; values are coerced to
+the field's type and checked, and a mistake is one `UserError` line naming the key and what is allowed.
+
+Frames and resolution: `data.num_frames` and `data.input_size` drive `model.num_frames` and
+`model.image_resolution`. Left empty they follow the model (its preset); given, they set the model's
+values; given on both sides with different values, the config is rejected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from ila.errors import UserError
+from ila.models.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are drawn from them."""
+
+    root: str = ""                          # folder the annotation paths are relative to
+    train_list: str = ""                    # training annotations (Kinetics list/CSV, SSv2 JSON, ...)
+    val_list: str = ""                      # validation annotations (`ila eval`, per-epoch validation)
+    class_names: str | list[str] | None = None  # class-name file, or the names as a YAML list
+    format: Literal["auto", "list", "kinetics_csv", "ssv2", "frames"] = "auto"  # annotation format
+    num_frames: int | None = None           # frames per clip; empty: the model's
+    input_size: int | None = None           # crop side in pixels; empty: the model's resolution
+    sampling: Literal["segment", "dense"] = "segment"  # release: one frame per equal segment
+    frame_interval: int = 4                 # dense sampling stride
+    bad_files: Literal["auto", "skip", "error"] = "auto"  # unreadable videos; auto: skip in training, error in eval
+    workers: int = 2                        # loader processes per training process
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe; the defaults are the release's."""
+
+    init: str = "auto"                      # start weights: auto (the preset's CLIP), none, a CLIP file/name,
+                                            # an ila checkpoint or a release checkpoint
+    epochs: int = 30
+    batch_size: int = 8                     # clips per process per forward pass
+    accumulation: int = 1                   # forward passes per optimizer step
+    lr: float = 8e-6                        # base learning rate (release groups scale from it)
+    weight_decay: float = 3e-3              # base weight decay (release: MIT group 3e-3)
+    optimizer_groups: Literal["release", "uniform"] = "release"  # uniform: one lr/wd for all (from scratch)
+    warmup_epochs: float = 5.0              # linear warm-up from 0, then per-step cosine to lr / 100
+    mixup: float = 0.8                      # mixup alpha (0: off)
+    cutmix: float = 1.0                     # cutmix alpha (0: off)
+    mixup_switch_prob: float = 0.5          # chance of cutmix instead of mixup for a batch
+    label_smoothing: float = 0.1
+    align_loss_weight: float = 1.0          # weight of the summed per-block alignment losses
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on GPU, off on CPU
+    clip_grad: float = 0.0                  # max gradient norm (0: no clipping)
+    sync_bn: bool = False                   # synchronise alignment BatchNorm across GPUs (DDP on GPU only)
+    seed: int = 0
+    save_every_steps: int = 0               # extra checkpoints every N optimizer steps (0: epochs only)
+    keep_last: int = 2                      # step/epoch checkpoints kept besides best.pt
+    eval_every_epochs: int = 1              # validate on data.val_list every N epochs (0: never)
+    log_every_steps: int = 10               # metrics.jsonl / TensorBoard interval
+    stop_at_step: int = 0                   # stop (after a checkpoint) at this optimizer step; 0: run all
+
+
+@dataclass
+class EvalConfig:
+    """How videos are scored: views per video and the release's evaluation quirk."""
+
+    clips: int = 1                          # temporal views per video
+    crops: Literal[1, 3] = 1                # spatial views: centre crop, or three along the long side
+    batch_size: int = 8                     # videos per forward pass
+    release_bn_quirk: bool = False          # reproduce the Kinetics release: alignment BN on batch stats
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved in the run directory and in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    preset: str | None = None               # the preset that filled `model` (written as model.preset)
+    name: str = "run"                       # run name (default output: runs/NAME)
+    output: str | None = None               # run directory
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def to_dict(self) -> dict:
+        d = {"model": {"preset": self.preset, **self.model.to_dict()}}
+        for section in ("data", "train", "eval"):
+            d[section] = dataclasses.asdict(getattr(self, section))
+        d.update(name=self.name, output=self.output, device=self.device)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+_TOP = ("name", "output", "device")
+
+
+# ----------------------------------------------------------------------------------------- coercion
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    return {type(None): "none", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp))
+
+
+def _coerce_one(value: Any, tp) -> Any:
+    """Value converted to `tp`, or ValueError. Strings (from --set or loose YAML) are parsed."""
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null", "~")):
+            return None
+        raise ValueError
+    if origin in (typing.Union, types.UnionType):
+        members = sorted(typing.get_args(tp), key=lambda a: a is str)  # try str last: it accepts anything
+        if isinstance(value, str):                   # a string stays a string (e.g. a path), never a list
+            members = [m for m in members if typing.get_origin(m) is not list]
+        for member in members:
+            try:
+                return _coerce_one(value, member)
+            except ValueError:
+                continue
+        raise ValueError
+    if origin is Literal:
+        for allowed in typing.get_args(tp):
+            if value == allowed or (isinstance(value, str) and value == str(allowed)):
+                return allowed
+        raise ValueError
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return [_coerce_one(v, typing.get_args(tp)[0]) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, (int, str)):
+            return int(value)
+        raise ValueError
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        return float(value)
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError
+    raise ValueError
+
+
+def coerce(key: str, value: Any, tp) -> Any:
+    """`value` as type `tp` for config key `key`; a UserError naming the key and the allowed values."""
+    try:
+        return _coerce_one(value, tp)
+    except (ValueError, TypeError):
+        raise UserError(f"{key}={value!r} is not allowed; use {_describe(tp)}") from None
+
+
+def _apply(obj, section: str, values: dict) -> None:
+    hints = typing.get_type_hints(type(obj))
+    known = [f.name for f in fields(obj)]
+    for key, value in values.items():
+        if key not in hints:
+            raise UserError(f"unknown config key '{section}.{key}'; {section} keys are: {', '.join(known)}")
+        setattr(obj, key, coerce(f"{section}.{key}", value, hints[key]))
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def _set_dotted(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: write it as section.key=value, e.g. train.lr=1e-3")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) == 1 and parts[0] in _TOP:
+        raw[parts[0]] = value
+        return
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise UserError(f"unknown config key '{key}'; keys look like section.key with section one of "
+                        f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)})")
+    section = raw.setdefault(parts[0], {}) or {}
+    raw[parts[0]] = section
+    section[parts[1]] = value
+
+
+def _read_source(source: str | Path) -> tuple[dict, str]:
+    """Raw nested dict and a run name from a YAML path or a preset name."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval)")
+        return raw, path.stem
+    from ila.presets import PRESETS
+
+    if str(source) not in PRESETS:
+        raise UserError(f"--config {source!r} is neither a YAML file nor a preset; presets: {', '.join(PRESETS)}")
+    return {"model": {"preset": str(source)}}, str(source)
+
+
+def config_from_dict(raw: dict, name: str | None = None) -> Config:
+    """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied)."""
+    raw = dict(raw)
+    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TOP))
+    if unknown:
+        raise UserError(f"unknown config key '{unknown[0]}'; top-level keys are: {', '.join([*_SECTIONS, *_TOP])}")
+    for section in _SECTIONS:
+        if not isinstance(raw.get(section) or {}, dict):
+            raise UserError(f"config section '{section}' must be a mapping of keys to values")
+    cfg = Config()
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.pop("preset", None)
+    if preset not in (None, "", "none", "None"):
+        from ila.presets import PRESETS, get_preset
+
+        if preset not in PRESETS:
+            raise UserError(f"model.preset={preset!r} is not allowed; use one of {', '.join(PRESETS)}")
+        cfg.model = get_preset(preset)
+        cfg.preset = str(preset)
+    _apply(cfg.model, "model", model_raw)
+    for section in ("data", "train", "eval"):
+        _apply(getattr(cfg, section), section, raw.get(section) or {})
+    _apply(cfg, "config", {k: raw[k] for k in _TOP if k in raw})
+    if name and "name" not in raw:
+        cfg.name = name
+    _link_data_to_model(cfg, explicit=set(model_raw))
+    validate(cfg)
+    return cfg
+
+
+def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides."""
+    if isinstance(source, dict):
+        raw, name = source, None
+    elif source is None:
+        raw, name = {}, None
+    else:
+        raw, name = _read_source(source)
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for assignment in overrides:
+        _set_dotted(raw, assignment)
+    return config_from_dict(raw, name)
+
+
+def _link_data_to_model(cfg: Config, explicit: set[str]) -> None:
+    """data.num_frames / data.input_size drive model.num_frames / model.image_resolution."""
+    for data_key, model_key in (("num_frames", "num_frames"), ("input_size", "image_resolution")):
+        data_value, model_value = getattr(cfg.data, data_key), getattr(cfg.model, model_key)
+        if data_value is None:
+            setattr(cfg.data, data_key, model_value)
+        elif model_key in explicit and data_value != model_value:
+            raise UserError(f"data.{data_key}={data_value} disagrees with model.{model_key}={model_value}; "
+                            f"set one of them (data.{data_key} drives model.{model_key})")
+        else:
+            setattr(cfg.model, model_key, data_value)
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} is not allowed; use {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks that types alone cannot express; the model config checks itself."""
+    t, e, d = cfg.train, cfg.eval, cfg.data
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+                       ("train.accumulation", t.accumulation), ("eval.clips", e.clips),
+                       ("eval.batch_size", e.batch_size), ("data.num_frames", d.num_frames),
+                       ("data.input_size", d.input_size), ("data.frame_interval", d.frame_interval),
+                       ("train.log_every_steps", t.log_every_steps), ("train.keep_last", t.keep_last)):
+        _check(value >= 1, key, value, "an integer >= 1")
+    for key, value in (("train.lr", t.lr),):
+        _check(value > 0, key, value, "a number > 0")
+    for key, value in (("train.weight_decay", t.weight_decay), ("train.warmup_epochs", t.warmup_epochs),
+                       ("train.mixup", t.mixup), ("train.cutmix", t.cutmix), ("train.clip_grad", t.clip_grad),
+                       ("train.align_loss_weight", t.align_loss_weight), ("data.workers", d.workers),
+                       ("train.save_every_steps", t.save_every_steps), ("train.stop_at_step", t.stop_at_step),
+                       ("train.eval_every_epochs", t.eval_every_epochs)):
+        _check(value >= 0, key, value, "a number >= 0")
+    for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob)):
+        _check(0 <= value <= 1, key, value, "a number in [0, 1]")
+    _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
+    cfg.model.validate()
+    return cfg
+
+
+def config_keys() -> list[tuple[str, str, str]]:
+    """(key, type, default) of every documented key, for the README table and `--help`."""
+    rows = [("model.preset", "preset name", "none")]
+    for section, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", _describe(hints[f.name]), str(default)))
+    hints = typing.get_type_hints(Config)
+    for key in _TOP:
+        rows.append((key, _describe(hints[key]), str(getattr(Config(), key))))
+    return rows

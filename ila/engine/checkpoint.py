@@ -1,0 +1,151 @@
+"""`ila`'s own checkpoints: one file holds the weights, the full config and the class names.
+
+The file is a plain dict of tensors and Python values, saved atomically and read back with
+`torch.load(weights_only=True)`, so loading never executes pickled code and needs no other input:
+
+    {"format": "ila-checkpoint/1", "config": {...}, "class_names": [...], "model": state_dict,
+     "train_state": None | {"epoch", "batch_in_epoch", "step", "align_delta", "best_top1",
+                            "optimizer", "scaler", "rng": [per-process RNG states]}}
+
+A training run keeps `checkpoint-STEP.pt` files (the last `train.keep_last`) and `best.pt`.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ila.config import Config, config_from_dict
+from ila.engine.atomic import atomic_path
+from ila.errors import UserError
+
+FORMAT = "ila-checkpoint/1"
+_STEP_FILE = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or compiled) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_names: list[str] | None,
+                    train_state: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, then `os.replace`)."""
+    state = {"format": FORMAT, "config": config.to_dict(), "class_names": list(class_names or []),
+             "model": unwrap(model).state_dict(), "train_state": train_state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw dict of an `ila` checkpoint, loaded safely; a UserError for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_checkpoint(path) or (path / "best.pt" if (path / "best.pt").is_file() else None)
+        if latest is None:
+            raise UserError(f"{path} holds no checkpoint (checkpoint-*.pt or best.pt)")
+        path = latest
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable ila checkpoint ({first[:160]}); a release checkpoint "
+                        f"must first be converted with `ila convert`") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not an ila checkpoint; convert release checkpoints with `ila convert`")
+    return state
+
+
+def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device: str | torch.device = "cpu"):
+    """(model, config, class_names, raw dict) of a checkpoint; `overrides` are `--set` assignments."""
+    from ila.config import load_config
+    from ila.models import build_model
+
+    state = read_checkpoint(path)
+    config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    model = build_model(config.model)
+    load_weights(model, state["model"], path)
+    return model.to(device), config, list(state.get("class_names") or []), state
+
+
+def load_weights(model: nn.Module, state_dict: dict, source: str | Path = "checkpoint") -> None:
+    """Load weights strictly; a mismatch between config and weights is a one-line UserError."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"shape of {wrong[0]} is {tuple(state_dict[wrong[0]].shape)}, the config builds "
+                f"{tuple(own[wrong[0]].shape)}" if wrong else
+                f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+        raise UserError(f"{source}: weights do not fit the config ({what}; {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(wrong)} of another shape)")
+    model.load_state_dict(state_dict)
+
+
+# ----------------------------------------------------------------------------------------- run directory
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's `checkpoint-STEP.pt` files, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = step_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_step_checkpoint(run_dir: str | Path, step: int, keep_last: int, model: nn.Module, config: Config,
+                         class_names: list[str], train_state: dict) -> Path:
+    """Save `checkpoint-STEP.pt` and delete all but the newest `keep_last` of them."""
+    path = save_checkpoint(Path(run_dir) / f"checkpoint-{step:08d}.pt", model, config, class_names, train_state)
+    for old in step_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """Every random generator the training loop draws from, as tensors (weights_only-safe)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": int(pos),
+             "numpy_gauss": (int(has_gauss), float(gauss)),
+             "python": torch.tensor(py_state, dtype=torch.int64), "python_version": int(version),
+             "python_gauss": py_gauss}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
+                     state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def describe(state: dict[str, Any]) -> str:
+    """One line about a checkpoint, for logs."""
+    ts = state.get("train_state") or {}
+    where = f"epoch {ts['epoch']}, step {ts['step']}" if ts else "weights only"
+    return f"{state['config'].get('name', 'run')} ({where}, {len(state.get('class_names') or [])} classes)"

@@ -1,0 +1,172 @@
+"""What a person sees of a run: progress bars, metrics (JSONL and TensorBoard), curves, confusion matrices.
+
+Only the main process reports; the others get a `Reporter` that does nothing. Every file is written
+atomically, and `metrics.jsonl` is cut back to the resumed step when a run continues.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from ila.engine.atomic import atomic_path, write_text
+
+
+class Progress:
+    """A tqdm bar over optimizer steps showing loss, lr and clips/s (tqdm adds the ETA)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0):
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                        leave=True, file=sys.stderr, unit="step")
+        self.last, self.clips = time.perf_counter(), 0
+        self.rate = 0.0
+
+    def update(self, clips: int, **values) -> float:
+        """Advance one step of `clips` clips; returns the current clips/s."""
+        self.clips += clips
+        now = time.perf_counter()
+        if now - self.last >= 1.0 or self.rate == 0.0:
+            self.rate = self.clips / max(now - self.last, 1e-9)
+            self.last, self.clips = now, 0
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
+        self.bar.set_postfix(**shown, clips_s=f"{self.rate:.1f}", refresh=False)
+        self.bar.update(1)
+        return self.rate
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Reporter:
+    """Metrics of a run directory: `metrics.jsonl`, TensorBoard events under `tb/`, `curves.png`."""
+
+    def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled and run_dir is not None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writer = None
+        if not self.enabled:
+            return
+        self.path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        elif self.path.exists():
+            self.path.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
+
+    def log(self, step: int, **values) -> None:
+        """One metrics row at optimizer step `step` (values are floats, ints or strings)."""
+        if not self.enabled:
+            return
+        row = {"step": step, **values, "time": round(time.time(), 3)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def write_curves(self) -> Path | None:
+        """`curves.png`: training loss and learning rate per step, validation accuracy per epoch."""
+        if not self.enabled:
+            return None
+        return plot_curves(read_metrics(self.path), self.run_dir / "curves.png")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: list[dict], out: str | Path) -> Path:
+    plt = _figure()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_top1" in r]
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["loss"] for r in train], label="loss")
+    if train and "align_loss" in train[0]:
+        axes[0].plot(steps, [r["align_loss"] for r in train], label="alignment loss")
+    axes[0].set(xlabel="step", title="training loss")
+    axes[0].legend()
+    axes[1].plot(steps, [r["lr"] for r in train])
+    axes[1].set(xlabel="step", title="learning rate (base group)")
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
+        axes[2].plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
+    axes[2].set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    if val:
+        axes[2].legend()
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+def write_per_class(out: str | Path, class_names: list[str], per_class: np.ndarray, counts: np.ndarray) -> Path:
+    """CSV with one row per class: name, number of videos, accuracy in percent (empty for no videos)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "videos", "accuracy"])
+    for name, acc, n in zip(class_names, per_class, counts):
+        w.writerow([name, int(n), "" if math.isnan(acc) else f"{acc:.2f}"])
+    write_text(out, buf.getvalue())
+    return Path(out)
+
+
+def write_confusion(out_csv: str | Path, out_png: str | Path, class_names: list[str], matrix: np.ndarray) -> None:
+    """Confusion matrix (rows: true class, columns: predicted) as CSV counts and a row-normalised PNG."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, matrix):
+        w.writerow([name, *(int(v) for v in row)])
+    write_text(out_csv, buf.getvalue())
+
+    plt = _figure()
+    k = len(class_names)
+    side = min(max(4.0, 0.28 * k + 2), 40)
+    fig, ax = plt.subplots(figsize=(side, side))
+    rows = matrix.sum(1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 60:
+        ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def format_metrics(metrics: dict, keys: Iterable[str] = ("top1", "top5", "mean_class_acc")) -> str:
+    return ", ".join(f"{k} {metrics[k]:.2f}%" for k in keys if k in metrics)

@@ -1,0 +1,394 @@
+"""The training loop: the release recipe, mixed precision, accumulation, checkpoints, resume and DDP.
+
+One optimizer step, as the release takes it:
+
+    video, soft targets = mixup / cutmix / label smoothing (video, labels)
+    out  = model(video, text_features=cached class-name features)
+    loss = soft-target cross-entropy(out.logits, targets) + w * sum(out.align_losses)
+    AdamW (betas .9/.98, eps 1e-8) on the model's parameter groups; lr per step: linear warm-up from 0
+    over `warmup_epochs`, then cosine down to lr / 100.
+
+At the start of every epoch the model halves its alignment disturbance offset from epoch 30 on
+(`decay_align_delta`); the offset is part of the saved training state. A checkpoint after any step
+holds weights, optimizer, loss scaler, every process's RNG state and the position in the epoch, so a
+resumed run takes exactly the steps the uninterrupted one would have taken. A loss that is not finite
+stops the run at once, before the step is applied and before anything is saved.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ila.config import Config, config_from_dict
+from ila.engine import checkpoint as ckpt
+from ila.engine import distributed as dist
+from ila.engine.atomic import write_text
+from ila.engine.classes import class_text
+from ila.engine.loaders import loader, read_split, video_dataset
+from ila.engine.precision import amp_dtype, autocast, grad_scaler
+from ila.engine.report import Progress, Reporter
+from ila.errors import UserError
+
+BETAS, EPS = (0.9, 0.98), 1e-8
+# keys that may change when a run continues: they steer the run, not what it computes
+RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
+                     "train.log_every_steps", "train.save_every_steps", "train.keep_last",
+                     "train.eval_every_epochs", "eval.clips", "eval.crops", "eval.batch_size", "eval.release_bn_quirk"}
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft (mixed, smoothed) targets, averaged over the batch."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """Per-step cosine with linear warm-up from 0 and a floor of lr / 100 (timm's CosineLRScheduler)."""
+    from timm.scheduler import CosineLRScheduler
+
+    return CosineLRScheduler(optimizer, t_initial=cfg.train.epochs * steps_per_epoch, lr_min=cfg.train.lr / 100,
+                             warmup_lr_init=0.0, warmup_t=round(cfg.train.warmup_epochs * steps_per_epoch),
+                             cycle_limit=1, t_in_epochs=False)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_difference(saved: dict, new: dict) -> str | None:
+    """The first key (other than RESUMABLE_CHANGES) whose value differs, as 'key: old -> new'."""
+    a, b = _flatten(saved), _flatten(new)
+    for key in sorted(set(a) | set(b)):
+        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+    return None
+
+
+def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict | None:
+    """The checkpoint to continue from: `resume`, else the newest in an existing run directory."""
+    if resume is not None:
+        state = ckpt.read_checkpoint(resume)
+    else:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            return None
+        state = ckpt.read_checkpoint(latest)
+        diff = config_difference(state["config"], cfg.to_dict())
+        if diff:
+            raise UserError(f"{run_dir} holds a run with another config ({diff}); choose a new --output, "
+                            f"or continue it with --resume {run_dir}")
+    if state.get("train_state") is None:
+        raise UserError(f"{resume} holds weights only (no training state) and cannot be resumed")
+    return state
+
+
+class Trainer:
+    """Builds everything a run needs from its config, then `run()` trains it."""
+
+    def __init__(self, cfg: Config, env: dist.Env, resume: str | Path | None = None):
+        self.cfg, self.env = cfg, env
+        t = cfg.train
+        self.run_dir = Path(cfg.output or Path("runs") / cfg.name)
+        self.state = _resume_state(cfg, self.run_dir, resume)
+
+        samples, self.class_names = read_split(cfg, "train")
+        if self.state is not None and self.state.get("class_names"):
+            self.class_names = list(self.state["class_names"])
+        if cfg.model.head == "classifier":
+            cfg.model.num_classes = len(self.class_names)
+        self.val_samples = None
+        if cfg.data.val_list and t.eval_every_epochs:
+            self.val_samples = read_split(cfg, "val", self.class_names)[0]
+
+        torch.manual_seed(t.seed)
+        model = initial_model(cfg)
+        if self.state is not None:
+            ckpt.load_weights(model, self.state["model"], "resume checkpoint")
+        model.to(env.device)
+        torch.manual_seed(t.seed * 1000 + 1 + env.rank)  # dropout / drop-path differ between processes
+        if t.sync_bn:
+            if env.device.type != "cuda":
+                raise UserError("train.sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU path)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.weight_decay, t.optimizer_groups),
+                                           betas=BETAS, eps=EPS)
+        self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
+                                                        else None) if env.distributed else model)
+        self.amp = amp_dtype(t.amp, env.device)
+        self.scaler = grad_scaler(self.amp, env.device)
+
+        self.dataset = video_dataset(cfg, samples, train=True)
+        self.sampler = dist.TrainSampler(len(self.dataset), t.batch_size, env, seed=t.seed)
+        self.loader = loader(self.dataset, t.batch_size, self.sampler, cfg.data.workers, t.seed)
+        self.steps_per_epoch = self.sampler.batches // t.accumulation
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(self.dataset)} training videos do not fill one optimizer step of "
+                            f"{t.batch_size * env.world * t.accumulation} clips (train.batch_size x processes x "
+                            f"train.accumulation); lower train.batch_size or train.accumulation")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
+        from ila.data.transforms import MixupCutmix
+
+        self.mixup = MixupCutmix(len(self.class_names), t.mixup, t.cutmix, t.mixup_switch_prob, t.label_smoothing)
+        self.text = class_text(model, self.class_names, env.device)
+
+        self.step, self.epoch, self.batch_in_epoch, self.best_top1 = 0, 0, 0, None
+        if self.state is not None:
+            self._restore(self.state["train_state"])
+
+    # ------------------------------------------------------------------ state
+    def _restore(self, ts: dict) -> None:
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scaler.load_state_dict(ts["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
+        self.best_top1 = ts.get("best_top1")
+        self.model.align_delta = ts["align_delta"]
+        rngs = ts["rng"]
+        ckpt.set_rng_state(rngs[self.env.rank] if len(rngs) == self.env.world else rngs[0])
+
+    def _train_state(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "align_delta": self.model.align_delta, "best_top1": self.best_top1,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": dist.gather(ckpt.rng_state(), self.env), "world": self.env.world}
+
+    def save(self) -> Path | None:
+        """checkpoint-STEP.pt (every process takes part: RNG states are gathered; the main one writes)."""
+        state = self._train_state()
+        path = None
+        if self.env.main:
+            path = ckpt.save_step_checkpoint(self.run_dir, self.step, self.cfg.train.keep_last, self.model,
+                                             self.cfg, self.class_names, state)
+        dist.barrier(self.env)
+        self.saved_step = self.step
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> Path:
+        cfg, env, t = self.cfg, self.env, self.cfg.train
+        if env.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            print(f"run {self.run_dir}: {len(self.dataset)} videos, {len(self.class_names)} classes, "
+                  f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs, global batch "
+                  f"{t.batch_size * env.world * t.accumulation} ({env.world} process(es), {env.device}, "
+                  f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
+        dist.barrier(env)
+        self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None)
+        self.saved_step = self.step if self.state else -1
+        try:
+            while self.epoch < t.epochs and not self._stop_reached():
+                self._epoch()
+            if env.main:
+                self.reporter.write_curves()
+        finally:
+            self.reporter.close()
+        if env.main:
+            print(f"stopped at step {self.step} (train.stop_at_step)" if self.step < self.total_steps
+                  else f"done: {self.step} steps; checkpoints and curves in {self.run_dir}")
+        return self.run_dir
+
+    def _stop_reached(self) -> bool:
+        return 0 < self.cfg.train.stop_at_step <= self.step
+
+    def _epoch(self) -> None:
+        cfg, env, t = self.cfg, self.env, self.cfg.train
+        model = self.model
+        if self.batch_in_epoch == 0:
+            model.decay_align_delta(self.epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        self.sampler.start(self.epoch, self.batch_in_epoch)
+        progress = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{t.epochs}", env.main,
+                            initial=self.batch_in_epoch // t.accumulation)
+        self.ddp.train()
+        sums = torch.zeros(3, device=env.device)  # loss, classification loss, alignment loss since last log
+        logged = 0
+        batches = iter(self.loader)
+        try:
+            while self.batch_in_epoch < self.steps_per_epoch * t.accumulation and not self._stop_reached():
+                start = time.perf_counter()
+                step_sums = self._optimizer_step(batches)
+                sums += step_sums
+                logged += 1
+                rate = progress.update(t.batch_size * env.world * t.accumulation, loss=float(step_sums[0]),
+                                       lr=self._lr())
+                if self.step % t.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch * t.accumulation:
+                    mean = dist.all_mean(sums / logged, env)
+                    self.reporter.log(self.step, epoch=round(self.epoch + self.batch_in_epoch /
+                                                             (self.steps_per_epoch * t.accumulation), 4),
+                                      loss=float(mean[0]), cls_loss=float(mean[1]), align_loss=float(mean[2]),
+                                      lr=self._lr(), clips_per_s=round(rate, 2),
+                                      step_time=round(time.perf_counter() - start, 4))
+                    sums.zero_()
+                    logged = 0
+                if t.save_every_steps and self.step % t.save_every_steps == 0 and not self._epoch_done():
+                    self.save()
+                if self._stop_reached() and self.saved_step != self.step and not self._epoch_done():
+                    self.save()
+        finally:
+            progress.close()
+        self._report_bad_files()
+        if self._epoch_done():
+            self._end_epoch()
+
+    def _epoch_done(self) -> bool:
+        return self.batch_in_epoch >= self.steps_per_epoch * self.cfg.train.accumulation
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _optimizer_step(self, batches) -> torch.Tensor:
+        """Accumulate `train.accumulation` forward/backward passes, then step; returns summed losses."""
+        cfg, env, t = self.cfg, self.env, self.cfg.train
+        self.scheduler.step_update(self.step)
+        sums = torch.zeros(3, device=env.device)
+        for micro in range(t.accumulation):
+            batch = next(batches)
+            video = batch["video"].to(env.device, non_blocking=True)
+            labels = batch["label"].to(env.device, non_blocking=True)
+            g = torch.Generator().manual_seed(((t.seed * 1_000_003 + self.step) * 1_009 + micro) * 131 + env.rank)
+            video, targets = self.mixup(video, labels, generator=g)
+            last = micro == t.accumulation - 1
+            sync = self.ddp.no_sync() if env.distributed and not last else _null()
+            with sync:
+                with autocast(self.amp, env.device):
+                    out = self.ddp(video, **self.text.kwargs())
+                cls_loss = soft_cross_entropy(out.logits, targets)
+                align_loss = out.align_losses.float().sum()
+                loss = cls_loss + t.align_loss_weight * align_loss
+                value = float(loss.detach())
+                if dist.any_true(not math.isfinite(value), env):
+                    self._diverged(value)
+                self.scaler.scale(loss / t.accumulation).backward()
+            sums += torch.stack([loss.detach(), cls_loss.detach(), align_loss.detach()]) / t.accumulation
+            self.batch_in_epoch += 1
+        if t.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], t.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return sums
+
+    def _diverged(self, value: float) -> None:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss is {value} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                               f"stopped without applying it, {kept}")
+
+    def _end_epoch(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        finished = self.epoch
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        if self.val_samples is not None and (self.epoch % t.eval_every_epochs == 0 or self.epoch == t.epochs):
+            self._validate(finished)
+        self.save()
+
+    def _validate(self, epoch: int) -> None:
+        from ila.engine.evaluate import evaluate_split
+
+        if self.env.distributed:                     # rank 0's BatchNorm statistics everywhere, as saved
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        metrics = evaluate_split(self.model, self.cfg, self.env, self.class_names, self.text, clips=1, crops=1,
+                                 amp=self.amp, progress=self.env.main)[0]
+        self.reporter.log(self.step, epoch=epoch + 1, val_top1=metrics["top1"], val_top5=metrics["top5"],
+                          val_mean_class_acc=metrics["mean_class_acc"])
+        if self.env.main:
+            print(f"epoch {epoch + 1}: val top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, "
+                  f"mean class {metrics['mean_class_acc']:.2f}%")
+        if self.best_top1 is None or metrics["top1"] > self.best_top1:
+            self.best_top1 = metrics["top1"]
+            if self.env.main:
+                ckpt.save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.class_names)
+
+    def _report_bad_files(self) -> None:
+        """Bad files the loader skipped in this pass (each process reports its own)."""
+        skipped = self.loader.skipped
+        if skipped.count:
+            print(f"epoch {self.epoch + 1} (process {self.env.rank}): {skipped.summary()}")
+            self.reporter.log(self.step, epoch=self.epoch + 1, skipped_videos=skipped.count)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def initial_model(cfg: Config) -> nn.Module:
+    """A model for the config with `train.init` weights: `auto` (the preset's CLIP, if it names one), `none`
+    (fresh initialisation), an ila checkpoint, a release checkpoint, or CLIP weights (a file or an open_clip
+    name such as ViT-B-32:openai)."""
+    from ila.models.ila import build_model, from_clip
+    from ila.models.release import load_release
+
+    init = cfg.train.init
+    if init == "auto":
+        from ila.presets import PRESETS
+
+        init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
+    if init in ("", "none"):
+        return build_model(cfg.model)
+    if Path(init).is_file():
+        try:
+            state = torch.load(init, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a release container or a TorchScript CLIP: tried below
+            state = None
+        weights = state.get("model", state) if isinstance(state, dict) else None
+        if isinstance(state, dict) and state.get("format") == ckpt.FORMAT:
+            return _with_weights(build_model(cfg.model), weights, init)
+        if weights is None or any(".message_attn." in k for k in weights):
+            try:
+                release = load_release(init, num_frames=cfg.model.num_frames)
+                return _with_weights(build_model(cfg.model), release.state_dict(), init)
+            except UserError:
+                if weights is not None:
+                    raise
+    model = from_clip(init, cfg.model)
+    for key, value in cfg.model.to_dict().items():
+        if getattr(model.cfg, key) != value:
+            raise UserError(f"train.init={init}: the CLIP weights have {key}={getattr(model.cfg, key)!r} but the "
+                            f"config says model.{key}={value!r}")
+    return model
+
+
+def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
+    ckpt.load_weights(model, weights, source)
+    return model
+
+
+def train(cfg: Config, resume: str | Path | None = None) -> Path:
+    """Train (or continue) the run described by `cfg`; returns the run directory."""
+    env = dist.setup(cfg.device)
+    try:
+        return Trainer(cfg, env, resume).run()
+    finally:
+        dist.cleanup()
+
+
+def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Config:
+    """The config saved in a checkpoint (or run directory), with `--set` overrides applied."""
+    from ila.config import load_config
+
+    state = ckpt.read_checkpoint(resume)
+    return load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
