@@ -1,1 +1,25 @@
-"""ILA video recognition: the authors' model, exactly, with training, evaluation and prediction."""
+"""ILA video recognition: the authors' model, exactly, with training, evaluation and prediction.
+
+    model = ila.load_release("k400_b32_8.pth")              # the authors' released weights
+    model = ila.from_clip("ViT-B-32.pt", ila.get_preset("ila-b32-8f-k400"))   # start from CLIP
+    out = model(video, ila.tokenize(class_names))         # .logits, .align_losses, .points
+"""
+from ila.models.clip import tokenize
+from ila.models.config import ModelConfig
+from ila.models.ila import ILAModel, ILAOutput, build_model, from_clip
+from ila.models.release import load_release
+from ila.presets import PRESETS, get_preset
+
+__version__ = "0.1.0"
+
+
+def load_checkpoint(path, overrides=(), device="cpu"):
+    """An `ila` checkpoint -> (model, config, class_names); safe (`weights_only=True`), needs no other input."""
+    from ila.engine.checkpoint import load_checkpoint as _load
+
+    model, config, class_names, _ = _load(path, overrides, device)
+    return model, config, class_names
+
+
+__all__ = ["ILAModel", "ILAOutput", "ModelConfig", "PRESETS", "build_model", "from_clip", "get_preset",
+           "load_checkpoint", "load_release", "tokenize"]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ila.models.clip import TextTower, VisionTower
+from ila.errors import UserError
+from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_keys, read_clip_weights
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
 from ila.models.ist_block import ISTBlock
@@ -189,3 +190,27 @@ def parameter_group(name: str) -> str:
 def build_model(cfg: ModelConfig) -> ILAModel:
     """An ILA model with fresh weights for a config (use `ila.load_release` / `ila.from_clip` for weights)."""
     return ILAModel(cfg)
+
+
+def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
+    """An ILA model whose CLIP towers start from CLIP weights; the new modules keep their release initialisation.
+
+    `weights`: an OpenAI `.pt` (TorchScript or state dict), an open_clip checkpoint, a state dict, or a pretrained
+    name such as `ViT-B-32:openai` (fetched through open_clip when online). The geometry is read from the weights;
+    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...).
+    """
+    state = read_clip_weights(weights)
+    base = (cfg or ModelConfig()).to_dict()
+    base.update(clip_geometry(state))
+    base.update(overrides)
+    model = ILAModel(ModelConfig.from_dict(base))
+    mapped = clip_to_ila_keys(state)
+    if model.text is None:
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("text.") and k != "logit_scale"}
+    own = model.state_dict()
+    wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
+    unknown = [k for k in mapped if k not in own]
+    if wrong or unknown:
+        raise UserError(f"CLIP weights do not fit: {', '.join((wrong + unknown)[:3])}")
+    model.load_state_dict(mapped, strict=False)
+    return model

@@ -110,6 +110,33 @@ def release_to_ila(state_dict: dict[str, torch.Tensor], trunk: str) -> dict[str,
     return out
 
 
+_INVERSE_SEPARABLE = {"0": "0.depthwise_conv.0", "1": "0.depthwise_conv.1", "3": "0.pointwise_conv.0",
+                      "4": "0.pointwise_conv.1", "6": "1", "7": "2"}
+_INVERSE = [(r"^text\.", ""), (r"^head\.classifier\.", "mit.classify_head."), (r"^head\.mit\.", "mit."),
+            (r"^head\.prompts\.visual_ln\.", "prompts_visual_ln."),
+            (r"^head\.prompts\.visual_proj$", "prompts_visual_proj"), (r"^head\.prompts\.", "prompts_generator."),
+            (r"alignment\.point_head\.spatial\.", "message_attn.prediction_block."),
+            (r"alignment\.point_head\.temporal\.0\.", "message_attn.prediction_block.10."),
+            (r"alignment\.point_head\.temporal\.2\.", "message_attn.prediction_block.12."),
+            (r"alignment\.token_conv\.", "message_attn.conv."), (r"alignment\.token_proj\.", "message_attn.fc."),
+            (r"alignment\.", "message_attn.")]
+
+
+def ila_to_release(state_dict: dict[str, torch.Tensor], trunk: str) -> dict[str, torch.Tensor]:
+    """This package's key names -> the release's (to export weights for the authors' code)."""
+    out = {}
+    for key, value in state_dict.items():
+        if trunk == "separable":
+            key = re.sub(r"alignment\.interactive_block\.([0-9])\.",
+                         lambda m: f"alignment.interactive_block.{_INVERSE_SEPARABLE[m.group(1)]}.", key)
+        for pattern, repl in _INVERSE:
+            key, n = re.subn(pattern, repl, key)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
 def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
     """`k400` (text head, separable trunk) or `ssv2` (classifier head, dense trunk), from the keys."""
     if any(k.startswith("mit.classify_head.") for k in state_dict):

@@ -1,0 +1,67 @@
+"""Every model of the paper's tables, and small models for CPU experiments, as named configurations."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from ila.errors import UserError
+from ila.models.config import ModelConfig
+
+_B32 = dict(vision_width=768, vision_layers=12, vision_patch_size=32, image_resolution=224, embed_dim=512,
+            transformer_width=512, transformer_layers=12)
+_B16 = dict(_B32, vision_patch_size=16)
+_L14 = dict(vision_width=1024, vision_layers=24, vision_patch_size=14, image_resolution=224, embed_dim=768,
+            transformer_width=768, transformer_layers=12)
+_L14_336 = dict(_L14, image_resolution=336)
+_K400 = dict(head="text", interactive_block="separable", num_classes=400)
+_SSV2 = dict(head="classifier", interactive_block="dense", num_classes=174)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its config, the CLIP weights it starts from, and what the paper reports for it."""
+
+    model: ModelConfig
+    clip: str                       # open_clip name of the CLIP weights it starts from
+    dataset: str                    # what it is trained on
+    paper_top1: float | None = None  # top-1 (%) in the paper / authors' README, 4x3 views
+    paper_gflops: float | None = None  # GFLOPs per view as the paper reports them
+
+
+def _paper(name_geom, frames, head, clip, dataset, top1, gflops):
+    return Preset(ModelConfig(**name_geom, **head, num_frames=frames), clip, dataset, top1, gflops)
+
+
+PRESETS: dict[str, Preset] = {
+    "ila-b32-8f-k400": _paper(_B32, 8, _K400, "ViT-B-32:openai", "kinetics400", 81.3, 40),
+    "ila-b32-16f-k400": _paper(_B32, 16, _K400, "ViT-B-32:openai", "kinetics400", 82.4, None),
+    "ila-b16-8f-k400": _paper(_B16, 8, _K400, "ViT-B-16:openai", "kinetics400", 84.0, None),
+    "ila-b16-16f-k400": _paper(_B16, 16, _K400, "ViT-B-16:openai", "kinetics400", 85.7, 295),
+    "ila-l14-8f-k400": _paper(_L14, 8, _K400, "ViT-L-14:openai", "kinetics400", 88.0, 673),
+    "ila-l14-336-16f-k400": _paper(_L14_336, 16, _K400, "ViT-L-14-336:openai", "kinetics400", 88.7, 3130),
+    "ila-b16-8f-ssv2": _paper(_B16, 8, _SSV2, "ViT-B-16:openai", "ssv2", 65.0, None),
+    "ila-b16-16f-ssv2": _paper(_B16, 16, _SSV2, "ViT-B-16:openai", "ssv2", 66.8, 438),
+    "ila-b16-32f-ssv2": _paper(_B16, 32, _SSV2, "ViT-B-16:openai", "ssv2", None, None),
+    "ila-l14-8f-ssv2": _paper(_L14, 8, _SSV2, "ViT-L-14:openai", "ssv2", 67.8, 907),
+    "ila-l14-336-16f-ssv2": _paper(_L14_336, 16, _SSV2, "ViT-L-14-336:openai", "ssv2", 70.2, 3723),
+    # From scratch on a CPU: a narrow ViT on 32 px frames (4x4 grid), everything trainable, an order-blind head
+    # (no temporal position embedding) so that `mean` and `attention` baselines compare fairly.
+    "demo": Preset(ModelConfig(image_resolution=32, vision_patch_size=8, vision_width=64, vision_layers=4,
+                               embed_dim=64, num_frames=8, head="classifier", num_classes=8,
+                               interactive_block="separable", align_hidden=64, point_hidden=32,
+                               mit_pos_embed=False, classifier_dropout=0.0, freeze_clip=False),
+                   "", "generated motion set"),
+    # The smallest working model, for tests.
+    "tiny": Preset(ModelConfig(image_resolution=32, vision_patch_size=8, vision_width=64, vision_layers=2,
+                               embed_dim=64, transformer_width=64, transformer_layers=1, num_frames=4,
+                               head="classifier", num_classes=8, align_hidden=32, point_hidden=16,
+                               mit_pos_embed=False, classifier_dropout=0.0, freeze_clip=False),
+                   "", "tests"),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of a preset's model config."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name].model)
