@@ -49,7 +49,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return found
 
 
-_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load,
+def _restricted_load(file, **kwargs):
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# Both entry points torch.load uses (zip archives: Unpickler; legacy files: load) are restricted.
+_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=_restricted_load,
                                            __name__="ila_restricted_pickle")
 
 
