@@ -1,0 +1,251 @@
+"""Reading frames: PyAV video decoding that seeks, and frame folders (JPEG/PNG).
+
+`open_video(path)` gives a reader with `num_frames` and `read(indices) -> uint8 array (N, H, W, 3)`.
+A video is indexed by demuxing its packets (no decoding): frame i is the i-th frame in presentation
+order, which is exact for variable frame rates. `read` seeks to the keyframe before the first wanted
+frame, decodes forward, converts only the wanted frames to RGB, stops after the last one, and seeks
+again whenever a keyframe lies between two wanted frames. Rotation metadata is applied. Any file that
+cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason.
+"""
+from __future__ import annotations
+
+import os
+import re
+from bisect import bisect_right
+
+import av
+import numpy as np
+
+from ila.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class VideoReadError(UserError):
+    """A video or frame folder that gives no usable frames; the message names the path and why."""
+
+    def __init__(self, path: str, reason: str | None = None):
+        # one argument (a whole message) too, as DataLoader workers re-raise with the message only
+        super().__init__(path if reason is None else f"{path}: {reason}")
+        self.path = path
+        self.reason = reason if reason is not None else path
+
+
+def open_video(path: str, threads: int = 1):
+    """A reader for a video file or, for a directory, a frame folder."""
+    if os.path.isdir(path):
+        return FrameFolderReader(path)
+    return VideoReader(path, threads=threads)
+
+
+class VideoReader:
+    """Random access to the frames of one video file (use as a context manager, or call `close`)."""
+
+    def __init__(self, path: str, threads: int = 1):
+        self.path = path
+        if not os.path.exists(path):
+            raise VideoReadError(path, "file not found")
+        if os.path.isdir(path):
+            raise VideoReadError(path, "is a directory, not a video file")
+        if os.path.getsize(path) == 0:
+            raise VideoReadError(path, "empty file (0 bytes)")
+        try:
+            self._container = av.open(path, metadata_errors="ignore")
+        except av.error.EOFError:
+            raise VideoReadError(path, "no frames: the file ends before any video data") from None
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise VideoReadError(path, f"not a readable video ({_why(e)})") from None
+        try:
+            if not self._container.streams.video:
+                kinds = sorted({s.type for s in self._container.streams})
+                what = f"{', '.join(kinds)} streams only" if kinds else "no streams or frames at all"
+                raise VideoReadError(path, f"no video stream ({what})")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_count = threads
+            self._index_packets()
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _index_packets(self) -> None:
+        pts, keys, timestamps = [], [], True
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0:
+                    continue
+                t = packet.pts if packet.pts is not None else packet.dts
+                timestamps &= t is not None
+                pts.append(t if t is not None else len(pts))
+                keys.append(bool(packet.is_keyframe))
+        except av.error.EOFError:
+            pass                                      # a stream that ends early: keep what was read
+        except av.error.FFmpegError as e:
+            if not pts:
+                raise VideoReadError(self.path, f"not a readable video ({_why(e)})") from None
+        if not pts:
+            raise VideoReadError(self.path, "video stream has no frames")
+        order = np.argsort(np.asarray(pts), kind="stable")
+        self._pts = [pts[i] for i in order]
+        self._keyframes = [i for i, j in enumerate(order) if keys[j]] or [0]
+        self._frame_of_pts = {p: i for i, p in enumerate(self._pts)}
+        self._seekable = timestamps and len(self._frame_of_pts) == len(self._pts)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._pts)
+
+    @property
+    def fps(self) -> float:
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else 0.0
+
+    def read(self, indices, short_side: int | None = None) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as uint8 (N, H, W, 3), rotation applied;
+        `short_side` resizes during colour conversion so the shorter side has that length."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no frame indices given")
+        bad = [i for i in indices if not 0 <= i < self.num_frames]
+        if bad:
+            raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
+        wanted = sorted(set(indices))
+        got: dict[int, np.ndarray] = {}
+        if self._seekable:
+            for span in self._spans(wanted):
+                self._decode_span(span, got, short_side)
+        else:
+            self._decode_from_start(wanted, got, short_side)
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise VideoReadError(self.path, f"truncated or corrupt: frame {missing[0]} of {self.num_frames} "
+                                            f"could not be decoded ({len(missing)} of {len(wanted)} wanted missing)")
+        return np.stack([got[i] for i in indices])
+
+    def _spans(self, wanted: list[int]) -> list[list[int]]:
+        """Group wanted frames: a new group (a new seek) starts where a keyframe lies after the previous
+        wanted frame, so the frames in between are never decoded."""
+        spans = [[wanted[0]]]
+        for i in wanted[1:]:
+            if self._keyframe_before(i) > spans[-1][-1]:
+                spans.append([i])
+            else:
+                spans[-1].append(i)
+        return spans
+
+    def _keyframe_before(self, i: int) -> int:
+        return self._keyframes[max(bisect_right(self._keyframes, i) - 1, 0)]
+
+    def _decode_span(self, span: list[int], got: dict, short_side: int | None) -> None:
+        start = self._keyframe_before(span[0])
+        try:
+            self._container.seek(int(self._pts[start]), stream=self._stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            self._decode_from_start(span, got, short_side)
+            return
+        wanted, last = set(span), span[-1]
+        for frame in self._frames():
+            i = self._frame_of_pts.get(frame.pts)
+            if i is None:
+                continue
+            if i in wanted and i not in got:
+                got[i] = self._to_rgb(frame, short_side)
+            if i >= last:
+                return
+
+    def _decode_from_start(self, wanted: list[int], got: dict, short_side: int | None) -> None:
+        """For streams without usable timestamps: count frames from the beginning."""
+        self._container.close()
+        self._container = av.open(self.path, metadata_errors="ignore")
+        self._stream = self._container.streams.video[0]
+        targets, last = set(wanted), wanted[-1]
+        for i, frame in enumerate(self._frames()):
+            if i in targets and i not in got:
+                got[i] = self._to_rgb(frame, short_side)
+            if i >= last:
+                return
+
+    def _frames(self):
+        """Decoded frames from the current position; a corrupt packet is skipped, not fatal."""
+        for packet in self._container.demux(self._stream):
+            try:
+                yield from packet.decode()
+            except av.error.FFmpegError:
+                continue
+
+    @staticmethod
+    def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
+        rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+        w, h = frame.width, frame.height
+        if short_side and short_side != min(w, h):
+            scale = short_side / min(w, h)
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+        return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FrameFolderReader:
+    """A directory of JPEG/PNG frames, in natural file-name order (frame_2 before frame_10)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if not os.path.isdir(path):
+            raise VideoReadError(path, "frame folder not found")
+        names = [n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not names:
+            raise VideoReadError(path, "frame folder holds no .jpg/.jpeg/.png images")
+        self._files = [os.path.join(path, n) for n in sorted(names, key=_natural_key)]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._files)
+
+    def read(self, indices, short_side: int | None = None) -> np.ndarray:
+        """Frames at `indices` as uint8 (N, H, W, 3); `short_side` as for `VideoReader.read`."""
+        from PIL import Image
+
+        cache: dict[int, np.ndarray] = {}
+        for i in indices:
+            if i in cache:
+                continue
+            try:
+                with Image.open(self._files[i]) as img:
+                    img = img.convert("RGB")
+                    if short_side:
+                        scale = short_side / min(img.size)
+                        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                        if size != img.size:
+                            img = img.resize(size, Image.BILINEAR)
+                    cache[i] = np.asarray(img)
+            except (OSError, ValueError) as e:
+                raise VideoReadError(self._files[i], f"not a readable image ({e})") from None
+        shapes = {a.shape for a in cache.values()}
+        if len(shapes) > 1:
+            raise VideoReadError(self.path, f"frames differ in size: {sorted(shapes)}")
+        return np.stack([cache[i] for i in indices])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def _why(error: Exception) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    return text.split(":")[0].strip() if text else type(error).__name__
