@@ -24,6 +24,46 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
                  frames=args.frames, seed=args.seed)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ila.config import load_config
+    from ila.engine.train import resume_config, train
+
+    sets = list(args.set or [])
+    if args.output:
+        sets.append(f"output={args.output}")
+    if args.config:
+        cfg = load_config(args.config, sets)
+    elif args.resume:
+        cfg = resume_config(args.resume, sets)
+    else:
+        raise UserError("give --config CONFIG (a YAML file or a preset name), or --resume RUN_DIR")
+    train(cfg, resume=args.resume)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from ila.engine.evaluate import run_eval
+
+    run_eval(args.checkpoint, args.set or [], output=args.output, classes=args.classes)
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from ila.engine.predict import run_predict
+
+    run_predict(args.checkpoint, args.videos, topk=args.topk, as_json=args.json, classes=args.classes,
+                visualize=args.visualize, block=args.block, overrides=args.set or [])
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from ila.engine.convert import convert_release
+
+    convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="override config keys, e.g. train.lr=1e-3 data.num_frames=16 (see the config key table)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ila", description="ILA video recognition: train, evaluate, predict.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +83,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="frames per video")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("train", help="train a model (also under torchrun for DDP)")
+    p.add_argument("--config", help="YAML config file or preset name")
+    _add_set(p)
+    p.add_argument("--output", help="run directory (default: runs/NAME); an existing run there is continued")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CKPT",
+                   help="continue a run: its directory or a checkpoint (alone: the --output directory)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on data.val_list (clips x crops views)")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    _add_set(p)
+    p.add_argument("--output", help="where metrics.json, per_class.csv and confusion.csv/png go "
+                                     "(default: eval/ beside the checkpoint)")
+    p.add_argument("--classes", help="class-name file or comma-separated names (default: the checkpoint's)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of video files or folders")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--classes", help="class-name file or comma-separated names (text-head models: zero-shot)")
+    p.add_argument("--visualize", metavar="OUT.png", help="draw frame pairs with interactive points and masks")
+    p.add_argument("--block", type=int, default=-1, help="which block's alignment to draw (default: the last)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("convert", help="authors' release checkpoint -> ila checkpoint")
+    p.add_argument("release", metavar="RELEASE.pth")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
+    p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
+    p.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -13,6 +13,8 @@ off by default; the model's running statistics are restored afterwards.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,8 +162,10 @@ def write_eval_outputs(out: Path, metrics: dict, names: list[str], samples, scor
     write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     report.write_per_class(out / "per_class.csv", names, metrics["per_class"], metrics["counts"])
     report.write_confusion(out / "confusion.csv", out / "confusion.png", names, metrics["confusion"])
-    lines = ["path,label,predicted,score"]
+    buf = io.StringIO()
+    rows = csv.writer(buf, lineterminator="\n")
+    rows.writerow(["path", "label", "predicted", "score"])
     for sample, s, y in zip(samples, scores, labels):
         p = int(s.argmax())
-        lines.append(f"{json.dumps(sample.path)},{names[int(y)]},{names[p]},{float(s[p]):.5f}")
-    write_text(out / "predictions.csv", "\n".join(lines) + "\n")
+        rows.writerow([sample.path, names[int(y)], names[p], f"{float(s[p]):.5f}"])
+    write_text(out / "predictions.csv", buf.getvalue())

@@ -78,8 +78,11 @@ def config_difference(saved: dict, new: dict) -> str | None:
 
 
 def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict | None:
-    """The checkpoint to continue from: `resume`, else the newest in an existing run directory."""
-    if resume is not None:
+    """The checkpoint to continue from: `resume` (a checkpoint or run directory; "" for `run_dir`), else the
+    newest in an existing run directory, whose config must then match `cfg`."""
+    if resume == "" and ckpt.latest_checkpoint(run_dir) is None:
+        raise UserError(f"--resume: {run_dir} holds no checkpoint to continue from")
+    if resume:
         state = ckpt.read_checkpoint(resume)
     else:
         latest = ckpt.latest_checkpoint(run_dir)
@@ -391,4 +394,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     from ila.config import load_config
 
     state = ckpt.read_checkpoint(resume)
-    return load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
+        cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
+    return cfg
