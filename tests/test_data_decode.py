@@ -54,8 +54,8 @@ class CountingReader(VideoReader):
 
     decoded = 0
 
-    def _frames(self):
-        for frame in super()._frames():
+    def _frames(self, *args):
+        for frame in super()._frames(*args):
             self.decoded += 1
             yield frame
 
@@ -73,16 +73,31 @@ def test_reads_exact_frames_in_any_order_with_repeats(tmp_path):
 def test_seeks_to_keyframe_and_stops_after_last_wanted(tmp_path):
     path = write_video(tmp_path / "gop.mp4", coded_frames(120), options={"g": "10", "keyint_min": "10",
                                                                            "sc_threshold": "0", "bframes": "0"})
+    # counts are upper bounds: unwanted frames that nothing references are not decoded at all
     with CountingReader(path) as reader:
         assert reader._keyframes == list(range(0, 120, 10))
         assert frame_ids(reader.read([95])) == [95]
-        assert reader.decoded == 6                          # frames 90..95 only
+        assert reader.decoded <= 6                          # frames 90..95 at most
     with CountingReader(path) as reader:
         assert frame_ids(reader.read([3, 5, 97])) == [3, 5, 97]
-        assert reader.decoded == 6 + 8                      # 0..5, then a new seek: 90..97
+        assert reader.decoded <= 6 + 8                      # 0..5, then a new seek: 90..97
     with CountingReader(path) as reader:
-        reader.read(np.arange(4, 120, 15))                  # 8 frames spread over the video
-        assert reader.decoded == 60                         # of the 110 up to the last wanted
+        wanted = np.arange(4, 120, 15)                      # 8 frames spread over the video
+        assert frame_ids(reader.read(wanted)) == wanted.tolist()
+        assert reader.decoded <= 60                         # of the 110 up to the last wanted
+
+
+def test_unreferenced_frames_are_skipped_unless_wanted(tmp_path):
+    path = write_video(tmp_path / "b.mp4", coded_frames(40), options={"g": "40", "x264-params": "bframes=3:b-adapt=0:b-pyramid=none"})
+    with av.open(path) as container:                        # which frames are B-frames (referenced by none)
+        b_frames = [str(f.pict_type) in ("B", "3") for f in container.decode(video=0)]
+    assert sum(b_frames) >= 5
+    with CountingReader(path) as reader:
+        assert frame_ids(reader.read(range(40))) == list(range(40)) and reader.decoded == 40
+    last_p = max(i for i, b in enumerate(b_frames) if not b)
+    with CountingReader(path) as reader:
+        assert frame_ids(reader.read([last_p])) == [last_p]
+        assert reader.decoded == last_p + 1 - sum(b_frames[:last_p])
 
 
 def test_variable_frame_rate_indexes_frames_in_presentation_order(tmp_path):

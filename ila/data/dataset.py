@@ -217,9 +217,18 @@ class VideoLoader(DataLoader):
             except StopIteration:
                 return
             except UserError as e:
+                self._stop_workers(iterator)
                 raise UserError(_worker_message(str(e))) from None
             self.skipped.update(batch)
             yield batch
+
+
+    def _stop_workers(self, iterator) -> None:
+        """Stop the workers now: left to garbage collection after a worker error, torch waits 5 s."""
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            self._iterator = None
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, sampler=None,

@@ -3,8 +3,9 @@
 `open_video(path)` gives a reader with `num_frames` and `read(indices) -> uint8 array (N, H, W, 3)`.
 A video is indexed by demuxing its packets (no decoding): frame i is the i-th frame in presentation
 order, which is exact for variable frame rates. `read` seeks to the keyframe before the first wanted
-frame, decodes forward, converts only the wanted frames to RGB, stops after the last one, and seeks
-again whenever a keyframe lies between two wanted frames. Rotation metadata is applied. Any file that
+frame, decodes forward (skipping unwanted frames that no other frame references), converts only the
+wanted frames to RGB, stops after the last one, and seeks again whenever a keyframe lies between two
+wanted frames. Rotation metadata is applied. Any file that
 cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason.
 """
 from __future__ import annotations
@@ -143,7 +144,7 @@ class VideoReader:
             self._decode_from_start(span, got, short_side)
             return
         wanted, last = set(span), span[-1]
-        for frame in self._frames():
+        for frame in self._frames(wanted):
             i = self._frame_of_pts.get(frame.pts)
             if i is None:
                 continue
@@ -164,9 +165,14 @@ class VideoReader:
             if i >= last:
                 return
 
-    def _frames(self):
-        """Decoded frames from the current position; a corrupt packet is skipped, not fatal."""
+    def _frames(self, wanted: set[int] | None = None):
+        """Decoded frames from the current position; a corrupt packet is skipped, not fatal. With
+        `wanted`, frames that nothing references (B-frames, mostly) are not decoded unless wanted."""
+        context = self._stream.codec_context
         for packet in self._container.demux(self._stream):
+            if wanted is not None:
+                skip = self._frame_of_pts.get(packet.pts) not in wanted
+                context.skip_frame = "NONREF" if skip else "DEFAULT"
             try:
                 yield from packet.decode()
             except av.error.FFmpegError:

@@ -1,0 +1,105 @@
+"""The generated motion dataset: files, determinism, time-reversed twins and the motion of each class."""
+import os
+
+import numpy as np
+import pytest
+
+from ila.cli import main
+from ila.data.annotations import load_annotations, load_class_names
+from ila.data.decode import VideoReader
+from ila.data.synthetic import (DEFAULT_PAIRS, MOTIONS, class_names, hflip_label_swap, make_dataset, render_clip,
+                                write_mp4)
+from ila.errors import UserError
+
+
+def decode_all(path):
+    with VideoReader(path) as reader:
+        return reader.read(range(reader.num_frames))
+
+
+def test_make_dataset_writes_h264_clips_lists_and_class_names(tmp_path, capsys):
+    out = str(tmp_path / "motion")
+    assert make_dataset(out, num_train=16, num_val=8, size=32, frames=8, seed=0) == out
+    assert "wrote 16 train + 8 val clips" in capsys.readouterr().out
+    names = load_class_names(os.path.join(out, "classes.txt"))
+    assert names == class_names() and len(names) == 8
+    train = load_annotations(os.path.join(out, "train.txt"), root=out)
+    val = load_annotations(os.path.join(out, "val.txt"), root=out)
+    assert len(train) == 16 and len(val) == 8
+    assert sorted(s.label for s in train) == sorted(list(range(8)) * 2)     # balanced classes
+    with VideoReader(train[3].path) as reader:
+        assert reader.num_frames == 8
+        assert reader._stream.codec_context.name == "h264"
+        assert reader._stream.codec_context.pix_fmt == "yuv420p"
+        assert reader.read([0, 7]).shape == (2, 32, 32, 3)
+
+
+def test_same_seed_same_bytes_other_seed_other_clips(tmp_path):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        make_dataset(str(tmp_path / name), num_train=4, num_val=2, size=32, frames=6, seed=seed, verbose=False)
+    read = lambda name, rel: (tmp_path / name / rel).read_bytes()
+    for rel in ("train/000000.mp4", "train/000003.mp4", "val/000001.mp4", "train.txt", "classes.txt"):
+        assert read("a", rel) == read("b", rel)
+    assert read("a", "train/000000.mp4") != read("c", "train/000000.mp4")
+
+
+@pytest.mark.parametrize("pair", range(4))
+def test_a_twin_is_its_partner_played_backwards_even_after_encoding(tmp_path, pair):
+    forward = render_clip(2 * pair, 32, 8, np.random.default_rng(11))
+    backward = render_clip(2 * pair + 1, 32, 8, np.random.default_rng(11))
+    assert np.array_equal(backward, forward[::-1])                     # same frame set, opposite order
+    write_mp4(str(tmp_path / "f.mp4"), forward)
+    write_mp4(str(tmp_path / "b.mp4"), backward)
+    assert np.array_equal(decode_all(str(tmp_path / "b.mp4")), decode_all(str(tmp_path / "f.mp4"))[::-1])
+
+
+def object_track(clip):
+    """Per frame: centroid (x, y), area and mean contrast of the pixels that differ from the background."""
+    background = np.median(clip.reshape(-1, 3), axis=0)
+    diff = np.abs(clip.astype(float) - background).sum(-1)
+    track = []
+    for d in diff:
+        mask = d > 60
+        ys, xs = np.nonzero(mask)
+        track.append((xs.mean() if len(xs) else np.nan, ys.mean() if len(ys) else np.nan, mask.sum(), d.mean()))
+    return np.array(track)
+
+
+def test_each_forward_class_moves_as_named():
+    pairs = ("horizontal", "vertical", "scale", "fade", "rotation")
+    for seed in range(5):
+        clips = [render_clip(2 * p, 64, 12, np.random.default_rng(seed), pairs=pairs, distractors=0, texture=0)
+                 for p in range(len(pairs))]
+        x, y, area, contrast = (object_track(c) for c in clips[:4])
+        assert np.all(np.diff(x[:, 0]) > 0)                            # left to right
+        assert np.all(np.diff(y[:, 1]) > 0)                            # top to bottom
+        assert area[-1, 2] > 2 * area[0, 2]                            # growing
+        assert contrast[-1, 3] > contrast[0, 3] and contrast[0, 3] < 1  # fading in from nothing
+        rot = object_track(clips[4])[:, :2]
+        steps = np.diff(rot, axis=0)
+        turn = steps[:-1, 0] * steps[1:, 1] - steps[:-1, 1] * steps[1:, 0]
+        assert turn.sum() > 0                                          # clockwise on screen (y down)
+
+
+def test_class_names_and_flip_swap():
+    assert class_names()[:2] == list(MOTIONS[DEFAULT_PAIRS[0]])
+    assert hflip_label_swap() == {0: 1, 6: 7}
+    assert class_names(("vertical", "fade")) == ["moving top to bottom", "moving bottom to top",
+                                                  "appearing (fading in)", "disappearing (fading out)"]
+
+
+def test_invalid_arguments_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="even"):
+        make_dataset(str(tmp_path), num_train=2, num_val=0, size=33)
+    with pytest.raises(UserError, match="unknown motion"):
+        make_dataset(str(tmp_path), num_train=2, num_val=0, pairs=("spiral",))
+    with pytest.raises(UserError, match="frames"):
+        make_dataset(str(tmp_path), num_train=2, num_val=0, frames=1)
+
+
+def test_cli_make_dataset(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["make-dataset", out, "--train", "8", "--val", "8", "--size", "32", "--frames", "4"]) == 0
+    assert len(load_annotations(os.path.join(out, "val.txt"))) == 8
+    assert main(["make-dataset", out, "--size", "31"]) == 2
+    assert "error" in capsys.readouterr().err
