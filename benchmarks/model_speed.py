@@ -66,6 +66,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--path", default="both", choices=["both", "straight", "fast"],
+                   help="straight: the plain forward; fast: folded BatchNorm/projections (same outputs)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each path (min is reported)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,10 +78,21 @@ def main(argv=None) -> None:
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
 
     model.eval()
+    paths = {"straight": False, "fast": True} if args.path == "both" else {args.path: args.path == "fast"}
+    results = {}
+    for name, fast in paths.items():  # interleaved repeats so both paths see the same machine load
+        results[name] = []
     with torch.inference_mode():
-        sec = timed(lambda: model(video, text_features=text), args.warmup, args.iters, device)
-    print(f"inference : {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
-          f"peak {peak_memory_mb(device):8.0f} MiB")
+        for _ in range(args.repeats):
+            for name, fast in paths.items():
+                model.fast = fast
+                results[name].append(timed(lambda: model(video, text_features=text), args.warmup, args.iters, device))
+    for name, times in results.items():
+        sec = min(times)
+        print(f"inference [{name:8s}]: {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
+              f"peak {peak_memory_mb(device):8.0f} MiB")
+    if len(results) == 2:
+        print(f"inference fast/straight speed ratio: {min(results['straight']) / min(results['fast']):.2f}x")
     if args.skip_train:
         return
     model.train()
@@ -95,9 +109,17 @@ def main(argv=None) -> None:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sec = timed(step, args.warmup, args.iters, device)
-    print(f"train step: {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
-          f"peak {peak_memory_mb(device):8.0f} MiB")
+    train = {}
+    for _ in range(args.repeats if len(paths) == 2 else 1):
+        for name, fast in paths.items():
+            model.fast = fast
+            train.setdefault(name, []).append(timed(step, 1, max(1, args.iters // 2), device))
+    for name, times in train.items():
+        sec = min(times)
+        print(f"train step [{name:8s}]: {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
+              f"peak {peak_memory_mb(device):8.0f} MiB")
+    if len(train) == 2:
+        print(f"train fast/straight speed ratio: {min(train['straight']) / min(train['fast']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,19 @@ def test_bad_configs_are_user_errors():
         ILAModel(tiny(image_resolution=24))
     with pytest.raises(ValueError, match="4 frames"):
         ILAModel(tiny())(torch.randn(1, 3, 3, 32, 32))
+
+
+def test_fast_path_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = with_moving_points(ILAModel(tiny()))
+    video = torch.randn(2, 4, 3, 32, 32)
+    grads = []
+    for fast in (False, True):
+        model.zero_grad()
+        model.fast = fast
+        out = model(video)
+        (out.logits.square().sum() + out.align_losses.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name

@@ -32,7 +32,8 @@ def set_mode(model, train):
     return model
 
 
-def run(model, video, text, train, delta=0.2):
+def run(model, video, text, train, delta=0.2, fast=True):
+    model.fast = fast
     set_mode(model, train)
     model.align_delta = delta
     with torch.no_grad():
@@ -48,11 +49,12 @@ def fixture_files():
 @pytest.mark.parametrize("path", fixture_files() or [pytest.param(None, marks=pytest.mark.skip("no fixtures"))],
                          ids=lambda p: os.path.basename(p) if p else "none")
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_golden_outputs(path, mode):
+@pytest.mark.parametrize("fast", [False, True], ids=["straight", "fast"])
+def test_golden_outputs(path, mode, fast):
     fx = torch.load(path, weights_only=True)
     model = load_release(fx["state_dict"])
     assert model.cfg.num_frames == fx["config"]["frames"]
-    out, raw = run(model, fx["video"], fx["text"], mode == "train")
+    out, raw = run(model, fx["video"], fx["text"], mode == "train", fast=fast)
     expected = fx[mode]
     assert rel_err(out.logits, expected["logits"]) <= TOL
     assert rel_err(out.align_losses, expected["cos_losses"]) <= TOL
@@ -109,7 +111,8 @@ GEOMETRIES = [  # grid, width, depth, frames, head
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=["7x7-w64-d3-T3", "5x5-w128-T5-ssv2", "6x6-w192-T2"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_other_geometries_match_the_reference(geometry, mode):
+@pytest.mark.parametrize("fast", [False, True], ids=["straight", "fast"])
+def test_other_geometries_match_the_reference(geometry, mode, fast):
     cfg = ModelConfig(embed_dim=64, transformer_width=64, transformer_layers=1, align_hidden=32, point_hidden=16,
                       **geometry)
     release_sd = ila_to_release(randomize(ILAModel(cfg)).state_dict(), cfg.interactive_block)
@@ -118,7 +121,7 @@ def test_other_geometries_match_the_reference(geometry, mode):
     video = torch.randn(2, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
     text = torch.randint(1, 400, (3, 77))
     text[:, 6] = 49407
-    out, raw = run(model, video, text, mode == "train")
+    out, raw = run(model, video, text, mode == "train", fast=fast)
     with torch.no_grad():
         logits, losses, ref_raw, _ = reference_forward(release_sd, video, text, mode == "train")
     assert ref_raw.abs().max() > 0.05  # points really moved: the comparison covers the masks

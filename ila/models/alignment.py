@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ila.models.fast import fold_linears, run_folded
+
 # Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
 MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
 POINT_RANGE = 0.75  # the release scales the tanh output to [-0.75, 0.75]
@@ -54,9 +56,10 @@ class InteractivePointHead(nn.Module):
         nn.init.zeros_(self.temporal[2].weight)
         nn.init.zeros_(self.temporal[2].bias)
 
-    def forward(self, pair_features: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward(self, pair_features: torch.Tensor, batch: int, fast: bool = False) -> torch.Tensor:
         """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling)."""
-        pooled = self.spatial(pair_features).view(batch, -1, self.hidden)
+        spatial = run_folded(self.spatial, pair_features) if fast else self.spatial(pair_features)
+        pooled = spatial.view(batch, -1, self.hidden)
         return self.temporal(pooled.transpose(1, 2)).transpose(1, 2)
 
 
@@ -131,15 +134,19 @@ class ImplicitAlignment(nn.Module):
         self.token_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))  # temporal conv over frames
         self.token_proj = nn.Linear(half, dim)
         self.delta = 0.0  # disturbance offset used in training; set by the model
+        self.fast = False  # fold BatchNorm into convs in eval mode (see ila.models.fast)
 
-    def forward(self, a: torch.Tensor) -> Alignment:
+    def forward(self, a: torch.Tensor, skip: nn.Linear | None = None) -> Alignment:
+        """With `skip` (the block's following projection), the interactive tokens come out already projected
+        by it, through one folded Linear (fast path)."""
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
         maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
         pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
-        features = self.interactive_block(pairs)                          # (B*P, C, S, S)
-        points = POINT_RANGE * self.point_head(features, b)               # (B, P, 4)
+        fold_bn = self.fast and not self.training
+        features = run_folded(self.interactive_block, pairs) if fold_bn else self.interactive_block(pairs)
+        points = POINT_RANGE * self.point_head(features, b, fold_bn)      # (B, P, 4)
 
         rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
         masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)
@@ -151,8 +158,11 @@ class ImplicitAlignment(nn.Module):
         prev_half, cur_half = features.unflatten(0, (b, t - 1)).chunk(2, dim=2)
         per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
-        interactive = self.token_proj(conv.flatten(3).permute(0, 2, 3, 1))  # (B, T, N, D)
-        interactive = torch.cat([cls, interactive], dim=2)
+        conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
+        if skip is None:
+            interactive = torch.cat([cls, self.token_proj(conv)], dim=2)  # (B, T, L, D)
+        else:
+            interactive = torch.cat([skip(cls), F.linear(conv, *fold_linears(self.token_proj, skip))], dim=2)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

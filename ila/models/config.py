@@ -47,7 +47,7 @@ class ModelConfig:
     freeze_clip: bool = True                # release: CLIP image + text towers frozen
     train_prompts: bool = False             # release builds the prompt generator but never optimises it
     grad_checkpointing: bool = False
-    fast: bool = False                      # use the fast inference path (identical outputs)
+    fast: bool = True                       # fast path: folded BatchNorm (eval) and projections; same outputs
 
     @property
     def grid(self) -> int:

@@ -61,6 +61,7 @@ class ILAModel(nn.Module):
             self.text = None
             self.head = ClassifierHead(cfg)
         self.align_delta = cfg.align_delta
+        self.fast = cfg.fast
         self.set_trainable()
 
     # ------------------------------------------------------------------ alignment disturbance
@@ -81,6 +82,18 @@ class ILAModel(nn.Module):
         if epoch >= DELTA_DECAY_START:
             self.align_delta = self.align_delta * 0.5
         return self.align_delta
+
+    @property
+    def fast(self) -> bool:
+        """Use the fast path (folded BatchNorm in eval, folded projections); same outputs (ila.models.fast)."""
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self._fast = bool(value)
+        for block in self.visual.transformer.resblocks:
+            if isinstance(block, ISTBlock):
+                block.alignment.fast = self._fast
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, video: torch.Tensor):

@@ -47,11 +47,13 @@ class ISTBlock(nn.Module):
         """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`)."""
         bt, length, width = x.shape
         a = self.message_ln(self.message_fc(x)).view(-1, self.frames, length, width)
-        al = self.alignment(a)
+        fast = self.alignment.fast
+        al = self.alignment(a, self.temporal_skip_fc if fast else None)
         if self.record:
             self.last = al
         x = x + self.drop_path(self.temporal_skip_align_fc(al.aligned_tokens.view(bt, length, width)))
-        x = x + self.drop_path(self.temporal_skip_fc(al.interactive_tokens.view(bt, length, width)))
+        inter = al.interactive_tokens.view(bt, length, width)
+        x = x + self.drop_path(inter if fast else self.temporal_skip_fc(inter))
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
             x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
