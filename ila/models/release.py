@@ -68,7 +68,7 @@ def safe_load(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError:
         pass  # not plain weights: try the restricted unpickler that knows release containers
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot read {path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except pickle.UnpicklingError as e:
