@@ -27,6 +27,7 @@ def test_train_sampler_splits_each_global_batch_across_processes():
     resumed = TrainSampler(23, 2, Env(rank=1, world=3), seed=3)
     resumed.start(0, batches_done=2)
     assert list(resumed) == ranks[1][4:] and len(resumed) == 2
+    assert len(list(TrainSampler(23, 2, Env(), seed=3, accumulation=3))) == 18   # 11 batches -> 3 whole steps
     other_epoch = TrainSampler(23, 6, Env(), seed=3)
     other_epoch.start(1)
     assert list(other_epoch) != single

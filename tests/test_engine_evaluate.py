@@ -88,7 +88,7 @@ def test_ila_eval_writes_metrics_per_class_and_confusion(motion, tmp_path):
     metrics = run_eval(path, ["eval.clips=2"])
     out = tmp_path / "eval"
     assert sorted(p.name for p in out.iterdir()) == ["confusion.csv", "confusion.png", "metrics.json",
-                                                     "per_class.csv", "predictions.csv"]
+                                                     "per_class.csv", "per_class.png", "predictions.csv"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["videos"] == 5 and saved["clips"] == 2 and saved["top1"] == pytest.approx(metrics["top1"])
     per_class = list(csv.DictReader(open(out / "per_class.csv")))
@@ -98,4 +98,4 @@ def test_ila_eval_writes_metrics_per_class_and_confusion(motion, tmp_path):
     predictions = list(csv.DictReader(open(out / "predictions.csv")))
     right = sum(r["label"] == r["predicted"] for r in predictions)
     assert saved["top1"] == pytest.approx(100 * right / 5)
-    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert all((out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in ("confusion", "per_class"))

@@ -9,7 +9,8 @@ import torch
 from ila.config import load_config
 from ila.data.synthetic import make_dataset
 from ila.engine import checkpoint as ckpt
-from ila.engine.train import lr_schedule, train
+from ila.engine.classes import class_text
+from ila.engine.train import initial_model, lr_schedule, train
 from ila.errors import UserError
 
 
@@ -157,3 +158,17 @@ def test_mixed_precision_choices(motion, tmp_path):
         train(tiny(motion, tmp_path / "fp16", "train.amp=fp16"))
     with pytest.raises(UserError, match="do not fill one optimizer step"):
         train(tiny(motion, tmp_path / "big", "train.batch_size=16"))
+
+
+def test_text_head_caches_class_features_while_the_text_tower_is_frozen(motion, tmp_path):
+    sets = ("model.head=text", "train.epochs=1", "train.batch_size=4", "train.optimizer_groups=release")
+    frozen = tiny(motion, tmp_path / "frozen", *sets, "model.freeze_clip=true")
+    torch.manual_seed(frozen.train.seed)
+    start = initial_model(frozen)
+    text = class_text(start, ["a", "b"], torch.device("cpu"))
+    assert text.features.shape == (2, start.cfg.embed_dim) and not text.features.requires_grad
+    assert class_text(initial_model(tiny(motion, "x", *sets)), ["a", "b"], torch.device("cpu")).features is None
+    after = weights(train(frozen))
+    before = start.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("text.", "visual.conv1")))
+    assert not all(torch.equal(before[k], after[k]) for k in before if ".alignment." in k)

@@ -28,6 +28,18 @@ def class_names_from(spec: str | list[str] | None) -> list[str] | None:
     raise UserError(f"class names {spec!r}: no such file (give a class-name file or names separated by commas)")
 
 
+def class_list(cfg, saved: list[str], classes: str | list[str] | None = None, overrides=(),
+               source: object = "the checkpoint") -> list[str]:
+    """The class names to score a checkpoint with: `--classes`, else a `--set data.class_names=...`, else the
+    names saved in the checkpoint, else the config's class-name file."""
+    explicit = any(o.strip().startswith("data.class_names=") for o in overrides)
+    names = (class_names_from(classes) or (class_names_from(cfg.data.class_names) if explicit else None)
+             or list(saved) or class_names_from(cfg.data.class_names))
+    if not names:
+        raise UserError(f"{source} carries no class names; pass them with --classes FILE or a,b,c")
+    return names
+
+
 @dataclass
 class ClassText:
     """What the head takes for the class names: cached features, or tokens to encode each time."""

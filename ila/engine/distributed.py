@@ -48,6 +48,12 @@ def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def inference_device(cfg, overrides) -> str:
+    """Evaluation and prediction run on `auto` unless `--set device=...` says otherwise: the device a checkpoint
+    was trained on says nothing about the machine it is used on."""
+    return cfg.device if any(o.strip().startswith("device=") for o in overrides) else "auto"
+
+
 def setup(device: str = "auto") -> Env:
     """Read the torchrun environment and join the process group (once); a world of one otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -112,13 +118,15 @@ class TrainSampler(Sampler[int]):
 
     Global batch g holds permutation positions [g*B*world, (g+1)*B*world); process r reads the positions
     congruent to r modulo world, so the union of one step over processes equals a single process
-    reading with batch B*world. The incomplete last global batch is dropped (as the release does).
-    `start(epoch, batches_done)` positions the sampler, e.g. after a resume in the middle of an epoch.
+    reading with batch B*world. Batches that do not fill a whole optimizer step (`accumulation` of them)
+    are dropped, as the release drops the incomplete last batch. `start(epoch, batches_done)` positions
+    the sampler, e.g. after a resume in the middle of an epoch.
     """
 
-    def __init__(self, size: int, batch_size: int, env: Env, seed: int = 0, shuffle: bool = True):
+    def __init__(self, size: int, batch_size: int, env: Env, seed: int = 0, shuffle: bool = True,
+                 accumulation: int = 1):
         self.size, self.batch_size, self.env, self.seed, self.shuffle = size, batch_size, env, seed, shuffle
-        self.batches = size // (batch_size * env.world)
+        self.batches = size // (batch_size * env.world) // accumulation * accumulation
         self.epoch, self.skip = 0, 0
 
     def start(self, epoch: int, batches_done: int = 0) -> None:

@@ -25,9 +25,8 @@ from torch import nn
 
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
-from ila.engine.classes import ClassText, check_class_count, class_names_from, class_text
+from ila.engine.classes import ClassText, check_class_count, class_list, class_text
 from ila.engine.precision import autocast
-from ila.errors import UserError
 
 
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -75,7 +74,7 @@ def score_videos(model: nn.Module, loader, env: dist.Env, text: ClassText, num_c
     was_training = model.training
     model.eval()
     indices, scores, labels = [], [], []
-    bar = tqdm(loader, desc=desc, disable=not (progress and env.main), dynamic_ncols=True, unit="batch")
+    bar = tqdm(loader, desc=desc, disable=not (progress and env.main), dynamic_ncols=True, unit="batch", leave=False)
     try:
         with release_bn_mode(model, release_bn_quirk) as after_batch:
             for batch in bar:
@@ -118,32 +117,28 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
     quirk = cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
     idx, scores, labels = score_videos(model, data, env, text, len(class_names), amp, quirk, progress)
     if idx.numel() != len(dataset) or not torch.equal(idx, torch.arange(len(dataset))):
-        raise RuntimeError(f"evaluation scored {idx.numel()} views of {len(dataset)} videos; expected each once")
+        raise RuntimeError(f"evaluation scored {idx.numel()} of {len(dataset)} videos; expected each exactly once")
     return classification_metrics(scores, labels), idx, scores, labels, samples
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: str | Path | None = None,
              classes: str | None = None) -> dict:
     """`ila eval`: score the validation list with a checkpoint and write metrics, per-class accuracy and
-    the confusion matrix (CSV and PNG) to `output` (default: `eval/` beside the checkpoint)."""
+    the confusion matrix (CSV and PNG) to `output` (default: `eval/` in the run directory)."""
     from ila.engine import report
     from ila.engine.checkpoint import load_checkpoint
+    from ila.engine.precision import amp_dtype
 
-    env = dist.setup()
+    model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
+    names = class_list(cfg, saved_names, classes, overrides, checkpoint)
+    check_class_count(model, names)
+    env = dist.setup(dist.inference_device(cfg, overrides))
     try:
-        model, cfg, names, _ = load_checkpoint(checkpoint, overrides)
         model.to(env.device)
-        names = class_names_from(classes) or class_names_from(cfg.data.class_names) or names
-        if not names:
-            raise UserError(f"{checkpoint} carries no class names; pass them with --set data.class_names=FILE")
-        check_class_count(model, names)
-        from ila.engine.precision import amp_dtype
-
-        amp = amp_dtype(cfg.train.amp, env.device)
-        metrics, idx, scores, labels, samples = evaluate_split(model, cfg, env, names, amp=amp)
-        out = Path(output) if output else Path(checkpoint).parent / "eval"
-        if Path(checkpoint).is_dir() and not output:
-            out = Path(checkpoint) / "eval"
+        metrics, _, scores, labels, samples = evaluate_split(model, cfg, env, names,
+                                                             amp=amp_dtype(cfg.train.amp, env.device))
+        run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        out = Path(output) if output else run_dir / "eval"
         if env.main:
             write_eval_outputs(out, metrics, names, samples, scores, labels, cfg)
             print(f"{len(samples)} videos, {cfg.eval.clips} clip(s) x {cfg.eval.crops} crop(s): "
@@ -160,7 +155,7 @@ def write_eval_outputs(out: Path, metrics: dict, names: list[str], samples, scor
     summary = {k: v for k, v in metrics.items() if k not in ("per_class", "counts", "confusion")}
     summary.update(clips=cfg.eval.clips, crops=cfg.eval.crops, release_bn_quirk=cfg.eval.release_bn_quirk)
     write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    report.write_per_class(out / "per_class.csv", names, metrics["per_class"], metrics["counts"])
+    report.write_per_class(out / "per_class.csv", out / "per_class.png", names, metrics["per_class"], metrics["counts"])
     report.write_confusion(out / "confusion.csv", out / "confusion.png", names, metrics["confusion"])
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")

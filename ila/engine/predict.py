@@ -14,7 +14,7 @@ import torch
 
 from ila.engine import distributed as dist
 from ila.engine.atomic import atomic_path
-from ila.engine.classes import check_class_count, class_names_from, class_text
+from ila.engine.classes import check_class_count, class_list, class_text
 from ila.engine.evaluate import score_videos
 from ila.errors import UserError
 
@@ -41,15 +41,13 @@ class Predictor:
     """A checkpoint loaded once for many videos."""
 
     def __init__(self, checkpoint: str | Path, classes: str | list[str] | None = None,
-                 overrides: list[str] | tuple = (), device: str = "auto"):
+                 overrides: list[str] | tuple = ()):
         from ila.engine.checkpoint import load_checkpoint
 
-        self.env = dist.Env(device=dist.pick_device(device))
-        self.model, self.cfg, names, _ = load_checkpoint(checkpoint, overrides, self.env.device)
-        self.model.eval()
-        self.class_names = class_names_from(classes) or names or class_names_from(self.cfg.data.class_names)
-        if not self.class_names:
-            raise UserError(f"{checkpoint} carries no class names; pass them with --classes FILE or a,b,c")
+        self.model, self.cfg, names, _ = load_checkpoint(checkpoint, overrides)
+        self.env = dist.Env(device=dist.pick_device(dist.inference_device(self.cfg, overrides)))
+        self.model.to(self.env.device).eval()
+        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint)
         check_class_count(self.model, self.class_names, "--classes")
         self.text = class_text(self.model, self.class_names, self.env.device)
 

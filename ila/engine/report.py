@@ -21,7 +21,7 @@ from ila.engine.atomic import atomic_path, write_text
 
 
 class Progress:
-    """A tqdm bar over optimizer steps showing loss, lr and clips/s (tqdm adds the ETA)."""
+    """A tqdm bar over a run's optimizer steps showing loss, lr and clips/s (tqdm adds the ETA)."""
 
     def __init__(self, total: int, desc: str, enabled: bool, initial: int = 0):
         self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
@@ -40,6 +40,9 @@ class Progress:
         self.bar.set_postfix(**shown, clips_s=f"{self.rate:.1f}", refresh=False)
         self.bar.update(1)
         return self.rate
+
+    def describe(self, desc: str) -> None:
+        self.bar.set_description(desc, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
@@ -130,15 +133,28 @@ def plot_curves(rows: list[dict], out: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- evaluation
 
-def write_per_class(out: str | Path, class_names: list[str], per_class: np.ndarray, counts: np.ndarray) -> Path:
-    """CSV with one row per class: name, number of videos, accuracy in percent (empty for no videos)."""
+def write_per_class(out_csv: str | Path, out_png: str | Path, class_names: list[str], per_class: np.ndarray,
+                    counts: np.ndarray) -> None:
+    """Per-class top-1: a CSV row per class (name, videos, accuracy in percent; empty for no videos) and a bar chart."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "videos", "accuracy"])
     for name, acc, n in zip(class_names, per_class, counts):
         w.writerow([name, int(n), "" if math.isnan(acc) else f"{acc:.2f}"])
-    write_text(out, buf.getvalue())
-    return Path(out)
+    write_text(out_csv, buf.getvalue())
+
+    plt = _figure()
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(7, min(max(2.5, 0.22 * k + 1), 60)))
+    ax.barh(range(k), np.nan_to_num(per_class), color="tab:blue")
+    ax.set_yticks(range(k), class_names, fontsize=7 if k <= 100 else 4)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 100), xlabel="top-1 accuracy (%)", title=f"per-class accuracy (mean {np.nanmean(per_class):.1f}%)"
+           if (counts > 0).any() else "per-class accuracy")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
 
 
 def write_confusion(out_csv: str | Path, out_png: str | Path, class_names: list[str], matrix: np.ndarray) -> None:

@@ -17,11 +17,9 @@ stops the run at once, before the step is applied and before anything is saved.
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,13 +103,10 @@ class Trainer:
         self.cfg, self.env = cfg, env
         t = cfg.train
         self.run_dir = Path(cfg.output or Path("runs") / cfg.name)
-        self.state = _resume_state(cfg, self.run_dir, resume)
-
         samples, self.class_names = read_split(cfg, "train")
-        if self.state is not None and self.state.get("class_names"):
-            self.class_names = list(self.state["class_names"])
-        if cfg.model.head == "classifier":
+        if cfg.model.head == "classifier":            # a new classifier has one output per class of the data
             cfg.model.num_classes = len(self.class_names)
+        self.state = _resume_state(cfg, self.run_dir, resume)
         self.val_samples = None
         if cfg.data.val_list and t.eval_every_epochs:
             self.val_samples = read_split(cfg, "val", self.class_names)[0]
@@ -135,7 +130,7 @@ class Trainer:
         self.scaler = grad_scaler(self.amp, env.device)
 
         self.dataset = video_dataset(cfg, samples, train=True)
-        self.sampler = dist.TrainSampler(len(self.dataset), t.batch_size, env, seed=t.seed)
+        self.sampler = dist.TrainSampler(len(self.dataset), t.batch_size, env, seed=t.seed, accumulation=t.accumulation)
         self.loader = loader(self.dataset, t.batch_size, self.sampler, cfg.data.workers, t.seed)
         self.steps_per_epoch = self.sampler.batches // t.accumulation
         if self.steps_per_epoch == 0:
@@ -155,6 +150,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _restore(self, ts: dict) -> None:
+        if ts["steps_per_epoch"] != self.steps_per_epoch:
+            raise UserError(f"the checkpoint's epochs had {ts['steps_per_epoch']} steps, this config gives "
+                            f"{self.steps_per_epoch}: the training list, batch size, accumulation or process count "
+                            f"changed, so the run cannot continue exactly")
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scaler.load_state_dict(ts["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
@@ -193,13 +192,16 @@ class Trainer:
                   f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
         dist.barrier(env)
         self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None)
+        self.progress = Progress(self.total_steps, "train", env.main, initial=self.step)
         self.saved_step = self.step if self.state else -1
         try:
             while self.epoch < t.epochs and not self._stop_reached():
                 self._epoch()
+            self.progress.close()
             if env.main:
                 self.reporter.write_curves()
         finally:
+            self.progress.close()
             self.reporter.close()
         if env.main:
             print(f"stopped at step {self.step} (train.stop_at_step)" if self.step < self.total_steps
@@ -210,55 +212,57 @@ class Trainer:
         return 0 < self.cfg.train.stop_at_step <= self.step
 
     def _epoch(self) -> None:
-        cfg, env, t = self.cfg, self.env, self.cfg.train
-        model = self.model
+        env, t = self.env, self.cfg.train
         if self.batch_in_epoch == 0:
-            model.decay_align_delta(self.epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
+            self.model.decay_align_delta(self.epoch)
+        self.dataset.set_epoch(self.epoch)
         self.sampler.start(self.epoch, self.batch_in_epoch)
-        progress = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{t.epochs}", env.main,
-                            initial=self.batch_in_epoch // t.accumulation)
+        self.progress.describe(f"epoch {self.epoch + 1}/{t.epochs}")
         self.ddp.train()
-        sums = torch.zeros(3, device=env.device)  # loss, classification loss, alignment loss since last log
+        sums = torch.zeros(3, device=env.device)  # loss, classification loss, alignment loss since the last log
         logged = 0
         batches = iter(self.loader)
-        try:
-            while self.batch_in_epoch < self.steps_per_epoch * t.accumulation and not self._stop_reached():
-                start = time.perf_counter()
-                step_sums = self._optimizer_step(batches)
-                sums += step_sums
-                logged += 1
-                rate = progress.update(t.batch_size * env.world * t.accumulation, loss=float(step_sums[0]),
-                                       lr=self._lr())
-                if self.step % t.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch * t.accumulation:
-                    mean = dist.all_mean(sums / logged, env)
-                    self.reporter.log(self.step, epoch=round(self.epoch + self.batch_in_epoch /
-                                                             (self.steps_per_epoch * t.accumulation), 4),
-                                      loss=float(mean[0]), cls_loss=float(mean[1]), align_loss=float(mean[2]),
-                                      lr=self._lr(), clips_per_s=round(rate, 2),
-                                      step_time=round(time.perf_counter() - start, 4))
-                    sums.zero_()
-                    logged = 0
-                if t.save_every_steps and self.step % t.save_every_steps == 0 and not self._epoch_done():
-                    self.save()
-                if self._stop_reached() and self.saved_step != self.step and not self._epoch_done():
-                    self.save()
-        finally:
-            progress.close()
+        while not self._epoch_done() and not self._stop_reached():
+            start = time.perf_counter()
+            step_sums = self._optimizer_step(batches)
+            sums += step_sums
+            logged += 1
+            rate = self.progress.update(t.batch_size * env.world * t.accumulation, loss=float(step_sums[0]),
+                                        lr=self._lr())
+            if self.step % t.log_every_steps == 0 or self._epoch_done():
+                mean = dist.all_mean(sums / logged, env)
+                self.reporter.log(self.step, epoch=round(self.epoch + self.batch_in_epoch / self.batches_per_epoch, 4),
+                                  loss=float(mean[0]), cls_loss=float(mean[1]), align_loss=float(mean[2]),
+                                  lr=self._lr(), **self._group_lrs(), clips_per_s=round(rate, 2),
+                                  step_time=round(time.perf_counter() - start, 4))
+                sums.zero_()
+                logged = 0
+            if t.save_every_steps and self.step % t.save_every_steps == 0 and not self._epoch_done():
+                self.save()
+            if self._stop_reached() and self.saved_step != self.step and not self._epoch_done():
+                self.save()
         self._report_bad_files()
         if self._epoch_done():
             self._end_epoch()
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.cfg.train.accumulation
+
     def _epoch_done(self) -> bool:
-        return self.batch_in_epoch >= self.steps_per_epoch * self.cfg.train.accumulation
+        return self.batch_in_epoch >= self.batches_per_epoch
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _group_lrs(self) -> dict:
+        """The learning rate of every parameter group, when there are several (release scheme)."""
+        groups = self.optimizer.param_groups
+        return {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(groups)} if len(groups) > 1 else {}
+
     def _optimizer_step(self, batches) -> torch.Tensor:
         """Accumulate `train.accumulation` forward/backward passes, then step; returns summed losses."""
-        cfg, env, t = self.cfg, self.env, self.cfg.train
+        env, t = self.env, self.cfg.train
         self.scheduler.step_update(self.step)
         sums = torch.zeros(3, device=env.device)
         for micro in range(t.accumulation):
@@ -297,7 +301,7 @@ class Trainer:
                                f"stopped without applying it, {kept}")
 
     def _end_epoch(self) -> None:
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         finished = self.epoch
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if self.val_samples is not None and (self.epoch % t.eval_every_epochs == 0 or self.epoch == t.epochs):
