@@ -47,6 +47,7 @@ class Predictor:
         self.model, self.cfg, names, _ = load_checkpoint(checkpoint, overrides)
         self.env = dist.Env(device=dist.pick_device(dist.inference_device(self.cfg, overrides)))
         self.model.to(self.env.device).eval()
+        self.cfg.data.bad_files = "error"   # never score another video in place of an unreadable one
         self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint)
         check_class_count(self.model, self.class_names, "--classes")
         self.text = class_text(self.model, self.class_names, self.env.device)
@@ -56,7 +57,6 @@ class Predictor:
         from ila.engine.loaders import video_dataset
 
         samples = [Sample(path, 0) for path in paths]
-        self.cfg.data.bad_files = "error"
         return video_dataset(self.cfg, samples, train=False, clips=self.cfg.eval.clips, crops=self.cfg.eval.crops)
 
     def scores(self, paths: list[str]) -> torch.Tensor:

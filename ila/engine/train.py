@@ -16,10 +16,12 @@ stops the run at once, before the step is applied and before anything is saved.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,12 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: 
                              cycle_limit=1, t_in_epochs=False)
 
 
+def step_generator(*key: int) -> torch.Generator:
+    """A generator seeded by (seed, step, micro-batch, process): a step's random draws do not depend on what
+    ran before it, so a resumed run draws the same mixup / cutmix as an uninterrupted one."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0]))
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -78,10 +86,8 @@ def config_difference(saved: dict, new: dict) -> str | None:
 def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict | None:
     """The checkpoint to continue from: `resume` (a checkpoint or run directory; "" for `run_dir`), else the
     newest in an existing run directory, whose config must then match `cfg`."""
-    if resume == "" and ckpt.latest_checkpoint(run_dir) is None:
-        raise UserError(f"--resume: {run_dir} holds no checkpoint to continue from")
-    if resume:
-        state = ckpt.read_checkpoint(resume)
+    if resume is not None:
+        state = ckpt.read_checkpoint(resume or run_dir)
     else:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is None:
@@ -92,7 +98,7 @@ def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict
             raise UserError(f"{run_dir} holds a run with another config ({diff}); choose a new --output, "
                             f"or continue it with --resume {run_dir}")
     if state.get("train_state") is None:
-        raise UserError(f"{resume} holds weights only (no training state) and cannot be resumed")
+        raise UserError(f"{resume or run_dir} holds weights only (no training state) and cannot be resumed")
     return state
 
 
@@ -269,11 +275,9 @@ class Trainer:
             batch = next(batches)
             video = batch["video"].to(env.device, non_blocking=True)
             labels = batch["label"].to(env.device, non_blocking=True)
-            g = torch.Generator().manual_seed(((t.seed * 1_000_003 + self.step) * 1_009 + micro) * 131 + env.rank)
-            video, targets = self.mixup(video, labels, generator=g)
+            video, targets = self.mixup(video, labels, generator=step_generator(t.seed, self.step, micro, env.rank))
             last = micro == t.accumulation - 1
-            sync = self.ddp.no_sync() if env.distributed and not last else _null()
-            with sync:
+            with self.ddp.no_sync() if env.distributed and not last else contextlib.nullcontext():
                 with autocast(self.amp, env.device):
                     out = self.ddp(video, **self.text.kwargs())
                 cls_loss = soft_cross_entropy(out.logits, targets)
@@ -332,14 +336,6 @@ class Trainer:
         if skipped.count:
             print(f"epoch {self.epoch + 1} (process {self.env.rank}): {skipped.summary()}")
             self.reporter.log(self.step, epoch=self.epoch + 1, skipped_videos=skipped.count)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def initial_model(cfg: Config) -> nn.Module:
