@@ -124,7 +124,7 @@ def test_horizontal_flip_swaps_labels(data):
         symmetric_label_swap([(0, 1), (0, 2)])
 
 
-def test_bad_files_are_skipped_and_reported_per_epoch_from_workers(data):
+def test_bad_files_are_skipped_and_reported_per_epoch_from_workers(data, caplog):
     samples = load_annotations(os.path.join(data, "train.txt"))
     bad = {os.path.join(data, n) for n in ("missing.mp4", "zero.mp4", "text.mp4", "truncated.mp4")}
     ds = VideoDataset(samples, data, num_frames=4, input_size=32, train=True)
@@ -143,6 +143,8 @@ def test_bad_files_are_skipped_and_reported_per_epoch_from_workers(data):
         assert "file not found" in loader.skipped.files[os.path.join(data, "missing.mp4")]
         assert "0 bytes" in loader.skipped.summary()
         assert len(labels) == len(samples)
+    logged = [r.getMessage() for r in caplog.records if "skipping unreadable file" in r.getMessage()]
+    assert sorted(m.split()[3].rstrip(":") for m in logged) == sorted(bad)      # each bad file logged once
 
 
 def test_evaluation_fails_on_a_bad_file_naming_it(data):

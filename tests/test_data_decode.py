@@ -130,6 +130,16 @@ def test_odd_size_and_short_side_resize(tmp_path):
         assert reader.read([0, 1], short_side=24).shape == (2, 24, 32, 3)
 
 
+def test_a_size_change_inside_the_stream_keeps_one_output_size(tmp_path):
+    write_video(tmp_path / "a.h264", coded_frames(5))
+    write_video(tmp_path / "b.h264", coded_frames(10, 64, 96)[5:])
+    joined = tmp_path / "joined.h264"                     # raw H.264 streams concatenate as they are
+    joined.write_bytes((tmp_path / "a.h264").read_bytes() + (tmp_path / "b.h264").read_bytes())
+    with VideoReader(str(joined)) as reader:
+        frames = reader.read(range(10))
+    assert frames.shape == (10, 32, 48, 3) and frame_ids(frames) == list(range(10))
+
+
 @pytest.mark.parametrize("rotation", [90, -90, 180])
 def test_rotation_metadata_is_applied(tmp_path, rotation):
     frame = np.zeros((32, 48, 3), np.uint8)

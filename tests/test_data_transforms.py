@@ -1,5 +1,4 @@
 """Clip transforms (same random parameters for every frame) and mixup / cutmix targets."""
-import numpy as np
 import pytest
 import torch
 

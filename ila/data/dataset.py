@@ -16,7 +16,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ila.data.annotations import Sample
 from ila.data.decode import VideoReadError, open_video
@@ -132,9 +132,12 @@ class VideoDataset(Dataset):
         return torch.cat(views), label
 
     def _note_bad(self, path: str, reason: str) -> None:
+        """Remember a bad file (later draws skip it without opening it); log it here unless in a loader
+        worker, where the loader logs it once in the main process."""
         if path not in self._bad:
             self._bad[path] = reason
-            log.warning("skipping unreadable file %s: %s", path, reason)
+            if get_worker_info() is None:
+                log.warning("skipping unreadable file %s: %s", path, reason)
 
 
 def symmetric_label_swap(label_swap) -> dict[int, int]:
@@ -159,16 +162,19 @@ class SkippedFiles:
         self.files: dict[str, str] = {}
         self.count = 0
 
-    def update(self, batch) -> None:
-        """Record the skips carried by a collated batch (or a single item)."""
+    def update(self, batch) -> list[tuple[str, str]]:
+        """Record the skips carried by a collated batch (or a single item); return them as (path, reason)."""
         if not isinstance(batch, dict) or "skipped_files" not in batch:
-            return
+            return []
         entries = batch["skipped_files"]
+        found = []
         for entry in [entries] if isinstance(entries, str) else entries:
             for line in filter(None, entry.split("\n")):
                 path, _, reason = line.partition("\t")
                 self.files.setdefault(path, reason)
                 self.count += 1
+                found.append((path, reason))
+        return found
 
     def reset(self) -> None:
         self.files.clear()
@@ -207,6 +213,7 @@ class VideoLoader(DataLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skipped = SkippedFiles()
+        self._logged: set[str] = set()
 
     def __iter__(self):
         self.skipped.reset()
@@ -219,7 +226,10 @@ class VideoLoader(DataLoader):
             except UserError as e:
                 self._stop_workers(iterator)
                 raise UserError(_worker_message(str(e))) from None
-            self.skipped.update(batch)
+            for path, reason in self.skipped.update(batch):
+                if self.num_workers > 0 and path not in self._logged:     # workers do not log
+                    self._logged.add(path)
+                    log.warning("skipping unreadable file %s: %s", path, reason)
             yield batch
 
 

@@ -62,7 +62,8 @@ class VideoReader:
                 what = f"{', '.join(kinds)} streams only" if kinds else "no streams or frames at all"
                 raise VideoReadError(path, f"no video stream ({what})")
             self._stream = self._container.streams.video[0]
-            self._stream.thread_count = threads
+            self._threads = self._stream.thread_count = threads
+            self._size = (self._stream.codec_context.width, self._stream.codec_context.height)
             self._index_packets()
         except BaseException:
             self._container.close()
@@ -111,11 +112,14 @@ class VideoReader:
             raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
         wanted = sorted(set(indices))
         got: dict[int, np.ndarray] = {}
-        if self._seekable:
-            for span in self._spans(wanted):
-                self._decode_span(span, got, short_side)
-        else:
-            self._decode_from_start(wanted, got, short_side)
+        try:
+            if self._seekable:
+                for span in self._spans(wanted):
+                    self._decode_span(span, got, short_side)
+            else:
+                self._decode_from_start(wanted, got, short_side)
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise VideoReadError(self.path, f"decoding failed ({_why(e)})") from None
         missing = [i for i in wanted if i not in got]
         if missing:
             raise VideoReadError(self.path, f"truncated or corrupt: frame {missing[0]} of {self.num_frames} "
@@ -158,6 +162,7 @@ class VideoReader:
         self._container.close()
         self._container = av.open(self.path, metadata_errors="ignore")
         self._stream = self._container.streams.video[0]
+        self._stream.thread_count = self._threads
         targets, last = set(wanted), wanted[-1]
         for i, frame in enumerate(self._frames()):
             if i in targets and i not in got:
@@ -178,10 +183,10 @@ class VideoReader:
             except av.error.FFmpegError:
                 continue
 
-    @staticmethod
-    def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
+    def _to_rgb(self, frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
+        """RGB at the stream's size (so a mid-stream size change cannot give mixed sizes), rotated."""
         rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-        w, h = frame.width, frame.height
+        w, h = self._size if all(self._size) else (frame.width, frame.height)
         if short_side and short_side != min(w, h):
             scale = short_side / min(w, h)
             w, h = max(1, round(w * scale)), max(1, round(h * scale))
