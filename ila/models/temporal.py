@@ -23,12 +23,16 @@ class FrameBlock(ResidualAttentionBlock):
 
 class DividedSTBlock(ResidualAttentionBlock):
     """`attention`: temporal self-attention over each patch's T tokens, then CLIP's spatial block
-    (divided space-time attention as in TimeSformer). The temporal output projection starts at zero."""
+    (divided space-time attention as in TimeSformer). The temporal output projection starts at zero.
+    A learned per-frame position embedding enters the temporal attention's input (as TimeSformer's time
+    embedding): without it the attention is permutation-equivariant over frames and, with an order-blind
+    head, the whole model could not tell a video from its reversal."""
 
     def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)
         self.frames = frames
         self.temporal_ln = nn.LayerNorm(width)
+        self.temporal_positional_embedding = nn.Parameter(0.02 * torch.randn(frames, width))
         self.temporal_attn = Attention(width, heads)
         self.temporal_fc = nn.Linear(width, width)
         nn.init.zeros_(self.temporal_fc.weight)
@@ -38,7 +42,7 @@ class DividedSTBlock(ResidualAttentionBlock):
         bt, length, width = x.shape
         b, t = bt // self.frames, self.frames
         patches = x[:, 1:].reshape(b, t, length - 1, width).transpose(1, 2).reshape(-1, t, width)
-        mixed = self.temporal_fc(self.temporal_attn(self.temporal_ln(patches)))
+        mixed = self.temporal_fc(self.temporal_attn(self.temporal_ln(patches) + self.temporal_positional_embedding))
         mixed = mixed.view(b, length - 1, t, width).transpose(1, 2).reshape(bt, length - 1, width)
         x = x + nn.functional.pad(mixed, (0, 0, 1, 0))  # class tokens untouched
         return super().forward(x), x.new_zeros(()), None
