@@ -178,3 +178,13 @@ def test_fast_path_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_divided_attention_sees_frame_order_through_its_time_embedding():
+    torch.manual_seed(0)
+    model = ILAModel(tiny(temporal="attention")).eval()
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            block.temporal_fc.weight.normal_(0, 0.2)
+        video = torch.randn(2, 4, 3, 32, 32)
+        assert not torch.allclose(model(video).logits, model(video.flip(1)).logits, atol=1e-5)
