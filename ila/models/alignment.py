@@ -142,8 +142,12 @@ class ImplicitAlignment(nn.Module):
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
-        maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
-        pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
+        if self.fast:  # tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
+            pairs = torch.cat([patches[:, :-1], patches[:, 1:]], dim=-1)
+            pairs = pairs.view(b * (t - 1), s, s, 2 * dim).permute(0, 3, 1, 2)  # (B*P, 2D, S, S) channels-last
+        else:
+            maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
+            pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
         fold_bn = self.fast and not self.training
         features = run_folded(self.interactive_block, pairs) if fold_bn else self.interactive_block(pairs)
         points = POINT_RANGE * self.point_head(features, b, fold_bn)      # (B, P, 4)

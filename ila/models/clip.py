@@ -45,13 +45,24 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Sequential):
-    """CLIP's feed-forward block: c_fc -> activation -> c_proj."""
+    """CLIP's feed-forward block: c_fc -> activation -> c_proj.
+
+    Fast path (`fast = True`) for QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702, and the two scalings fold
+    into the neighbouring linears, leaving one fused SiLU between them.
+    """
 
     def __init__(self, width: int, act: Callable[[], nn.Module], ratio: int = 4):
         super().__init__()
         self.c_fc = nn.Linear(width, width * ratio)
         self.gelu = act()
         self.c_proj = nn.Linear(width * ratio, width)
+        self.fast = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast and isinstance(self.gelu, QuickGELU):
+            h = F.silu(F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702))
+            return F.linear(h, self.c_proj.weight / 1.702, self.c_proj.bias)
+        return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 def activation(quick_gelu: bool) -> Callable[[], nn.Module]:

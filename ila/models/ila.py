@@ -15,6 +15,8 @@ from ila.errors import UserError
 from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_keys, read_clip_weights
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
+from ila.models.alignment import ImplicitAlignment
+from ila.models.clip import MLP
 from ila.models.ist_block import ISTBlock
 from ila.models.temporal import DividedSTBlock, FrameBlock
 
@@ -91,9 +93,9 @@ class ILAModel(nn.Module):
     @fast.setter
     def fast(self, value: bool) -> None:
         self._fast = bool(value)
-        for block in self.visual.transformer.resblocks:
-            if isinstance(block, ISTBlock):
-                block.alignment.fast = self._fast
+        for module in self.modules():
+            if isinstance(module, (ImplicitAlignment, MLP)):
+                module.fast = self._fast
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, video: torch.Tensor):
