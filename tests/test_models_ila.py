@@ -95,7 +95,7 @@ def test_gradients_reach_the_point_predictor_in_the_release_form():
         assert block.alignment.point_head.spatial[0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("temporal", ["mean", "attention"])
+@pytest.mark.parametrize("temporal", ["mean", "attention", "joint"])
 def test_baselines_share_backbone_and_head(temporal):
     ila = ILAModel(tiny())
     base = ILAModel(tiny(temporal=temporal))

@@ -6,7 +6,7 @@ from typing import Literal
 
 from ila.errors import UserError
 
-Temporal = Literal["ila", "mean", "attention"]
+Temporal = Literal["ila", "mean", "attention", "joint"]
 Head = Literal["text", "classifier"]
 
 
@@ -28,7 +28,8 @@ class ModelConfig:
     quick_gelu: bool = True                 # OpenAI CLIP: QuickGELU; most open_clip (LAION) weights: GELU
     # video
     num_frames: int = 8
-    temporal: Temporal = "ila"              # "ila" (IST blocks) | "mean" (no temporal modelling) | "attention" (divided ST)
+    temporal: Temporal = "ila"              # "ila" (IST blocks) | "mean" (no temporal modelling) | "attention" (divided
+                                            # ST) | "joint" (joint ST attention: a cost reference)
     interactive_block: Literal["separable", "dense"] = "separable"  # release K400 | release SSv2 trunk
     mi_token: Literal["release", "paper"] = "release"  # paper: pooled MI token joins the spatial attention
     align_hidden: int = 256                 # interactive-block channels (release: 256)
@@ -54,7 +55,7 @@ class ModelConfig:
         return self.image_resolution // self.vision_patch_size
 
     def validate(self) -> "ModelConfig":
-        choices = {"temporal": ("ila", "mean", "attention"), "interactive_block": ("separable", "dense"),
+        choices = {"temporal": ("ila", "mean", "attention", "joint"), "interactive_block": ("separable", "dense"),
                    "mi_token": ("release", "paper"), "head": ("text", "classifier")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -18,7 +18,7 @@ from ila.models.heads import ClassifierHead, TextHead
 from ila.models.alignment import ImplicitAlignment
 from ila.models.clip import MLP
 from ila.models.ist_block import ISTBlock
-from ila.models.temporal import DividedSTBlock, FrameBlock
+from ila.models.temporal import DividedSTBlock, FrameBlock, JointSTBlock
 
 DELTA_DECAY_START = 30  # the release halves the disturbance offset at the start of every epoch from 30 on
 
@@ -41,6 +41,9 @@ def video_blocks(cfg: ModelConfig) -> list[nn.Module]:
                          cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu) for rate in rates]
     if cfg.temporal == "attention":
         return [DividedSTBlock(cfg.vision_width, heads, cfg.num_frames, cfg.quick_gelu)
+                for _ in range(cfg.vision_layers)]
+    if cfg.temporal == "joint":
+        return [JointSTBlock(cfg.vision_width, heads, cfg.num_frames, cfg.quick_gelu)
                 for _ in range(cfg.vision_layers)]
     return [FrameBlock(cfg.vision_width, heads, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
 

@@ -46,3 +46,17 @@ class DividedSTBlock(ResidualAttentionBlock):
         mixed = mixed.view(b, length - 1, t, width).transpose(1, 2).reshape(bt, length - 1, width)
         x = x + nn.functional.pad(mixed, (0, 0, 1, 0))  # class tokens untouched
         return super().forward(x), x.new_zeros(()), None
+
+
+class JointSTBlock(ResidualAttentionBlock):
+    """`joint`: one self-attention over all T x L tokens of a clip (joint space-time attention, as in ViViT's
+    unfactorised model). A reference for how attention cost grows with T; not one of ILA's baselines."""
+
+    def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
+        super().__init__(width, heads, quick_gelu)
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        bt, length, width = x.shape
+        x = super().forward(x.reshape(bt // self.frames, self.frames * length, width))
+        return x.reshape(bt, length, width), x.new_zeros(()), None
