@@ -15,3 +15,14 @@ def fixtures_dir():
     if not os.path.isdir(FIXTURES):
         pytest.skip(f"no parity fixtures at {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def motion(tmp_path_factory):
+    """A small generated motion set shared by the engine and CLI tests: 8 training and 5 validation videos
+    (5: not divisible by 2 processes, on purpose), 8 frames at 32 px."""
+    from ila.data.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("motion")
+    make_dataset(str(root), num_train=8, num_val=5, size=32, frames=8, seed=0, verbose=False)
+    return root

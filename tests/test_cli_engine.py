@@ -7,17 +7,10 @@ import pytest
 import torch
 
 from ila.cli import main
-from ila.data.synthetic import make_dataset
 from ila.engine import checkpoint as ckpt
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-
-@pytest.fixture(scope="module")
-def motion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_dataset(str(root), num_train=8, num_val=5, size=32, frames=8, seed=0, verbose=False)
-    return root
 
 
 def data_sets(root):

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from ila.data.synthetic import make_dataset
 from ila.engine import checkpoint as ckpt
 from ila.engine.distributed import Env, ShardSampler, TrainSampler
 from ila.engine.evaluate import run_eval
@@ -45,12 +44,6 @@ def torchrun(*args, timeout=300):
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
-
-@pytest.fixture(scope="module")
-def motion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_dataset(str(root), num_train=8, num_val=5, size=32, frames=8, seed=0, verbose=False)  # 5: odd on purpose
-    return root
 
 
 def test_two_processes_train_and_evaluate_like_one(motion, tmp_path):

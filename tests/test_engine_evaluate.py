@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from ila.data.annotations import load_annotations
-from ila.data.synthetic import make_dataset
 from ila.engine.checkpoint import save_checkpoint
 from ila.engine.classes import ClassText
 from ila.engine.distributed import Env, ShardSampler
@@ -16,12 +15,6 @@ from ila.engine.loaders import loader, video_dataset
 from ila.models import build_model
 from test_engine_train import tiny
 
-
-@pytest.fixture(scope="module")
-def motion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_dataset(str(root), num_train=2, num_val=5, size=32, frames=8, seed=0, verbose=False)
-    return root
 
 
 def test_metrics_by_hand():

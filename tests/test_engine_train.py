@@ -7,18 +7,11 @@ import pytest
 import torch
 
 from ila.config import load_config
-from ila.data.synthetic import make_dataset
 from ila.engine import checkpoint as ckpt
 from ila.engine.classes import class_text
 from ila.engine.train import initial_model, lr_schedule, train
 from ila.errors import UserError
 
-
-@pytest.fixture(scope="module")
-def motion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    make_dataset(str(root), num_train=8, num_val=5, size=32, frames=8, seed=0, verbose=False)
-    return root
 
 
 def tiny(data, out, *sets):
