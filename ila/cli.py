@@ -59,6 +59,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from ila.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs)
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="override config keys, e.g. train.lr=1e-3 data.num_frames=16 (see the config key table)")
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameters and GFLOPs of a preset")
     p.add_argument("preset", help="preset name (`ila info list` lists them)")
-    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention"],
+    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"],
                    help="temporal modelling variant (default: the preset's)")
     p.add_argument("--frames", type=int, default=None, help="override the preset's frame count")
     p.set_defaults(func=_cmd_info)
@@ -118,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
+    p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
+    p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
