@@ -71,9 +71,10 @@ def prepare_data(root: Path, budget: Budget, seed: int) -> Path:
     if marker.is_file() and json.loads(marker.read_text()) == params and (root / "val.txt").is_file():
         print(f"[data] reusing {root} ({budget.train_clips} train + {budget.val_clips} val clips)")
         return root
-    print(f"[data] $ ila make-dataset {root} --train {budget.train_clips} --val {budget.val_clips} "
-          f"--size {VIDEO_SIZE} --frames {budget.frames} --seed {seed}  (motion {budget.motion[0]:g}-{budget.motion[1]:g}, "
-          f"{budget.distractors} distractors, texture {budget.texture:g})")
+    print(f"[data] generating the motion set (the generator of `ila make-dataset`) in {root}: {budget.train_clips} "
+          f"train + {budget.val_clips} val clips of {budget.frames} frames at {VIDEO_SIZE} px, seed {seed}, motion "
+          f"amplitude {budget.motion[0]:g}-{budget.motion[1]:g}, {budget.distractors} distractors, background "
+          f"texture {budget.texture:g}")
     if marker.is_file():
         marker.unlink()
     make_dataset(str(root), num_train=budget.train_clips, num_val=budget.val_clips, size=VIDEO_SIZE,
@@ -269,7 +270,7 @@ def plot_confusions(results: dict, class_names: list[str], out: Path) -> Path:
         ax.set(xlabel="predicted", title=f"{variant}: top-1 {r['metrics']['top1']:.1f} %")
     axes[0][0].set_ylabel("true")
     fig.suptitle("confusion matrices (row-normalised); time-reversed twins are adjacent classes", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
@@ -346,6 +347,11 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     table = format_table(results)
     log(f"\nResults on {len(val_x)} validation videos ({budget.eval_clips} views each; chance 12.5 %, "
         f"a model blind to frame order cannot exceed 50 %):\n{table}")
+    if "ila" in results:
+        for other in (v for v in results if v != "ila"):
+            gap = results["ila"]["metrics"]["top1"] - results[other]["metrics"]["top1"]
+            log(f"ILA - {other}: {gap:+.1f} points top-1 at {results['ila']['gflops'] / results[other]['gflops']:.2f}x "
+                f"the GFLOPs per view")
     curves = plot_curves(results, out / "curves.png")
     confusion = plot_confusions(results, class_names, out / "confusion.png")
     summary = {v: {"top1": r["metrics"]["top1"], "mean_class_acc": r["metrics"]["mean_class_acc"],
