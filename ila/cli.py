@@ -20,8 +20,14 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
     from ila.data.synthetic import make_dataset
 
+    low, _, high = args.motion.partition(",")
+    try:
+        motion = (float(low), float(high or low))
+    except ValueError:
+        raise UserError(f"--motion {args.motion!r}: give a range LOW,HIGH of fractions, e.g. 0.7,1.0") from None
     make_dataset(args.out_dir, num_train=args.train, num_val=args.val, size=args.size,
-                 frames=args.frames, seed=args.seed)
+                 frames=args.frames, seed=args.seed, motion=motion, distractors=args.distractors,
+                 texture=args.texture)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="frame side in pixels")
     p.add_argument("--frames", type=int, default=16, help="frames per video")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--motion", default="0.5,0.85", help="motion amplitude range LOW,HIGH (fraction of the largest)")
+    p.add_argument("--distractors", type=int, default=2, help="static distractor shapes per clip")
+    p.add_argument("--texture", type=float, default=0.5, help="background texture strength (0: flat)")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("train", help="train a model (also under torchrun for DDP)")
