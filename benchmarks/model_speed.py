@@ -79,20 +79,9 @@ def main(argv=None) -> None:
 
     model.eval()
     paths = {"straight": False, "fast": True} if args.path == "both" else {args.path: args.path == "fast"}
-    results = {}
-    for name, fast in paths.items():  # interleaved repeats so both paths see the same machine load
-        results[name] = []
     with torch.inference_mode():
-        for _ in range(args.repeats):
-            for name, fast in paths.items():
-                model.fast = fast
-                results[name].append(timed(lambda: model(video, text_features=text), args.warmup, args.iters, device))
-    for name, times in results.items():
-        sec = min(times)
-        print(f"inference [{name:8s}]: {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
-              f"peak {peak_memory_mb(device):8.0f} MiB")
-    if len(results) == 2:
-        print(f"inference fast/straight speed ratio: {min(results['straight']) / min(results['fast']):.2f}x")
+        compare("inference", lambda: model(video, text_features=text), model, paths, args.repeats, args.warmup,
+                args.iters, args.batch, device)
     if args.skip_train:
         return
     model.train()
@@ -109,18 +98,23 @@ def main(argv=None) -> None:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train = {}
-    for _ in range(args.repeats if len(paths) == 2 else 1):
+    compare("train step", step, model, paths, args.repeats if len(paths) == 2 else 1, 1, max(1, args.iters // 2),
+            args.batch, device)
+
+
+def compare(label, fn, model, paths, repeats, warmup, iters, batch, device) -> None:
+    """Time `fn` for each path, repeats interleaved so that every path sees the same machine load; best of repeats."""
+    times = {name: [] for name in paths}
+    for _ in range(repeats):
         for name, fast in paths.items():
             model.fast = fast
-            train.setdefault(name, []).append(timed(step, 1, max(1, args.iters // 2), device))
-    for name, times in train.items():
-        sec = min(times)
-        print(f"train step [{name:8s}]: {args.batch / sec:8.2f} clips/s  ({sec / args.batch * 1000:8.1f} ms/clip)  "
+            times[name].append(timed(fn, warmup, iters, device))
+    for name, secs in times.items():
+        sec = min(secs)
+        print(f"{label} [{name:8s}]: {batch / sec:8.2f} clips/s  ({sec / batch * 1000:8.1f} ms/clip)  "
               f"peak {peak_memory_mb(device):8.0f} MiB")
-    if len(train) == 2:
-        print(f"train fast/straight speed ratio: {min(train['straight']) / min(train['fast']):.2f}x")
-
+    if len(times) == 2:
+        print(f"{label} fast/straight speed ratio: {min(times['straight']) / min(times['fast']):.2f}x")
 
 if __name__ == "__main__":
     main()
