@@ -107,7 +107,7 @@ def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tenso
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     frames = ((video.float() * std + mean) / 255).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     pairs, size, grid = points.shape[0], frames.shape[1], masks.shape[-1]
-    fig, axes = plt.subplots(2, pairs, figsize=(2.1 * pairs, 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, pairs, figsize=(2.1 * pairs, 5.0), squeeze=False, layout="constrained")
     for t in range(pairs):
         for row, (frame, mask, (x, y)) in enumerate(((frames[t], masks[t, 0], points[t, :2]),
                                                      (frames[t + 1], masks[t, 1], points[t, 2:]))):
@@ -122,7 +122,6 @@ def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tenso
             ax.set_yticks([])
             ax.set_xlabel(f"frame {t + row}" + (" (previous)" if row == 0 else " (current)"), fontsize=8)
     fig.suptitle(title or "alignment", fontsize=10)
-    fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
