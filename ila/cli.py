@@ -14,7 +14,7 @@ from ila.errors import UserError
 def _cmd_info(args: argparse.Namespace) -> None:
     from ila.info import print_info
 
-    print_info(args.preset, temporal=args.temporal, frames=args.frames)
+    print_info(args.preset, temporal=args.temporal, frames=args.frames, text_classes=args.classes)
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"],
                    help="temporal modelling variant (default: the preset's)")
     p.add_argument("--frames", type=int, default=None, help="override the preset's frame count")
+    p.add_argument("--classes", type=int, default=None,
+                   help="class names the prompt generator runs against (text heads; default: the preset's classes)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("make-dataset", help="write the generated motion dataset (H.264 MP4 + lists)")

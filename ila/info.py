@@ -41,7 +41,8 @@ def describe(cfg: ModelConfig, text_classes: int | None = None) -> dict:
     return {"params_m": total / 1e6, "trainable_m": trainable / 1e6, "gflops": flops / 1e9, "gmacs": flops / 2e9}
 
 
-def print_info(name: str, temporal: str | None = None, frames: int | None = None) -> None:
+def print_info(name: str, temporal: str | None = None, frames: int | None = None,
+               text_classes: int | None = None) -> None:
     if name == "list":
         for preset in PRESETS:
             print(preset)
@@ -52,14 +53,15 @@ def print_info(name: str, temporal: str | None = None, frames: int | None = None
     if frames:
         cfg.num_frames = frames
     cfg.validate()
-    d = describe(cfg)
+    d = describe(cfg, text_classes)
     preset = PRESETS[name]
     print(f"{name}: {cfg.temporal}, {cfg.num_frames} frames x {cfg.image_resolution}px, patch {cfg.vision_patch_size}"
           f" ({cfg.grid}x{cfg.grid}), width {cfg.vision_width} x {cfg.vision_layers} blocks, head {cfg.head}"
           f" ({cfg.num_classes} classes)")
     print(f"parameters: {d['params_m']:.2f} M total, {d['trainable_m']:.2f} M trainable")
     print(f"compute per view: {d['gflops']:.2f} GFLOPs ({d['gmacs']:.2f} GMACs; torch.utils.flop_counter, "
-          f"2 FLOPs per multiply-add, eval mode, text features cached)")
+          f"2 FLOPs per multiply-add, eval mode, text features cached"
+          + (f", prompts for {text_classes or cfg.num_classes} class names)" if cfg.head == "text" else ")"))
     if preset.paper_top1 is not None:
         flops = f", {preset.paper_gflops} GFLOPs/view" if preset.paper_gflops else ""
         print(f"paper: {preset.paper_top1} % top-1 on {preset.dataset}{flops}")
