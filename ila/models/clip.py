@@ -60,7 +60,8 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast and isinstance(self.gelu, QuickGELU):
-            h = F.silu(F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702))
+            h = F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702)
+            h = F.silu(h, inplace=not torch.is_grad_enabled())  # in place when no graph needs the input
             return F.linear(h, self.c_proj.weight / 1.702, self.c_proj.bias)
         return self.c_proj(self.gelu(self.c_fc(x)))
 
