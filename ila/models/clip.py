@@ -96,11 +96,14 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = self.run_block(block, x)
         return x
+
+    def run_block(self, block: nn.Module, x: torch.Tensor):
+        """One block, recomputed in the backward pass instead of stored when gradient checkpointing is on."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
 
 class VisionTower(nn.Module):

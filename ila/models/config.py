@@ -1,7 +1,7 @@
 """The model's configuration: everything needed to build an ILA model (and nothing about data or training)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ila.errors import UserError

@@ -110,10 +110,7 @@ class ILAModel(nn.Module):
         losses, points = [], []
         transformer = self.visual.transformer
         for block in transformer.resblocks:
-            if transformer.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, loss, pts = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x, loss, pts = block(x)
+            x, loss, pts = transformer.run_block(block, x)
             losses.append(loss)
             points.append(pts)
         frames = self.visual.head(x).view(b, t, -1)

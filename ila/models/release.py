@@ -7,6 +7,7 @@ pickled code ever runs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -30,6 +31,7 @@ class _ConfigNode(dict):
 _STANDINS = {("yacs.config", "CfgNode"): _ConfigNode}
 
 
+@functools.lru_cache(maxsize=1)
 def _allowed_globals() -> dict[str, object]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -107,12 +109,18 @@ def release_to_ila(state_dict: dict[str, torch.Tensor], trunk: str) -> dict[str,
         if key in ("logit_scale",) or key.startswith(TEXT_KEYS):
             continue
         for rules in stages:
-            for pattern, repl in rules:
-                key, n = re.subn(pattern, repl, key)
-                if n:
-                    break
+            key = _rename(key, rules)
         out[key] = value
     return out
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    """Apply the first rule whose pattern matches `key`."""
+    for pattern, repl in rules:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
 
 
 _INVERSE_SEPARABLE = {"0": "0.depthwise_conv.0", "1": "0.depthwise_conv.1", "3": "0.pointwise_conv.0",
@@ -134,11 +142,7 @@ def ila_to_release(state_dict: dict[str, torch.Tensor], trunk: str) -> dict[str,
         if trunk == "separable":
             key = re.sub(r"alignment\.interactive_block\.([0-9])\.",
                          lambda m: f"alignment.interactive_block.{_INVERSE_SEPARABLE[m.group(1)]}.", key)
-        for pattern, repl in _INVERSE:
-            key, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        out[key] = value
+        out[_rename(key, _INVERSE)] = value
     return out
 
 
