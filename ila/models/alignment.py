@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.models.fast import fold_linears, run_folded
+from ila.models.fast import OFF, cached, fold_linears, linear, run_folded
 
 # Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
 MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
@@ -56,9 +56,9 @@ class InteractivePointHead(nn.Module):
         nn.init.zeros_(self.temporal[2].weight)
         nn.init.zeros_(self.temporal[2].bias)
 
-    def forward(self, pair_features: torch.Tensor, batch: int, fast: bool = False) -> torch.Tensor:
+    def forward(self, pair_features: torch.Tensor, batch: int, fold_bn: bool = False) -> torch.Tensor:
         """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling)."""
-        spatial = run_folded(self.spatial, pair_features) if fast else self.spatial(pair_features)
+        spatial = run_folded(self.spatial, pair_features) if fold_bn else self.spatial(pair_features)
         pooled = spatial.view(batch, -1, self.hidden)
         return self.temporal(pooled.transpose(1, 2)).transpose(1, 2)
 
@@ -125,6 +125,8 @@ class ImplicitAlignment(nn.Module):
     Input: the block's message features A `(B, T, L, D)` (class token first, then S*S patch tokens).
     """
 
+    fast = OFF  # which fast-path rewrites are on (ila.models.fast); set by the model
+
     def __init__(self, dim: int, grid: int, trunk: str = "separable", hidden: int = 256, point_hidden: int = 128):
         super().__init__()
         self.grid = grid
@@ -134,39 +136,49 @@ class ImplicitAlignment(nn.Module):
         self.token_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))  # temporal conv over frames
         self.token_proj = nn.Linear(half, dim)
         self.delta = 0.0  # disturbance offset used in training; set by the model
-        self.fast = False  # fold BatchNorm into convs in eval mode (see ila.models.fast)
 
     def forward(self, a: torch.Tensor, skip: nn.Linear | None = None) -> Alignment:
         """With `skip` (the block's following projection), the interactive tokens come out already projected
         by it, through one folded Linear (fast path)."""
+        fast = self.fast
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
-        if self.fast:  # tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
+        if fast.layout:  # tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
             pairs = torch.cat([patches[:, :-1], patches[:, 1:]], dim=-1)
             pairs = pairs.view(b * (t - 1), s, s, 2 * dim).permute(0, 3, 1, 2)  # (B*P, 2D, S, S) channels-last
         else:
             maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
             pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
-        fold_bn = self.fast and not self.training
+        fold_bn = fast.fold and not self.training
         features = run_folded(self.interactive_block, pairs) if fold_bn else self.interactive_block(pairs)
         points = POINT_RANGE * self.point_head(features, b, fold_bn)      # (B, P, 4)
 
         rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
         masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)
-        pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
-        pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
-        frame_masks = merge_pairs(masks[:, :, 0], masks[:, :, 1])         # (B, T, N)
-        aligned = torch.cat([cls, patches * frame_masks.unsqueeze(-1)], dim=2)
+        if fast.pooling:  # a frame's two masks merged first, one multiply; pooling as one contraction
+            pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
+            pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
+            aligned = patches * merge_pairs(masks[:, :, 0], masks[:, :, 1]).unsqueeze(-1)
+        else:  # as the equations read: P~_t = m_P * P_t, C~_t = m_C * C_t, summed over cells, merged per frame
+            prev, cur = patches[:, :-1] * masks[:, :, 0, :, None], patches[:, 1:] * masks[:, :, 1, :, None]
+            pooled_prev, pooled_cur = prev.sum(2), cur.sum(2)
+            aligned = merge_pairs(prev, cur)
+        aligned = torch.cat([cls, aligned], dim=2)                        # (B, T, L, D)
 
         prev_half, cur_half = features.unflatten(0, (b, t - 1)).chunk(2, dim=2)
         per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
         if skip is None:
-            interactive = torch.cat([cls, self.token_proj(conv)], dim=2)  # (B, T, L, D)
+            interactive = torch.cat([cls, linear(conv, self.token_proj.weight, self.token_proj.bias, fast,
+                                                 self.token_proj)], dim=2)  # (B, T, L, D)
         else:
-            interactive = torch.cat([skip(cls), F.linear(conv, *fold_linears(self.token_proj, skip))], dim=2)
+            proj = self.token_proj
+            w, bias = cached(self, "skip_fold", (proj.weight, proj.bias, skip.weight, skip.bias),
+                             lambda: fold_linears(proj, skip))
+            interactive = torch.cat([linear(cls, skip.weight, skip.bias, fast, skip),
+                                     linear(conv, w, bias, fast, self, "skip_fold")], dim=2)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

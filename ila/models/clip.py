@@ -1,8 +1,8 @@
 """CLIP's image and text towers with CLIP's parameter names, and reading CLIP weights.
 
-Tokens are batch-first, `(batch, tokens, width)`; attention runs through
-`F.scaled_dot_product_attention`. Weights load from an OpenAI CLIP file (TorchScript archive or plain
-state dict), an open_clip state dict, or a pretrained name fetched through open_clip when online.
+Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention` on the
+fast path (ila.models.fast). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
+open_clip state dict, or a pretrained name fetched through open_clip when online.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.errors import UserError
+from ila.models.fast import OFF, cached, linear
 
 
 class QuickGELU(nn.Module):
@@ -24,8 +25,21 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, fused: bool) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) [+ causal mask]) V over `(..., L, d)` heads; `fused`: one SDPA kernel."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if causal:
+        future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with `nn.MultiheadAttention`'s parameter layout (`in_proj_weight`, `out_proj`)."""
+
+    fast = OFF
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -36,34 +50,39 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of `x` `(n, L, D)`, plus `residual` when given."""
         n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fast, self, "in_proj")
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
+        out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, length, width)
+        return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, self.out_proj, residual=residual)
 
 
 class MLP(nn.Sequential):
-    """CLIP's feed-forward block: c_fc -> activation -> c_proj.
+    """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given).
 
-    Fast path (`fast = True`) for QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702, and the two scalings fold
-    into the neighbouring linears, leaving one fused SiLU between them.
+    With `fast.fold` and QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702, and the two scalings fold into the
+    neighbouring linears (cached), leaving one fused SiLU between them.
     """
+
+    fast = OFF
 
     def __init__(self, width: int, act: Callable[[], nn.Module], ratio: int = 4):
         super().__init__()
         self.c_fc = nn.Linear(width, width * ratio)
         self.gelu = act()
         self.c_proj = nn.Linear(width * ratio, width)
-        self.fast = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast and isinstance(self.gelu, QuickGELU):
-            h = F.linear(x, self.c_fc.weight * 1.702, self.c_fc.bias * 1.702)
-            h = F.silu(h, inplace=not torch.is_grad_enabled())  # in place when no graph needs the input
-            return F.linear(h, self.c_proj.weight / 1.702, self.c_proj.bias)
-        return self.c_proj(self.gelu(self.c_fc(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        fast, fc, proj = self.fast, self.c_fc, self.c_proj
+        if fast.fold and isinstance(self.gelu, QuickGELU):
+            w1, b1 = cached(self, "c_fc.quick", (fc.weight, fc.bias), lambda: (fc.weight * 1.702, fc.bias * 1.702))
+            w2 = cached(self, "c_proj.quick", (proj.weight,), lambda: proj.weight / 1.702)
+            h = linear(x, w1, b1, fast, self, "c_fc.quick", act="silu")
+            return linear(h, w2, proj.bias, fast, self, "c_proj.quick", residual=residual)
+        h = self.gelu(linear(x, fc.weight, fc.bias, fast, fc))
+        return linear(h, proj.weight, proj.bias, fast, proj, residual=residual)
 
 
 def activation(quick_gelu: bool) -> Callable[[], nn.Module]:
@@ -82,8 +101,8 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = MLP(width, activation(quick_gelu))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=self.causal)
-        return x + self.mlp(self.ln_2(x))
+        x = self.attn(self.ln_1(x), causal=self.causal, residual=x)
+        return self.mlp(self.ln_2(x), residual=x)
 
 
 class Transformer(nn.Module):

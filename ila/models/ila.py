@@ -15,8 +15,7 @@ from ila.errors import UserError
 from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_keys, read_clip_weights
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
-from ila.models.alignment import ImplicitAlignment
-from ila.models.clip import MLP
+from ila.models.fast import FastPath
 from ila.models.ist_block import ISTBlock
 from ila.models.temporal import DividedSTBlock, FrameBlock, JointSTBlock
 
@@ -89,15 +88,16 @@ class ILAModel(nn.Module):
         return self.align_delta
 
     @property
-    def fast(self) -> bool:
-        """Use the fast path (folded BatchNorm in eval, folded projections); same outputs (ila.models.fast)."""
+    def fast(self) -> FastPath:
+        """Which fast-path rewrites are on (ila.models.fast); every setting computes the same outputs.
+        Set it to True (all), False (the straightforward path), a FastPath, or a string such as 'on,-onednn'."""
         return self._fast
 
     @fast.setter
-    def fast(self, value: bool) -> None:
-        self._fast = bool(value)
+    def fast(self, value: "bool | str | FastPath") -> None:
+        self._fast = FastPath.parse(value)
         for module in self.modules():
-            if isinstance(module, (ImplicitAlignment, MLP)):
+            if module is not self and isinstance(getattr(module, "fast", None), FastPath):
                 module.fast = self._fast
 
     # ------------------------------------------------------------------ forward

@@ -16,10 +16,13 @@ from torch import nn
 
 from ila.models.alignment import ImplicitAlignment, alignment_loss, merge_pairs
 from ila.models.clip import MLP, Attention, activation
+from ila.models.fast import OFF, linear
 
 
 class ISTBlock(nn.Module):
     """One IST block; `forward` returns the new tokens and stores the block's alignment in `self.last`."""
+
+    fast = OFF  # which fast-path rewrites are on (ila.models.fast); set by the model
 
     def __init__(self, width: int, heads: int, grid: int, frames: int, trunk: str = "separable",
                  hidden: int = 256, point_hidden: int = 128, mi_token: str = "release", drop_path: float = 0.0,
@@ -46,19 +49,26 @@ class ISTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`)."""
         bt, length, width = x.shape
-        a = self.message_ln(self.message_fc(x)).view(-1, self.frames, length, width)
-        fast = self.alignment.fast
-        al = self.alignment(a, self.temporal_skip_fc if fast else None)
+        fast = self.fast
+        a = self.message_ln(linear(x, self.message_fc.weight, self.message_fc.bias, fast, self.message_fc))
+        skip, align_fc = self.temporal_skip_fc, self.temporal_skip_align_fc
+        al = self.alignment(a.view(-1, self.frames, length, width), skip if fast.fold else None)
         if self.record:
             self.last = al
-        x = x + self.drop_path(self.temporal_skip_align_fc(al.aligned_tokens.view(bt, length, width)))
         inter = al.interactive_tokens.view(bt, length, width)
-        x = x + self.drop_path(inter if fast else self.temporal_skip_fc(inter))
+        if not fast.fold:
+            inter = linear(inter, skip.weight, skip.bias, fast, skip)
+        aligned = al.aligned_tokens.view(bt, length, width)
+        if isinstance(self.drop_path, nn.Identity) or not self.training:  # X1 = X + Linear_align(.) + interactive
+            x = linear(aligned, align_fc.weight, align_fc.bias, fast, align_fc, residual=x + inter)
+        else:
+            x = x + self.drop_path(linear(aligned, align_fc.weight, align_fc.bias, fast, align_fc))
+            x = x + self.drop_path(inter)
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
             x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
-            x = (x + self.attn(self.ln_1(x)))[:, :length]
+            x = self.attn(self.ln_1(x), residual=x)[:, :length]
         else:
-            x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
+            x = self.attn(self.ln_1(x), residual=x)
+        x = self.mlp(self.ln_2(x), residual=x)
         return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points
