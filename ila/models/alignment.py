@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.models.fast import OFF, cached, fold_linears, linear, run_folded
+from ila.models.fast import OFF, FastPath, cached, fold_linears, linear, run_folded
 
 # Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
 MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
@@ -56,9 +56,11 @@ class InteractivePointHead(nn.Module):
         nn.init.zeros_(self.temporal[2].weight)
         nn.init.zeros_(self.temporal[2].bias)
 
-    def forward(self, pair_features: torch.Tensor, batch: int, fold_bn: bool = False) -> torch.Tensor:
-        """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling)."""
-        spatial = run_folded(self.spatial, pair_features) if fold_bn else self.spatial(pair_features)
+    def forward(self, pair_features: torch.Tensor, batch: int, fast: FastPath = OFF) -> torch.Tensor:
+        """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling); with `fast.fold`
+        in eval mode the BatchNorms are folded into the convolutions."""
+        fold_bn = fast.fold and not self.training
+        spatial = run_folded(self.spatial, pair_features, fast) if fold_bn else self.spatial(pair_features)
         pooled = spatial.view(batch, -1, self.hidden)
         return self.temporal(pooled.transpose(1, 2)).transpose(1, 2)
 
@@ -151,8 +153,8 @@ class ImplicitAlignment(nn.Module):
             maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
             pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
         fold_bn = fast.fold and not self.training
-        features = run_folded(self.interactive_block, pairs) if fold_bn else self.interactive_block(pairs)
-        points = POINT_RANGE * self.point_head(features, b, fold_bn)      # (B, P, 4)
+        features = run_folded(self.interactive_block, pairs, fast) if fold_bn else self.interactive_block(pairs)
+        points = POINT_RANGE * self.point_head(features, b, fast)         # (B, P, 4)
 
         rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
         masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.fast import OFF, cached, linear
+from ila.models.fast import OFF, linear
 
 
 class QuickGELU(nn.Module):
@@ -77,10 +77,8 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         fast, fc, proj = self.fast, self.c_fc, self.c_proj
         if fast.fold and isinstance(self.gelu, QuickGELU):
-            w1, b1 = cached(self, "c_fc.quick", (fc.weight, fc.bias), lambda: (fc.weight * 1.702, fc.bias * 1.702))
-            w2 = cached(self, "c_proj.quick", (proj.weight,), lambda: proj.weight / 1.702)
-            h = linear(x, w1, b1, fast, self, "c_fc.quick", act="silu")
-            return linear(h, w2, proj.bias, fast, self, "c_proj.quick", residual=residual)
+            h = linear(x, fc.weight, fc.bias, fast, fc, "quick", act="silu", scale=1.702, bias_scale=1.702)
+            return linear(h, proj.weight, proj.bias, fast, proj, "quick", residual=residual, scale=1 / 1.702)
         h = self.gelu(linear(x, fc.weight, fc.bias, fast, fc))
         return linear(h, proj.weight, proj.bias, fast, proj, residual=residual)
 

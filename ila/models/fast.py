@@ -120,15 +120,23 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: FastPath, owner: nn.Module,
-           key: str = "weight", act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`act(x W^T + b) + residual` (act: None or 'silu'). With `fast.onednn`, on CPU without autograd, one oneDNN
-    matmul with the weight packed once (cached on `owner` under `key`) and the activation or residual fused."""
+           key: str = "weight", act: str | None = None, residual: torch.Tensor | None = None,
+           scale: float = 1.0, bias_scale: float = 1.0) -> torch.Tensor:
+    """`act(x (scale W)^T + bias_scale b) + residual` (act: None or 'silu').
+
+    The scaled weights are derived once and cached on `owner` under `key`. With `fast.onednn`, on CPU without
+    autograd: one oneDNN matmul with the weight packed once (only the packed copy is kept) and the activation or
+    the residual add fused into it."""
+    if bias is not None and bias_scale != 1.0:
+        bias = cached(owner, key + ".bias", (bias,), lambda: bias * bias_scale)
     if fast.onednn and _onednn_usable(x, weight) and not (act and residual is not None):
         packed = cached(owner, key + ".onednn", (weight,),
-                        lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None))
+                        lambda: torch.ops.mkldnn._reorder_linear_weight((weight * scale).contiguous(), None))
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "swish" if act == "silu" else "none", [], "")
+    if scale != 1.0:
+        weight = cached(owner, key + ".scaled", (weight,), lambda: weight * scale)
     out = F.linear(x, weight, bias)
     if act == "silu":
         out = F.silu(out, inplace=not torch.is_grad_enabled())  # in place when no graph needs its input
@@ -150,8 +158,10 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return conv.weight * scale.view(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias
 
 
-def run_folded(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Sequential, each (Conv2d, eval BatchNorm2d) pair as one conv with cached folded weights."""
+def run_folded(seq: nn.Sequential, x: torch.Tensor, fast: FastPath = FastPath()) -> torch.Tensor:
+    """Run a Sequential, each (Conv2d, eval BatchNorm2d) pair as one conv with cached folded weights. With
+    `fast.onednn` (CPU, no autograd) a ReLU after the pair is fused into the conv, also across a max-pool
+    (ReLU is monotone, so it commutes with max)."""
     layers = list(seq)
     i = 0
     while i < len(layers):
@@ -161,8 +171,18 @@ def run_folded(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             sources = [layer.weight, nxt.weight, nxt.bias, nxt.running_mean, nxt.running_var]
             sources += [layer.bias] if layer.bias is not None else []
             w, b = cached(layer, "bn_fold", sources, lambda: fold_conv_bn(layer, nxt))
-            x = F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
             i += 2
+            after = layers[i:i + 2]
+            relu_at = next((k for k, m in enumerate(after) if isinstance(m, nn.ReLU)), None)
+            if (fast.onednn and _onednn_usable(x, w) and relu_at is not None
+                    and all(isinstance(m, nn.MaxPool2d) for m in after[:relu_at])):
+                x = torch.ops.mkldnn._convolution_pointwise(x, w, b, layer.padding, layer.stride, layer.dilation,
+                                                           layer.groups, "relu", [], "")
+                for pool in after[:relu_at]:
+                    x = pool(x)
+                i += relu_at + 1
+            else:
+                x = F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
         else:
             x = layer(x)
             i += 1
