@@ -1,28 +1,82 @@
-"""Model speed: clips/s and peak memory of inference and of a training step (forward + backward + AdamW step).
+"""Model speed: the straightforward and fast paths (and options) side by side, measured in one run.
 
-    python benchmarks/model_speed.py --preset ila-b32-8f-k400 --batch 2 --frames 8
-    python benchmarks/model_speed.py --preset demo --temporal mean
+    python benchmarks/model_speed.py --preset ila-b32-8f-k400 --batch 2
+    python benchmarks/model_speed.py --preset ila-b16-8f-k400 --batch 1 --ablation --skip-train
+    python benchmarks/model_speed.py --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile --grad-checkpointing
 
-Random weights (speed does not depend on their values), random input, text features cached for text heads.
-CPU peak memory is the process's resident high-water mark (ru_maxrss) after each phase, so phases are run in
-order of increasing memory (inference first); on CUDA it is torch.cuda.max_memory_allocated per phase.
+Rows: `straight` (FastPath.off(): every equation written out), `fast` (FastPath.on()); with --ablation also the
+fast path without each idea and the straightforward path with each idea alone; with --amp the fast path under
+autocast; with --compile the fast path through torch.compile. Every row reports ms/clip and clips/s of inference
+(eval, no autograd) and of a training step (forward + backward + AdamW step, the release's freezing), the speed
+ratio against `straight`, peak memory, and how far its logits are from the straightforward path's (max |diff| /
+max |straight|; fp32 rows are the same function, so this is rounding).
+
+Timing: each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
+timing is the median of `--iters` calls after `--warmup`; the best of the repeats is reported. Peak memory: on CUDA
+torch.cuda.max_memory_allocated per row; on CPU (with --memory) the resident high-water mark of a fresh process
+that builds the model and runs just that row (so rows do not share caches). Random weights, with the zero-initialised
+alignment outputs given small random values so that the alignment branch reaches the logits; text features cached.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
+from ila.engine.precision import autocast
+from ila.models.fast import FastPath
 from ila.models.ila import ILAModel
 from ila.presets import get_preset
 
 
-def peak_memory_mb(device: torch.device) -> float:
+@dataclass
+class Row:
+    name: str
+    fast: FastPath
+    amp: torch.dtype | None = None
+    compile: bool = False
+
+
+def rows_for(args) -> list[Row]:
+    rows = [Row("straight", FastPath.off()), Row("fast", FastPath.on())]
+    if args.ablation:
+        rows += [Row(f"fast -{idea}", FastPath.parse(f"on,-{idea}")) for idea in FastPath.ideas()]
+        rows += [Row(f"straight +{idea}", FastPath.parse(idea)) for idea in FastPath.ideas()]
+    if args.amp:
+        rows.append(Row(f"fast {args.amp} autocast", FastPath.on(), getattr(torch, {"bf16": "bfloat16",
+                                                                                  "fp16": "float16"}[args.amp])))
+    if args.compile:
+        rows.append(Row("fast compiled", FastPath.on(), compile=True))
+        if args.amp:
+            rows.append(Row(f"fast {args.amp} compiled", FastPath.on(), rows[-2].amp, compile=True))
+    return rows
+
+
+def build(args, device):
+    torch.manual_seed(0)
+    cfg = get_preset(args.preset)
+    cfg.num_frames = args.frames or cfg.num_frames
+    if args.temporal:
+        cfg.temporal = args.temporal
+    model = ILAModel(cfg).to(device)
+    with torch.no_grad():  # zero-initialised outputs of the alignment branch: give them values
+        for name, p in model.named_parameters():
+            if ".temporal_skip" in name or "point_head.temporal.2" in name:
+                p.normal_(0, 0.02)
+    video = torch.randn(args.batch, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution, device=device)
+    text = torch.randn(args.classes, cfg.embed_dim, device=device) if cfg.head == "text" else None
+    return cfg, model, video, text
+
+
+def sync(device):
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        torch.cuda.synchronize(device)
 
 
 def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
@@ -31,90 +85,168 @@ def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
         fn()
     times = []
     for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def build(args, device):
-    cfg = get_preset(args.preset)
-    cfg.num_frames = args.frames or cfg.num_frames
-    if args.temporal:
-        cfg.temporal = args.temporal
-    cfg.grad_checkpointing = args.grad_checkpointing
-    model = ILAModel(cfg).to(device)
-    video = torch.randn(args.batch, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution, device=device)
-    text = torch.randn(args.classes, cfg.embed_dim, device=device) if cfg.head == "text" else None
-    return cfg, model, video, text
+class Runner:
+    """Inference and training-step closures for each row, sharing one model (compiled copies cached per row)."""
+
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        self.cfg, self.model, self.video, self.text = build(args, device)
+        self.compiled = {}
+        self.opt = None
+
+    def forward(self, row: Row):
+        model = self.model
+        model.fast = row.fast
+        if row.compile:
+            if row.name not in self.compiled:
+                self.compiled[row.name] = torch.compile(model)
+            model = self.compiled[row.name]
+        with autocast(row.amp, self.device):
+            return model(self.video, text_features=self.text)
+
+    def inference(self, row: Row):
+        self.model.eval()
+
+        def run():
+            with torch.inference_mode() if not row.compile else torch.no_grad():
+                return self.forward(row).logits.float()
+        return run
+
+    def train_step(self, row: Row):
+        model = self.model
+        if self.opt is None:
+            model.train()
+            model.set_trainable(full_finetune=not self.cfg.freeze_clip)
+            model.visual.transformer.grad_checkpointing = self.args.grad_checkpointing
+            self.opt = torch.optim.AdamW(model.param_groups(), lr=1e-6)
+            classes = self.text.shape[0] if self.text is not None else self.cfg.num_classes
+            self.target = torch.randint(0, classes, (self.args.batch,), device=self.device)
+
+        def step():
+            model.train()
+            out = self.forward(row)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), self.target) + out.align_losses.sum()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return step
+
+
+def peak_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_in_fresh_process(argv: list[str], row: str, phase: str) -> float:
+    """CPU peak RSS of a new process running only `row`'s `phase` (build, warm-up, one timed call)."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--_memory-of", row, phase],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[str, dict]:
+    make = runner.inference if phase == "inference" else runner.train_step
+    fns = {row.name: make(row) for row in rows}
+    times = {row.name: [] for row in rows}
+    iters = args.iters if phase == "inference" else max(1, args.iters // 2)
+    for _ in range(args.repeats):
+        for row in rows:
+            times[row.name].append(timed(fns[row.name], args.warmup, iters, device))
+    results = {}
+    for row in rows:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            fns[row.name]()
+            mem = peak_mib(device)
+        elif args.memory:
+            mem = memory_in_fresh_process(args.argv, row.name, phase)
+        else:
+            mem = float("nan")
+        results[row.name] = {"sec": min(times[row.name]), "mem": mem}
+    return results
+
+
+def deviations(runner: Runner, rows: list[Row]) -> dict[str, float]:
+    """max |logits - straight logits| / max |straight logits|, eval mode."""
+    ref = runner.inference(rows[0])()
+    return {row.name: ((runner.inference(row)() - ref).abs().max() / ref.abs().max()).item() for row in rows}
+
+
+def report(phase, rows, results, dev, batch) -> list[dict]:
+    base = results["straight"]["sec"]
+    print(f"\n{phase}:")
+    print(f"| row | ms/clip | clips/s | vs straight | peak MiB | logits deviation |")
+    print("|---|---|---|---|---|---|")
+    out = []
+    for row in rows:
+        r = results[row.name]
+        line = dict(phase=phase, row=row.name, ms_per_clip=r["sec"] / batch * 1000, clips_per_s=batch / r["sec"],
+                    ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(row.name))
+        print(f"| {row.name} | {line['ms_per_clip']:.1f} | {line['clips_per_s']:.2f} | {line['ratio']:.2f}x | "
+              f"{line['peak_mib']:.0f} | {line['deviation']:.1e} |")
+        out.append(line)
+    return out
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="ila-b32-8f-k400")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention"])
+    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"])
     p.add_argument("--classes", type=int, default=3, help="text classes for a text head (features cached)")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each row (best is reported)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--ablation", action="store_true", help="also each idea off in the fast path / alone")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the fast path under autocast")
+    p.add_argument("--compile", action="store_true", help="also the fast path through torch.compile")
+    p.add_argument("--grad-checkpointing", action="store_true", help="training steps with gradient checkpointing")
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--path", default="both", choices=["both", "straight", "fast"],
-                   help="straight: the plain forward; fast: folded BatchNorm/projections (same outputs)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each path (min is reported)")
+    p.add_argument("--memory", action="store_true", help="CPU: peak RSS per row, each in a fresh process")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--_memory-of", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = [a for a in argv if a != "--memory"]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg, model, video, text = build(args, device)
-    print(f"{args.preset} temporal={cfg.temporal} frames={cfg.num_frames} batch={args.batch} device={device} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    rows = rows_for(args)
+    runner = Runner(args, device)
 
-    model.eval()
-    paths = {"straight": False, "fast": True} if args.path == "both" else {args.path: args.path == "fast"}
-    with torch.inference_mode():
-        compare("inference", lambda: model(video, text_features=text), model, paths, args.repeats, args.warmup,
-                args.iters, args.batch, device)
-    if args.skip_train:
+    if args._memory_of:  # child process of --memory: run one row's phase, print the peak
+        name, phase = args._memory_of
+        row = next(r for r in rows if r.name == name)
+        fn = runner.inference(row) if phase == "inference" else runner.train_step(row)
+        for _ in range(args.warmup + 1):
+            fn()
+        print(peak_mib(device))
         return
-    model.train()
-    model.set_trainable(full_finetune=not cfg.freeze_clip)
-    opt = torch.optim.AdamW(model.param_groups(), lr=1e-4)
-    target = torch.randint(0, text.shape[0] if text is not None else cfg.num_classes, (args.batch,), device=device)
 
-    def step():
-        out = model(video, text_features=text)
-        loss = torch.nn.functional.cross_entropy(out.logits, target) + out.align_losses.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    print(f"{args.preset} temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
+          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
+          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    dev = deviations(runner, rows)
+    lines = report("inference", rows, measure(runner, rows, "inference", args, device), dev, args.batch)
+    if not args.skip_train:
+        label = "training step" + (" (gradient checkpointing)" if args.grad_checkpointing else "")
+        lines += report(label, rows, measure(runner, rows, "train", args, device), dev, args.batch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(lines, f, indent=1)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    compare("train step", step, model, paths, args.repeats if len(paths) == 2 else 1, 1, max(1, args.iters // 2),
-            args.batch, device)
-
-
-def compare(label, fn, model, paths, repeats, warmup, iters, batch, device) -> None:
-    """Time `fn` for each path, repeats interleaved so that every path sees the same machine load; best of repeats."""
-    times = {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, fast in paths.items():
-            model.fast = fast
-            times[name].append(timed(fn, warmup, iters, device))
-    for name, secs in times.items():
-        sec = min(secs)
-        print(f"{label} [{name:8s}]: {batch / sec:8.2f} clips/s  ({sec / batch * 1000:8.1f} ms/clip)  "
-              f"peak {peak_memory_mb(device):8.0f} MiB")
-    if len(times) == 2:
-        print(f"{label} fast/straight speed ratio: {min(times['straight']) / min(times['fast']):.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -90,8 +90,8 @@ OFF = FastPath.off()
 def cached(owner: nn.Module, key: str, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]):
     """`compute()` (a function of `sources`), kept on `owner` until a source changes: an in-place update (its
     version counter), new storage, dtype or device. Not cached when a gradient must flow back to a source."""
-    if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
-        return compute()
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
+        return compute()  # under torch.compile the compiler folds (with freezing) and fuses by itself
     stamp = tuple((s._version, s.data_ptr(), s.dtype, s.device) for s in sources)
     store = owner.__dict__.setdefault("_fast_cache", {})
     hit = store.get(key)
@@ -116,7 +116,7 @@ def clear_cache(model: nn.Module) -> None:
 def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: FastPath, owner: nn.Module,
