@@ -12,12 +12,16 @@ import pytest
 import torch
 
 from ila.models.config import ModelConfig
+from ila.models.fast import FastPath
 from ila.models.ila import ILAModel
 from ila.models.release import ila_to_release, load_release
 from reference_release import reference_forward
 from conftest import FIXTURES
 
 TOL = 1e-5
+# the straightforward path, the fast path, and each fast-path idea on its own
+PATHS = [False, True] + FastPath.ideas()
+PATH_IDS = ["straight", "fast"] + [f"only-{idea}" for idea in FastPath.ideas()]
 
 
 def rel_err(ours, theirs):
@@ -49,7 +53,7 @@ def fixture_files():
 @pytest.mark.parametrize("path", fixture_files() or [pytest.param(None, marks=pytest.mark.skip("no fixtures"))],
                          ids=lambda p: os.path.basename(p) if p else "none")
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("fast", [False, True], ids=["straight", "fast"])
+@pytest.mark.parametrize("fast", PATHS, ids=PATH_IDS)
 def test_golden_outputs(path, mode, fast):
     fx = torch.load(path, weights_only=True)
     model = load_release(fx["state_dict"])
@@ -111,7 +115,7 @@ GEOMETRIES = [  # grid, width, depth, frames, head
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=["7x7-w64-d3-T3", "5x5-w128-T5-ssv2", "6x6-w192-T2"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("fast", [False, True], ids=["straight", "fast"])
+@pytest.mark.parametrize("fast", PATHS, ids=PATH_IDS)
 def test_other_geometries_match_the_reference(geometry, mode, fast):
     cfg = ModelConfig(embed_dim=64, transformer_width=64, transformer_layers=1, align_hidden=32, point_hidden=16,
                       **geometry)
