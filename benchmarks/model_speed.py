@@ -1,6 +1,6 @@
 """Model speed: the straightforward and fast paths (and options) side by side, measured in one run.
 
-    python benchmarks/model_speed.py --preset ila-b32-8f-k400 --batch 2
+    python benchmarks/model_speed.py --preset ila-b32-8f-k400 ila-b16-8f-k400 --batch 2 --memory
     python benchmarks/model_speed.py --preset ila-b16-8f-k400 --batch 1 --ablation --skip-train
     python benchmarks/model_speed.py --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile --grad-checkpointing
 
@@ -14,12 +14,13 @@ max |straight|; fp32 rows are the same function, so this is rounding).
 Timing: each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
 timing is the median of `--iters` calls after `--warmup`; the best of the repeats is reported. Peak memory: on CUDA
 torch.cuda.max_memory_allocated per row; on CPU (with --memory) the resident high-water mark of a fresh process
-that builds the model and runs just that row (so rows do not share caches). Random weights, with the zero-initialised
+that builds the model and runs just that row (so rows do not share caches), counted from after the model is built. Random weights, with the zero-initialised
 alignment outputs given small random values so that the alignment branch reaches the logits; text features cached.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -41,6 +42,7 @@ class Row:
     fast: FastPath
     amp: torch.dtype | None = None
     compile: bool = False
+    checkpointing: bool = False  # gradient checkpointing (training rows only)
 
 
 def rows_for(args) -> list[Row]:
@@ -55,12 +57,15 @@ def rows_for(args) -> list[Row]:
         rows.append(Row("fast compiled", FastPath.on(), compile=True))
         if args.amp:
             rows.append(Row(f"fast {args.amp} compiled", FastPath.on(), rows[-2].amp, compile=True))
+    if args.grad_checkpointing:
+        rows += [Row(f"{row.name} + checkpointing", row.fast, row.amp, row.compile, True) for row in rows
+                 if row.name in ("fast", f"fast {args.amp} autocast")]
     return rows
 
 
 def build(args, device):
     torch.manual_seed(0)
-    cfg = get_preset(args.preset)
+    cfg = get_preset(args.model)
     cfg.num_frames = args.frames or cfg.num_frames
     if args.temporal:
         cfg.temporal = args.temporal
@@ -125,13 +130,13 @@ class Runner:
         if self.opt is None:
             model.train()
             model.set_trainable(full_finetune=not self.cfg.freeze_clip)
-            model.visual.transformer.grad_checkpointing = self.args.grad_checkpointing
             self.opt = torch.optim.AdamW(model.param_groups(), lr=1e-6)
             classes = self.text.shape[0] if self.text is not None else self.cfg.num_classes
             self.target = torch.randint(0, classes, (self.args.batch,), device=self.device)
 
         def step():
             model.train()
+            model.visual.transformer.grad_checkpointing = row.checkpointing
             out = self.forward(row)
             loss = torch.nn.functional.cross_entropy(out.logits.float(), self.target) + out.align_losses.sum()
             self.opt.zero_grad(set_to_none=True)
@@ -143,18 +148,42 @@ class Runner:
 def peak_mib(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:  # the resident high-water mark since reset_peak() (Linux)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_in_fresh_process(argv: list[str], row: str, phase: str) -> float:
+def reset_peak() -> None:
+    """Start the resident high-water mark afresh (Linux: writing 5 to clear_refs), so that the peak of a phase is
+    not hidden by the model's construction."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def memory_in_fresh_process(args, row: str, phase: str) -> float:
     """CPU peak RSS of a new process running only `row`'s `phase` (build, warm-up, one timed call)."""
-    out = subprocess.run([sys.executable, __file__, *argv, "--_memory-of", row, phase],
+    argv = ["--preset", args.model, "--batch", str(args.batch), "--classes", str(args.classes),
+            "--warmup", str(args.warmup)]
+    argv += ["--frames", str(args.frames)] if args.frames else []
+    argv += ["--temporal", args.temporal] if args.temporal else []
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--amp", args.amp] if args.amp else []
+    argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
+    argv += ["--grad-checkpointing"] * args.grad_checkpointing
+    out = subprocess.run([sys.executable, __file__, *argv, "--device", args.device, "--_memory-of", row, phase],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[str, dict]:
     make = runner.inference if phase == "inference" else runner.train_step
+    rows = [row for row in rows if phase == "train" or not row.checkpointing]
     fns = {row.name: make(row) for row in rows}
     times = {row.name: [] for row in rows}
     iters = args.iters if phase == "inference" else max(1, args.iters // 2)
@@ -168,7 +197,7 @@ def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[s
             fns[row.name]()
             mem = peak_mib(device)
         elif args.memory:
-            mem = memory_in_fresh_process(args.argv, row.name, phase)
+            mem = memory_in_fresh_process(args, row.name, phase)
         else:
             mem = float("nan")
         results[row.name] = {"sec": min(times[row.name]), "mem": mem}
@@ -189,8 +218,9 @@ def report(phase, rows, results, dev, batch) -> list[dict]:
     out = []
     for row in rows:
         r = results[row.name]
+        name = row.name.removesuffix(" + checkpointing")
         line = dict(phase=phase, row=row.name, ms_per_clip=r["sec"] / batch * 1000, clips_per_s=batch / r["sec"],
-                    ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(row.name))
+                    ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(name))
         print(f"| {row.name} | {line['ms_per_clip']:.1f} | {line['clips_per_s']:.2f} | {line['ratio']:.2f}x | "
               f"{line['peak_mib']:.0f} | {line['deviation']:.1e} |")
         out.append(line)
@@ -200,7 +230,7 @@ def report(phase, rows, results, dev, batch) -> list[dict]:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="ila-b32-8f-k400")
+    p.add_argument("--preset", nargs="+", default=["ila-b32-8f-k400"], help="one or more presets, one after another")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"])
@@ -213,40 +243,44 @@ def main(argv=None) -> None:
     p.add_argument("--ablation", action="store_true", help="also each idea off in the fast path / alone")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the fast path under autocast")
     p.add_argument("--compile", action="store_true", help="also the fast path through torch.compile")
-    p.add_argument("--grad-checkpointing", action="store_true", help="training steps with gradient checkpointing")
+    p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per row, each in a fresh process")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--_memory-of", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.argv = [a for a in argv if a != "--memory"]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = rows_for(args)
-    runner = Runner(args, device)
-
-    if args._memory_of:  # child process of --memory: run one row's phase, print the peak
-        name, phase = args._memory_of
-        row = next(r for r in rows if r.name == name)
-        fn = runner.inference(row) if phase == "inference" else runner.train_step(row)
-        for _ in range(args.warmup + 1):
-            fn()
-        print(peak_mib(device))
-        return
-
-    print(f"{args.preset} temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
-          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    dev = deviations(runner, rows)
-    lines = report("inference", rows, measure(runner, rows, "inference", args, device), dev, args.batch)
-    if not args.skip_train:
-        label = "training step" + (" (gradient checkpointing)" if args.grad_checkpointing else "")
-        lines += report(label, rows, measure(runner, rows, "train", args, device), dev, args.batch)
+    lines = []
+    for args.model in args.preset:
+        lines += run_preset(args, rows, device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(lines, f, indent=1)
 
+
+def run_preset(args, rows: list[Row], device: torch.device) -> list[dict]:
+    runner = Runner(args, device)
+    if args._memory_of:  # child process of --memory: run one row's phase, print the peak
+        name, phase = args._memory_of
+        row = next(r for r in rows if r.name == name)
+        fn = runner.inference(row) if phase == "inference" else runner.train_step(row)
+        reset_peak()
+        for _ in range(args.warmup + 1):
+            fn()
+        print(peak_mib(device))
+        return []
+    print(f"\n## {args.model}: temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
+          f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
+          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    dev = deviations(runner, [row for row in rows if not row.checkpointing])
+    inference_rows = [row for row in rows if not row.checkpointing]
+    lines = report("inference", inference_rows, measure(runner, rows, "inference", args, device), dev, args.batch)
+    if not args.skip_train:
+        lines += report("training step", rows, measure(runner, rows, "train", args, device), dev, args.batch)
+    return [dict(preset=args.model, **line) for line in lines]
 
 if __name__ == "__main__":
     main()

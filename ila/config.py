@@ -60,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     align_loss_weight: float = 1.0          # weight of the summed per-block alignment losses
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on GPU, off on CPU
+    compile: bool = False                   # train through torch.compile (first steps slower while it compiles)
     clip_grad: float = 0.0                  # max gradient norm (0: no clipping)
     sync_bn: bool = False                   # synchronise alignment BatchNorm across GPUs (DDP on GPU only)
     seed: int = 0

@@ -132,6 +132,8 @@ class Trainer:
                                            betas=BETAS, eps=EPS)
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
                                                         else None) if env.distributed else model)
+        if t.compile:
+            self.ddp = torch.compile(self.ddp)
         self.amp = amp_dtype(t.amp, env.device)
         self.scaler = grad_scaler(self.amp, env.device)
 

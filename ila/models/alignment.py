@@ -173,14 +173,12 @@ class ImplicitAlignment(nn.Module):
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
         if skip is None:
-            interactive = torch.cat([cls, linear(conv, self.token_proj.weight, self.token_proj.bias, fast,
-                                                 self.token_proj)], dim=2)  # (B, T, L, D)
+            interactive = torch.cat([cls, linear(conv, self.token_proj.weight, self.token_proj.bias, fast)], dim=2)
         else:
             proj = self.token_proj
             w, bias = cached(self, "skip_fold", (proj.weight, proj.bias, skip.weight, skip.bias),
                              lambda: fold_linears(proj, skip))
-            interactive = torch.cat([linear(cls, skip.weight, skip.bias, fast, skip),
-                                     linear(conv, w, bias, fast, self, "skip_fold")], dim=2)
+            interactive = torch.cat([linear(cls, skip.weight, skip.bias, fast), linear(conv, w, bias, fast)], dim=2)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

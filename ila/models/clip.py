@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.fast import OFF, linear
+from ila.models.fast import OFF, cached, linear
 
 
 class QuickGELU(nn.Module):
@@ -53,17 +53,17 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of `x` `(n, L, D)`, plus `residual` when given."""
         n, length, width = x.shape
-        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fast, self, "in_proj")
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fast)
         q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, length, width)
-        return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, self.out_proj, residual=residual)
+        return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, residual=residual)
 
 
 class MLP(nn.Sequential):
     """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given).
 
-    With `fast.fold` and QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702, and the two scalings fold into the
-    neighbouring linears (cached), leaving one fused SiLU between them.
+    With `fast.fold` and QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702; the 1.702 scales the (narrow) input
+    and the bias, the 1 / 1.702 folds into c_proj's weight (cached), leaving one fused SiLU between the linears.
     """
 
     fast = OFF
@@ -77,10 +77,12 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         fast, fc, proj = self.fast, self.c_fc, self.c_proj
         if fast.fold and isinstance(self.gelu, QuickGELU):
-            h = linear(x, fc.weight, fc.bias, fast, fc, "quick", act="silu", scale=1.702, bias_scale=1.702)
-            return linear(h, proj.weight, proj.bias, fast, proj, "quick", residual=residual, scale=1 / 1.702)
-        h = self.gelu(linear(x, fc.weight, fc.bias, fast, fc))
-        return linear(h, proj.weight, proj.bias, fast, proj, residual=residual)
+            bias = cached(fc, "quick.bias", (fc.bias,), lambda: fc.bias * 1.702)
+            h = linear(x * 1.702, fc.weight, bias, fast, act="silu")
+            weight = cached(proj, "quick.weight", (proj.weight,), lambda: proj.weight / 1.702)
+            return linear(h, weight, proj.bias, fast, residual=residual)
+        h = self.gelu(linear(x, fc.weight, fc.bias, fast))
+        return linear(h, proj.weight, proj.bias, fast, residual=residual)
 
 
 def activation(quick_gelu: bool) -> Callable[[], nn.Module]:

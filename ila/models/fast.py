@@ -7,11 +7,12 @@ the straightforward path (`FastPath.off()`) writes the equations out as they rea
 - pooling: each frame's two masks merged before one multiply with its features, and the MI vectors pooled as one
   contraction with the masks, instead of materialising P~_t = m_P * P_t and C~_t = m_C * C_t per pair.
 - fold: BatchNorm into the preceding conv (eval); the interactive tokens' 128->D projection into temporal_skip_fc;
-  QuickGELU as SiLU with its 1.702 scalings folded into the MLP's two linears. Folded weights are cached while the
+  QuickGELU as SiLU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702, the 1.702 applied to the MLP's (narrow) input and
+  the 1 / 1.702 folded into its second linear. Folded weights are cached while the
   weights they come from are unchanged, and recomputed with autograd whenever a gradient must reach those weights.
 - layout: the alignment convolutions read the (B, T, N, D) tokens as channels-last maps (no transpose copy).
-- onednn: on CPU without autograd (inference, float32), linears run on oneDNN with weights packed once, the
-  activation and the residual add fused into the matmul.
+- onednn: on CPU without autograd (inference, float32), linears run on oneDNN with the activation and the
+  residual add fused into the matmul, and conv + BatchNorm + ReLU run as one oneDNN convolution.
 
 Algebra of the folds:
 - conv then eval BatchNorm: gamma (conv(x) - mean) / sqrt(var + eps) + beta is one conv with weights w * s and bias
@@ -119,24 +120,15 @@ def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: FastPath, owner: nn.Module,
-           key: str = "weight", act: str | None = None, residual: torch.Tensor | None = None,
-           scale: float = 1.0, bias_scale: float = 1.0) -> torch.Tensor:
-    """`act(x (scale W)^T + bias_scale b) + residual` (act: None or 'silu').
-
-    The scaled weights are derived once and cached on `owner` under `key`. With `fast.onednn`, on CPU without
-    autograd: one oneDNN matmul with the weight packed once (only the packed copy is kept) and the activation or
-    the residual add fused into it."""
-    if bias is not None and bias_scale != 1.0:
-        bias = cached(owner, key + ".bias", (bias,), lambda: bias * bias_scale)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: FastPath,
+           act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`act(x W^T + b) + residual` (act: None or 'silu'). With `fast.onednn`, on CPU without autograd, one oneDNN
+    matmul with the activation or the residual add fused into it (the weight stays as it is: oneDNN reads the
+    plain layout about as fast as a packed copy, which would double the weights' memory)."""
     if fast.onednn and _onednn_usable(x, weight) and not (act and residual is not None):
-        packed = cached(owner, key + ".onednn", (weight,),
-                        lambda: torch.ops.mkldnn._reorder_linear_weight((weight * scale).contiguous(), None))
         if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "swish" if act == "silu" else "none", [], "")
-    if scale != 1.0:
-        weight = cached(owner, key + ".scaled", (weight,), lambda: weight * scale)
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "swish" if act == "silu" else "none", [], "")
     out = F.linear(x, weight, bias)
     if act == "silu":
         out = F.silu(out, inplace=not torch.is_grad_enabled())  # in place when no graph needs its input

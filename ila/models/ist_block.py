@@ -50,19 +50,19 @@ class ISTBlock(nn.Module):
         """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`)."""
         bt, length, width = x.shape
         fast = self.fast
-        a = self.message_ln(linear(x, self.message_fc.weight, self.message_fc.bias, fast, self.message_fc))
+        a = self.message_ln(linear(x, self.message_fc.weight, self.message_fc.bias, fast))
         skip, align_fc = self.temporal_skip_fc, self.temporal_skip_align_fc
         al = self.alignment(a.view(-1, self.frames, length, width), skip if fast.fold else None)
         if self.record:
             self.last = al
         inter = al.interactive_tokens.view(bt, length, width)
         if not fast.fold:
-            inter = linear(inter, skip.weight, skip.bias, fast, skip)
+            inter = linear(inter, skip.weight, skip.bias, fast)
         aligned = al.aligned_tokens.view(bt, length, width)
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # X1 = X + Linear_align(.) + interactive
-            x = linear(aligned, align_fc.weight, align_fc.bias, fast, align_fc, residual=x + inter)
+            x = linear(aligned, align_fc.weight, align_fc.bias, fast, residual=x + inter)
         else:
-            x = x + self.drop_path(linear(aligned, align_fc.weight, align_fc.bias, fast, align_fc))
+            x = x + self.drop_path(linear(aligned, align_fc.weight, align_fc.bias, fast))
             x = x + self.drop_path(inter)
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
