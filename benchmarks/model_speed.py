@@ -1,6 +1,6 @@
 """Model speed: the straightforward and fast paths (and options) side by side, measured in one run.
 
-    python benchmarks/model_speed.py --preset ila-b32-8f-k400 ila-b16-8f-k400 --batch 2 --memory
+    python benchmarks/model_speed.py --preset ila-b32-8f-k400 ila-b16-8f-k400 --batch 2 1 --memory
     python benchmarks/model_speed.py --preset ila-b16-8f-k400 --batch 1 --ablation --skip-train
     python benchmarks/model_speed.py --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile --grad-checkpointing
 
@@ -60,6 +60,11 @@ def rows_for(args) -> list[Row]:
     if args.grad_checkpointing:
         rows += [Row(f"{row.name} + checkpointing", row.fast, row.amp, row.compile, True) for row in rows
                  if row.name in ("fast", f"fast {args.amp} autocast")]
+    if args.rows:
+        unknown = set(args.rows) - {row.name for row in rows}
+        if unknown:
+            raise SystemExit(f"--rows: no row named {sorted(unknown)}; rows here: {[row.name for row in rows]}")
+        rows = [row for row in rows if row.name == "straight" or row.name in args.rows]
     return rows
 
 
@@ -176,6 +181,7 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--amp", args.amp] if args.amp else []
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
     argv += ["--grad-checkpointing"] * args.grad_checkpointing
+    argv += ["--rows", *args.rows] if args.rows else []
     out = subprocess.run([sys.executable, __file__, *argv, "--device", args.device, "--_memory-of", row, phase],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -221,8 +227,9 @@ def report(phase, rows, results, dev, batch) -> list[dict]:
         name = row.name.removesuffix(" + checkpointing")
         line = dict(phase=phase, row=row.name, ms_per_clip=r["sec"] / batch * 1000, clips_per_s=batch / r["sec"],
                     ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(name))
+        dev_text = "-" if line["deviation"] is None else f"{line['deviation']:.1e}"
         print(f"| {row.name} | {line['ms_per_clip']:.1f} | {line['clips_per_s']:.2f} | {line['ratio']:.2f}x | "
-              f"{line['peak_mib']:.0f} | {line['deviation']:.1e} |")
+              f"{line['peak_mib']:.0f} | {dev_text} |")
         out.append(line)
     return out
 
@@ -231,7 +238,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", nargs="+", default=["ila-b32-8f-k400"], help="one or more presets, one after another")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, nargs="+", default=[2], help="clips per call (one value, or one per preset)")
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"])
     p.add_argument("--classes", type=int, default=3, help="text classes for a text head (features cached)")
@@ -244,6 +251,7 @@ def main(argv=None) -> None:
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the fast path under autocast")
     p.add_argument("--compile", action="store_true", help="also the fast path through torch.compile")
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
+    p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `straight`, the reference)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per row, each in a fresh process")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -253,8 +261,11 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = rows_for(args)
+    if len(args.batch) not in (1, len(args.preset)):
+        p.error("--batch takes one value or one per preset")
     lines = []
-    for args.model in args.preset:
+    for args.model, args.batch in zip(args.preset, args.batch * len(args.preset) if len(args.batch) == 1
+                                      else args.batch):
         lines += run_preset(args, rows, device)
     if args.json:
         with open(args.json, "w") as f:

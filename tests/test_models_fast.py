@@ -132,3 +132,32 @@ def test_other_dtype_and_full_finetuning_gradients():
         out.square().sum().backward()
         grads.append(model.visual.transformer.resblocks[1].mlp.c_fc.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_fast_path_gives_the_same_outputs():
+    """torch.compile (an option for GPUs: train.compile, benchmarks/model_speed.py --compile) traces the fast path:
+    the weight cache steps aside under the compiler, which folds and fuses by itself."""
+    model = model_with_live_branches(head="text").eval()
+    video = torch.randn(2, 4, 3, 32, 32)
+    eager = logits(model, video, False)
+    compiled = torch.compile(model)
+    model.fast = True
+    with torch.no_grad():
+        out = compiled(video, text_features=TEXT).logits
+    assert rel_err(out, eager) < 1e-5
+
+
+def test_flop_counter_sees_the_fused_linears():
+    """oneDNN's fused linears are invisible to torch's FLOP counter, so they step aside while one is counting."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_with_live_branches().eval()
+    video = torch.randn(1, 4, 3, 32, 32)
+    counts = []
+    for fast in ("on", "on,-onednn"):
+        logits(model, video, fast)  # derived weights are computed (and counted) once: count a later call
+        counter = FlopCounterMode(display=False)
+        with counter:
+            logits(model, video, fast)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0

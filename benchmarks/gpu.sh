@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU speed tables of the README (one GPU): ViT-B/16 8f and ViT-L/14 8f, Kinetics head, random weights.
+#   eager: float32 straightforward path (the reference), float32 fast path, fast path under bf16 autocast,
+#          training steps with and without gradient checkpointing;
+#   compiled: the fast path through torch.compile (float32 and bf16), each against a straightforward row
+#          measured in the same process.
+# Usage: bash benchmarks/gpu.sh [OUTDIR]   (writes gpu_*.txt / gpu_*.json there; each step has a time limit so
+# that a slow compile cannot eat the others)
+set -u
+out=${1:-benchmarks/out}
+mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+common=(--repeats 3 --iters 6 --warmup 2 --classes 400)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$py -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+
+step() {  # step NAME LIMIT_S ARGS...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    timeout "$limit" $py benchmarks/model_speed.py "$@" "${common[@]}" --json "$out/gpu_$name.json" \
+        2>&1 | tee "$out/gpu_$name.txt"
+    echo "=== $name: exit ${PIPESTATUS[0]}"
+}
+
+step eager "${EAGER_S:-130}" --preset ila-b16-8f-k400 ila-l14-8f-k400 --batch 16 4 --amp bf16 --grad-checkpointing
+step b16_compiled "${COMPILE_B16_S:-110}" --preset ila-b16-8f-k400 --batch 16 --amp bf16 --compile \
+    --rows "fast bf16 autocast" "fast bf16 compiled"
+step l14_compiled "${COMPILE_L14_S:-130}" --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile \
+    --rows "fast bf16 autocast" "fast bf16 compiled"
