@@ -4,7 +4,7 @@
 #          training steps with and without gradient checkpointing;
 #   compiled: the fast path through torch.compile (float32 and bf16), each against a straightforward row
 #          measured in the same process.
-# Usage: bash benchmarks/gpu.sh [OUTDIR]   (writes gpu_*.txt / gpu_*.json there; each step has a time limit so
+# Usage: [STEPS='eager ...'] bash benchmarks/gpu.sh [OUTDIR]   (writes gpu_*.txt / gpu_*.json there; each step has a time limit so
 # that a slow compile cannot eat the others)
 set -u
 out=${1:-benchmarks/out}
@@ -15,9 +15,11 @@ common=(--repeats 3 --iters 6 --warmup 2 --classes 400)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $py -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
 
+steps=" ${STEPS:-eager b16_compiled l14_compiled b16_compiled_train l14_compiled_train} "  # which to run
 step() {  # step NAME LIMIT_S ARGS...
     local name=$1 limit=$2
     shift 2
+    [[ $steps == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit}s)"
     timeout "$limit" $py benchmarks/model_speed.py "$@" "${common[@]}" --json "$out/gpu_$name.json" \
         2>&1 | tee "$out/gpu_$name.txt"
@@ -29,3 +31,8 @@ step b16_compiled "${COMPILE_B16_S:-110}" --preset ila-b16-8f-k400 --batch 16 --
     --rows "fast bf16 autocast" "fast bf16 compiled"
 step l14_compiled "${COMPILE_L14_S:-130}" --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile \
     --rows "fast bf16 autocast" "fast bf16 compiled"
+# training steps through torch.compile (the compile of forward + backward is the slow part)
+step b16_compiled_train "${COMPILE_TRAIN_B16_S:-170}" --preset ila-b16-8f-k400 --batch 16 --amp bf16 --compile \
+    --skip-inference --rows "fast bf16 autocast" "fast bf16 compiled"
+step l14_compiled_train "${COMPILE_TRAIN_L14_S:-200}" --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile \
+    --skip-inference --rows "fast bf16 autocast" "fast bf16 compiled"

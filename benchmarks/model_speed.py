@@ -253,6 +253,7 @@ def main(argv=None) -> None:
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
     p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `straight`, the reference)")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-inference", action="store_true", help="training steps only (no logits deviation column)")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per row, each in a fresh process")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--_memory-of", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -286,9 +287,12 @@ def run_preset(args, rows: list[Row], device: torch.device) -> list[dict]:
     print(f"\n## {args.model}: temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
           f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    dev = deviations(runner, [row for row in rows if not row.checkpointing])
     inference_rows = [row for row in rows if not row.checkpointing]
-    lines = report("inference", inference_rows, measure(runner, rows, "inference", args, device), dev, args.batch)
+    lines, dev = [], {}
+    if not args.skip_inference:
+        dev = deviations(runner, inference_rows)
+        lines = report("inference", inference_rows, measure(runner, rows, "inference", args, device), dev,
+                       args.batch)
     if not args.skip_train:
         lines += report("training step", rows, measure(runner, rows, "train", args, device), dev, args.batch)
     return [dict(preset=args.model, **line) for line in lines]
