@@ -116,9 +116,11 @@ def clear_cache(model: nn.Module) -> None:
 
 
 def _onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # first: the compiler fuses by itself, and the checks below break its graph
+        return False
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu")
             and not is_in_torch_dispatch_mode())  # e.g. FlopCounterMode, which counts aten ops only
 
 
