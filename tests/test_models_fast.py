@@ -42,9 +42,9 @@ def logits(model, video, fast, grad=False):
 def test_parse_switches():
     assert FastPath.parse(True) == FastPath.on() and FastPath.parse(False) == FastPath.off()
     assert FastPath.parse("on") == FastPath.on() and FastPath.parse("off") == FastPath.off()
-    assert FastPath.parse("attention,fold") == FastPath(True, False, True, False, False)
-    assert FastPath.parse("on,-onednn") == FastPath(True, True, True, True, False)
-    assert FastPath.parse({"pooling": True}) == FastPath(False, True, False, False, False)
+    assert FastPath.parse("attention,fold") == FastPath(True, False, True, False, False, False)
+    assert FastPath.parse("on,-onednn") == FastPath(True, True, True, True, False, True)
+    assert FastPath.parse({"pooling": True}) == FastPath(False, True, False, False, False, False)
     assert str(FastPath.on()) == "on" and str(FastPath.off()) == "off" and str(FastPath.parse("fold")) == "fold"
     assert not FastPath.off() and FastPath.parse("layout")
     with pytest.raises(UserError, match="unknown fast-path idea 'sdpa'; use on, off or any of attention"):
@@ -161,3 +161,27 @@ def test_flop_counter_sees_the_fused_linears():
             logits(model, video, fast)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("temporal", ["ila", "mean", "attention", "joint"])
+def test_class_token_only_last_block_gives_the_same_outputs(temporal):
+    """With a classifier head the last block computes the class tokens alone: same logits, losses and gradients
+    for every temporal variant, also through gradient checkpointing; forward_features still gives all tokens."""
+    model = model_with_live_branches(head="classifier", temporal=temporal)
+    video = torch.randn(2, 4, 3, 32, 32)
+    outs = []
+    for fast in ("on", "on,-class_token"):
+        model.fast = fast
+        model.zero_grad()
+        model.visual.transformer.grad_checkpointing = True
+        model.train()
+        out = model(video)
+        (out.logits.square().sum() + out.align_losses.sum()).backward()
+        grad = model.visual.transformer.resblocks[-1].attn.in_proj_weight.grad
+        outs.append((out.logits.detach(), out.align_losses.detach(), grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+    model.eval()
+    with torch.no_grad():
+        frames, patches, _, _ = model.forward_features(video)
+    assert patches.shape[2] == model.visual.grid ** 2

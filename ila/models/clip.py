@@ -50,12 +50,20 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention of `x` `(n, L, D)`, plus `residual` when given."""
+    def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None,
+                queries: int | None = None) -> torch.Tensor:
+        """Attention of `x` `(n, L, D)`, plus `residual` when given. With `queries`, only the first `queries`
+        tokens ask (and come out), all `L` answer."""
         n, length, width = x.shape
-        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fast)
-        q, k, v = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, length, width)
+        heads, w, b = self.heads, self.in_proj_weight, self.in_proj_bias
+        if queries is None:
+            qkv = linear(x, w, b, self.fast)
+            q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = linear(x[:, :queries], w[:width], b[:width], self.fast).view(n, queries, heads, -1).transpose(1, 2)
+            kv = linear(x, w[width:], b[width:], self.fast)
+            k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, q.shape[2], width)
         return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, residual=residual)
 
 
@@ -100,8 +108,9 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, activation(quick_gelu))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.ln_1(x), causal=self.causal, residual=x)
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """Tokens `(n, L, D)` -> `(n, L, D)`, or only the first `queries` tokens' outputs `(n, queries, D)`."""
+        x = self.attn(self.ln_1(x), causal=self.causal, residual=x[:, :queries], queries=queries)
         return self.mlp(self.ln_2(x), residual=x)
 
 
@@ -118,11 +127,11 @@ class Transformer(nn.Module):
             x = self.run_block(block, x)
         return x
 
-    def run_block(self, block: nn.Module, x: torch.Tensor):
+    def run_block(self, block: nn.Module, x: torch.Tensor, **kwargs):
         """One block, recomputed in the backward pass instead of stored when gradient checkpointing is on."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-        return block(x)
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kwargs)
+        return block(x, **kwargs)
 
 
 class VisionTower(nn.Module):

@@ -13,6 +13,9 @@ the straightforward path (`FastPath.off()`) writes the equations out as they rea
 - layout: the alignment convolutions read the (B, T, N, D) tokens as channels-last maps (no transpose copy).
 - onednn: on CPU without autograd (inference, float32), linears run on oneDNN with the activation and the
   residual add fused into the matmul, and conv + BatchNorm + ReLU run as one oneDNN convolution.
+- class_token: when the head reads only the class tokens (the classifier head), the last block computes only
+  their outputs: the other tokens still enter its attention as keys and values, but get no query, output
+  projection or MLP (their outputs would be thrown away).
 
 Algebra of the folds:
 - conv then eval BatchNorm: gamma (conv(x) - mean) / sqrt(var + eps) + beta is one conv with weights w * s and bias
@@ -41,6 +44,7 @@ class FastPath:
     fold: bool = True
     layout: bool = True
     onednn: bool = True
+    class_token: bool = True
 
     @classmethod
     def on(cls) -> "FastPath":

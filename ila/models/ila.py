@@ -101,16 +101,18 @@ class ILAModel(nn.Module):
                 module.fast = self._fast
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, video: torch.Tensor):
-        """video `(B,T,3,H,W)` -> frame embeddings `(B,T,E)`, patch tokens `(B,T,N,D)`, losses, points."""
+    def forward_features(self, video: torch.Tensor, class_only: bool = False):
+        """video `(B,T,3,H,W)` -> frame embeddings `(B,T,E)`, patch tokens `(B,T,N,D)`, losses, points.
+        `class_only`: the last block computes the class tokens alone (patch tokens come back with N = 0)."""
         b, t = video.shape[:2]
         if t != self.cfg.num_frames:
             raise ValueError(f"the model was built for {self.cfg.num_frames} frames, got a clip of {t}")
         x = self.visual.embed(video.flatten(0, 1))
         losses, points = [], []
         transformer = self.visual.transformer
-        for block in transformer.resblocks:
-            x, loss, pts = transformer.run_block(block, x)
+        last = len(transformer.resblocks) - 1
+        for i, block in enumerate(transformer.resblocks):
+            x, loss, pts = transformer.run_block(block, x, **({"queries": 1} if class_only and i == last else {}))
             losses.append(loss)
             points.append(pts)
         frames = self.visual.head(x).view(b, t, -1)
@@ -130,7 +132,8 @@ class ILAModel(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor | None = None,
                 text_features: torch.Tensor | None = None) -> ILAOutput:
-        frames, patches, losses, points = self.forward_features(video)
+        class_only = self.fast.class_token and self.text is None  # the classifier head reads class tokens only
+        frames, patches, losses, points = self.forward_features(video, class_only)
         logits, video_features = self.forward_head(frames, patches, text, text_features)
         return ILAOutput(logits, losses, points, video_features)
 

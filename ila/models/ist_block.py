@@ -46,8 +46,9 @@ class ISTBlock(nn.Module):
         self.record = False  # keep the last alignment (for pictures); off so training holds no extra tensors
         self.last = None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`)."""
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`); with `queries`, only the
+        first `queries` tokens come out (the others still enter the attention as keys and values)."""
         bt, length, width = x.shape
         fast = self.fast
         a = self.message_ln(linear(x, self.message_fc.weight, self.message_fc.bias, fast))
@@ -67,8 +68,8 @@ class ISTBlock(nn.Module):
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
             x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
-            x = self.attn(self.ln_1(x), residual=x)[:, :length]
+            x = self.attn(self.ln_1(x), residual=x[:, :queries], queries=queries)[:, :length]
         else:
-            x = self.attn(self.ln_1(x), residual=x)
+            x = self.attn(self.ln_1(x), residual=x[:, :queries], queries=queries)
         x = self.mlp(self.ln_2(x), residual=x)
         return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points

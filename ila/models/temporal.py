@@ -17,8 +17,8 @@ class FrameBlock(ResidualAttentionBlock):
     def __init__(self, width: int, heads: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
-        return super().forward(x), x.new_zeros(()), None
+    def forward(self, x: torch.Tensor, queries: int | None = None):  # type: ignore[override]
+        return super().forward(x, queries), x.new_zeros(()), None
 
 
 class DividedSTBlock(ResidualAttentionBlock):
@@ -38,14 +38,14 @@ class DividedSTBlock(ResidualAttentionBlock):
         nn.init.zeros_(self.temporal_fc.weight)
         nn.init.zeros_(self.temporal_fc.bias)
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
+    def forward(self, x: torch.Tensor, queries: int | None = None):  # type: ignore[override]
         bt, length, width = x.shape
         b, t = bt // self.frames, self.frames
         patches = x[:, 1:].reshape(b, t, length - 1, width).transpose(1, 2).reshape(-1, t, width)
         mixed = self.temporal_fc(self.temporal_attn(self.temporal_ln(patches) + self.temporal_positional_embedding))
         mixed = mixed.view(b, length - 1, t, width).transpose(1, 2).reshape(bt, length - 1, width)
         x = x + nn.functional.pad(mixed, (0, 0, 1, 0))  # class tokens untouched
-        return super().forward(x), x.new_zeros(()), None
+        return super().forward(x, queries), x.new_zeros(()), None
 
 
 class JointSTBlock(ResidualAttentionBlock):
@@ -56,7 +56,8 @@ class JointSTBlock(ResidualAttentionBlock):
         super().__init__(width, heads, quick_gelu)
         self.frames = frames
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
+    def forward(self, x: torch.Tensor, queries: int | None = None):  # type: ignore[override]
+        """(`queries`: the class tokens are not a prefix of the joint sequence, so all tokens are computed.)"""
         bt, length, width = x.shape
         x = super().forward(x.reshape(bt // self.frames, self.frames * length, width))
-        return x.reshape(bt, length, width), x.new_zeros(()), None
+        return x.reshape(bt, length, width)[:, :queries], x.new_zeros(()), None
