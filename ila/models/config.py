@@ -48,7 +48,7 @@ class ModelConfig:
     freeze_clip: bool = True                # release: CLIP image + text towers frozen
     train_prompts: bool = False             # release builds the prompt generator but never optimises it
     grad_checkpointing: bool = False
-    fast: bool = True                       # fast path: folded BatchNorm (eval) and projections; same outputs
+    fast: bool = True                       # the fast path (ila.models.fast: every rewrite on); same outputs
 
     @property
     def grid(self) -> int:
