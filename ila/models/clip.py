@@ -53,7 +53,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None,
                 queries: int | None = None) -> torch.Tensor:
         """Attention of `x` `(n, L, D)`, plus `residual` when given. With `queries`, only the first `queries`
-        tokens ask (and come out), all `L` answer."""
+        tokens ask (and come out, with the residual's first `queries` tokens), all `L` answer."""
         n, length, width = x.shape
         heads, w, b = self.heads, self.in_proj_weight, self.in_proj_bias
         if queries is None:
@@ -63,6 +63,7 @@ class Attention(nn.Module):
             q = linear(x[:, :queries], w[:width], b[:width], self.fast).view(n, queries, heads, -1).transpose(1, 2)
             kv = linear(x, w[width:], b[width:], self.fast)
             k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            residual = None if residual is None else residual[:, :queries]
         out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, q.shape[2], width)
         return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, residual=residual)
 
@@ -110,7 +111,7 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
         """Tokens `(n, L, D)` -> `(n, L, D)`, or only the first `queries` tokens' outputs `(n, queries, D)`."""
-        x = self.attn(self.ln_1(x), causal=self.causal, residual=x[:, :queries], queries=queries)
+        x = self.attn(self.ln_1(x), causal=self.causal, residual=x, queries=queries)
         return self.mlp(self.ln_2(x), residual=x)
 
 

@@ -68,8 +68,8 @@ class ISTBlock(nn.Module):
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
             x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
-            x = self.attn(self.ln_1(x), residual=x[:, :queries], queries=queries)[:, :length]
+            x = self.attn(self.ln_1(x), residual=x, queries=queries)[:, :length]
         else:
-            x = self.attn(self.ln_1(x), residual=x[:, :queries], queries=queries)
+            x = self.attn(self.ln_1(x), residual=x, queries=queries)
         x = self.mlp(self.ln_2(x), residual=x)
         return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points
