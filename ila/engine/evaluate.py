@@ -195,7 +195,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.atomic import output_dir
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
-    names = class_list(cfg, saved_names, classes, overrides, checkpoint)
+    names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
     check_class_count(model, names)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     out = Path(output) if output else run_dir / "eval"
