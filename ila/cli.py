@@ -67,6 +67,20 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
 
 
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ila.data.prepare import prepare
+
+    r = prepare(args.src, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
+                frames_jpeg=args.frames_jpeg, workers=args.workers, root=args.root, fmt=args.format,
+                class_names=args.class_names)
+    print(f"{r.written} written, {r.skipped} already done (verified), {len(r.bad)} unreadable"
+          + (f" (listed in {os.path.join(args.out, 'bad_inputs.tsv')})" if r.bad else ""))
+    sets = f"data.root={args.out} data.train_list={r.annotation}"
+    sets += f" data.class_names={r.class_names}" if r.class_names else ""
+    sets += " data.format=frames" if args.frames_jpeg else ""
+    print(f"annotations: {r.annotation}; train on the copy with --set {sets}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
@@ -137,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("prepare", help="a training-friendly copy of a dataset: short side, keyframes, H.264 (or JPEG)")
+    p.add_argument("src", metavar="SRC", help="annotation file (list, Kinetics CSV, SSv2 JSON, frame-folder list)")
+    p.add_argument("out", metavar="OUT", help="output folder (a second run skips finished, verified outputs)")
+    p.add_argument("--short-side", type=int, default=320, help="short side in pixels (never enlarged)")
+    p.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default: x264's, 250)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
+    p.add_argument("--frames-jpeg", action="store_true", help="JPEG frame folders instead of H.264 videos")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    p.add_argument("--root", default="", help="folder the annotation's paths are relative to")
+    p.add_argument("--format", default="auto", choices=["auto", "list", "kinetics_csv", "ssv2", "frames"])
+    p.add_argument("--class-names", default=None, help="class-name file (default: from the annotation)")
+    p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")

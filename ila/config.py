@@ -39,6 +39,8 @@ class DataConfig:
     frame_interval: int = 4                 # dense sampling stride
     bad_files: Literal["auto", "skip", "error"] = "auto"  # unreadable videos; auto: skip in training, error in eval
     workers: int = 2                        # loader processes per training process
+    augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
+    decoder: Literal["pyav", "torchcodec"] = "pyav"  # video decoder (torchcodec: optional extra, system FFmpeg)
 
 
 @dataclass

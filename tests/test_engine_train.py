@@ -185,3 +185,16 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
             assert (eager[k].chunk(3)[1] - compiled[k].chunk(3)[1]).abs().max() <= 4 * 1e-3, k
             eager[k], compiled[k] = eager[k].chunk(3)[::2], compiled[k].chunk(3)[::2]
         torch.testing.assert_close(eager[k], compiled[k], rtol=0, atol=0.05 * 1e-3, msg=k)
+
+
+def test_device_augmentation_trains_and_resumes_exactly(motion, tmp_path):
+    # data.augment=device: workers return uint8 clips, the recipe runs in the training process from per-step
+    # generators, so a resumed run equals an uninterrupted one here too
+    recipe = ("data.augment=device", "train.mixup=0.8", "train.cutmix=1.0", "train.label_smoothing=0.1")
+    whole = train(tiny(motion, tmp_path / "whole", *recipe, "train.epochs=1"))
+    stopped = train(tiny(motion, tmp_path / "split", *recipe, "train.epochs=1", "train.stop_at_step=2",
+                         "data.workers=1"))
+    train(tiny(motion, tmp_path / "split", *recipe, "train.epochs=1", "data.workers=1"))
+    assert_same_weights(weights(whole), weights(stopped))
+    cpu = train(tiny(motion, tmp_path / "cpu", "train.mixup=0.8", "train.cutmix=1.0", "train.epochs=1"))
+    assert not all(torch.equal(a, b) for a, b in zip(weights(whole).values(), weights(cpu).values()))

@@ -47,7 +47,7 @@ class VideoDataset(Dataset):
                  sampling: str = "segment", frame_interval: int = 4, clips: int = 1, crops: int = 1,
                  bad_file_policy: str | None = None, seed: int = 0, transform=None, hflip: bool = False,
                  label_swap=None, randaugment: bool = False, max_retries: int = 20,
-                 resize_on_decode: bool = True):
+                 resize_on_decode: bool = True, decoder: str = "pyav"):
         if not samples:
             raise UserError("the dataset has no samples")
         policy = bad_file_policy or ("skip" if train else "error")
@@ -69,6 +69,7 @@ class VideoDataset(Dataset):
             transform = TrainTransform(input_size, randaugment=randaugment) if train else TestTransform(input_size, crops)
         self.transform = transform
         self.short_side = getattr(transform, "short_side", None) if resize_on_decode else None
+        self.decoder = decoder
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._bad: dict[str, str] = {}
 
@@ -133,7 +134,7 @@ class VideoDataset(Dataset):
     def _load(self, path: str, label: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         if path in self._bad:
             raise VideoReadError(path, self._bad[path])
-        with open_video(path) as reader:
+        with open_video(path, decoder=self.decoder) as reader:
             n = reader.num_frames
             if self.train:
                 views = sample_indices(n, self.num_frames, self.sampling, True, rng, self.frame_interval)[None]
@@ -265,14 +266,14 @@ class VideoLoader(DataLoader):
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, sampler=None,
-                 drop_last: bool = False) -> VideoLoader:
+                 drop_last: bool = False, collate_fn=None) -> VideoLoader:
     """A loader with worker processes (persistent when num_workers > 0), pinned memory when a GPU is
     present, a shuffle order from (seed, epoch) unless a sampler is given, and seeded workers."""
     if sampler is None and shuffle:
         sampler = EpochShuffleSampler(dataset, seed)
     return VideoLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                       drop_last=drop_last, worker_init_fn=seed_worker,
+                       drop_last=drop_last, worker_init_fn=seed_worker, collate_fn=collate_fn,
                        generator=torch.Generator().manual_seed(seed))
 
 

@@ -32,10 +32,28 @@ class VideoReadError(UserError):
         self.reason = reason if reason is not None else path
 
 
-def open_video(path: str, threads: int = 1):
-    """A reader for a video file or, for a directory, a frame folder."""
+DECODERS = ("pyav", "torchcodec")
+_warned: set[str] = set()
+
+
+def open_video(path: str, threads: int = 1, decoder: str = "pyav"):
+    """A reader for a video file or, for a directory, a frame folder. `decoder="torchcodec"` reads video files
+    with torchcodec where it can be used, else (after one warning) with PyAV."""
     if os.path.isdir(path):
         return FrameFolderReader(path)
+    if decoder == "torchcodec":
+        from ila.data.decode_torchcodec import TorchCodecReader, torchcodec_available
+
+        usable, why = torchcodec_available()
+        if usable:
+            return TorchCodecReader(path, threads=threads)
+        if why not in _warned:
+            _warned.add(why)
+            import warnings
+
+            warnings.warn(f"{why}; decoding with PyAV", stacklevel=2)
+    elif decoder != "pyav":
+        raise UserError(f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     return VideoReader(path, threads=threads)
 
 

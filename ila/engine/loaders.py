@@ -30,13 +30,31 @@ def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int 
     from ila.data.dataset import VideoDataset
 
     policy = None if cfg.data.bad_files == "auto" else cfg.data.bad_files
+    transform = None
+    if train and cfg.data.augment == "device":       # workers decode only; `device_augment` does the recipe
+        from ila.data.gpu_augment import RawClip
+
+        transform = RawClip(cfg.data.input_size)
     return VideoDataset(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size,
                         train=train, sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval,
-                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed)
+                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed, transform=transform,
+                        decoder=cfg.data.decoder)
+
+
+def device_augment(cfg: Config):
+    """The batched training recipe for `data.augment=device` (None for `cpu`)."""
+    if cfg.data.augment != "device":
+        return None
+    from ila.data.gpu_augment import DeviceAugment
+
+    return DeviceAugment(cfg.data.input_size)
 
 
 def loader(dataset, batch_size: int, sampler: Sampler, workers: int, seed: int):
     """A loader reading in the sampler's order (it collects skipped bad files in `.skipped`)."""
     from ila.data.dataset import build_loader
+    from ila.data.gpu_augment import RawClip, pad_collate
 
-    return build_loader(dataset, batch_size, shuffle=False, num_workers=workers, seed=seed, sampler=sampler)
+    collate = pad_collate if isinstance(dataset.transform, RawClip) else None
+    return build_loader(dataset, batch_size, shuffle=False, num_workers=workers, seed=seed, sampler=sampler,
+                        collate_fn=collate)

@@ -31,7 +31,7 @@ from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
 from ila.engine.classes import class_text
-from ila.engine.loaders import loader, read_split, video_dataset
+from ila.engine.loaders import device_augment, loader, read_split, video_dataset
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
 from ila.errors import UserError
@@ -147,6 +147,7 @@ class Trainer:
         self.dataset = video_dataset(cfg, samples, train=True)
         self.sampler = dist.TrainSampler(len(self.dataset), t.batch_size, env, seed=t.seed, accumulation=t.accumulation)
         self.loader = loader(self.dataset, t.batch_size, self.sampler, cfg.data.workers, t.seed)
+        self.augment = device_augment(cfg)
         self.steps_per_epoch = self.sampler.batches // t.accumulation
         if self.steps_per_epoch == 0:
             raise UserError(f"{len(self.dataset)} training videos do not fill one optimizer step of "
@@ -293,6 +294,9 @@ class Trainer:
             batch = next(batches)
             video = batch["video"].to(env.device, non_blocking=True)
             labels = batch["label"].to(env.device, non_blocking=True)
+            if self.augment is not None:    # data.augment=device: uint8 clips, the recipe here (own step generator)
+                video, labels = self.augment(video, batch["size"], labels,
+                                             generator=step_generator(t.seed, self.step, micro, env.rank, 1))
             video, targets = self.mixup(video, labels, generator=step_generator(t.seed, self.step, micro, env.rank))
             last = micro == t.accumulation - 1
             with self.ddp.no_sync() if env.distributed and not last else contextlib.nullcontext():
