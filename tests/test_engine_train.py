@@ -184,7 +184,10 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
         if k.endswith("in_proj_bias"):  # key biases: zero gradient in exact arithmetic, steps of noise (see above)
             assert (eager[k].chunk(3)[1] - compiled[k].chunk(3)[1]).abs().max() <= 4 * 1e-3, k
             eager[k], compiled[k] = eager[k].chunk(3)[::2], compiled[k].chunk(3)[::2]
-        torch.testing.assert_close(eager[k], compiled[k], rtol=0, atol=0.05 * 1e-3, msg=k)
+        # within 5 % of a step, except a rare entry (at most 1 % of a tensor) within 25 %: near-zero gradients
+        # (see above) also occur in single entries of the alignment convs and their BatchNorm
+        diff = (eager[k] - compiled[k]).abs()
+        assert diff.max() <= 0.25 * 1e-3 and (diff > 0.05 * 1e-3).float().mean() <= 0.01, (k, float(diff.max()))
 
 
 def test_device_augmentation_trains_and_resumes_exactly(motion, tmp_path):

@@ -134,7 +134,7 @@ class VideoDataset(Dataset):
     def _load(self, path: str, label: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         if path in self._bad:
             raise VideoReadError(path, self._bad[path])
-        with open_video(path, decoder=self.decoder) as reader:
+        with open_video(path, decoder=self.decoder, short_side=self.short_side) as reader:
             n = reader.num_frames
             if self.train:
                 views = sample_indices(n, self.num_frames, self.sampling, True, rng, self.frame_interval)[None]

@@ -34,7 +34,9 @@ def torchcodec_available() -> tuple[bool, str]:
 class TorchCodecReader:
     """Random access to the frames of one video file through torchcodec."""
 
-    def __init__(self, path: str, threads: int = 1, device: str = "cpu"):
+    def __init__(self, path: str, threads: int = 1, device: str = "cpu", short_side: int | None = None):
+        """`short_side`: the size `read` will be asked for, so the one decoder (its set-up scans the file) resizes
+        to it; another size opens a second decoder."""
         self.path, self.threads, self.device = path, threads, device
         if not os.path.exists(path):
             raise VideoReadError(path, "file not found")
@@ -43,9 +45,10 @@ class TorchCodecReader:
         if os.path.getsize(path) == 0:
             raise VideoReadError(path, "empty file (0 bytes)")
         self._decoders: dict = {}
-        decoder = self._decoder(None)
+        self._size = _header_size(path) if short_side else None
+        decoder = self._decoder(self._target(short_side))
         meta = decoder.metadata
-        self._size = (meta.width, meta.height)
+        self._size = (meta.width, meta.height) if self._size is None else self._size
         self._num_frames = len(decoder)
         if not self._num_frames:
             raise VideoReadError(path, "video stream has no frames")
@@ -76,16 +79,21 @@ class TorchCodecReader:
         bad = [i for i in indices if not 0 <= i < self.num_frames]
         if bad:
             raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
-        w, h = self._size
-        size = None
-        if short_side and short_side != min(w, h):
-            scale = short_side / min(w, h)
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
         try:
-            frames = self._decoder(size).get_frames_at(indices).data
+            frames = self._decoder(self._target(short_side)).get_frames_at(indices).data
         except (RuntimeError, ValueError, IndexError) as e:
             raise VideoReadError(self.path, f"decoding failed ({str(e).splitlines()[0][:120]})") from None
         return frames.cpu().numpy()
+
+    def _target(self, short_side: int | None) -> tuple[int, int] | None:
+        """(width, height) with the short side `short_side` (None: the stream's size)."""
+        if not short_side or self._size is None:
+            return None
+        w, h = self._size
+        if short_side == min(w, h):
+            return None
+        scale = short_side / min(w, h)
+        return max(1, round(w * scale)), max(1, round(h * scale))
 
     def close(self) -> None:
         self._decoders.clear()
@@ -95,3 +103,17 @@ class TorchCodecReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """The video stream's (width, height) from the container header (PyAV, no decoding); None if unknown."""
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            ctx = container.streams.video[0].codec_context
+            return (ctx.width, ctx.height) if ctx.width and ctx.height else None
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return None
