@@ -193,6 +193,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.precision import amp_dtype
 
     from ila.engine.atomic import output_dir
+    from ila.engine.runlock import RunLock
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
     names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
@@ -201,6 +202,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     out = Path(output) if output else run_dir / "eval"
     output_dir(out, "--output folder")                 # a bad output path fails before any scoring
     env = dist.setup(dist.inference_device(cfg, overrides))
+    lock = RunLock(out, "eval output folder").acquire() if env.main else None   # one writer; stale temporaries go
     try:
         model.to(env.device)
         try:
@@ -218,6 +220,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
                   f"{report.format_metrics(metrics)}  ->  {out}")
         return metrics
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup()
 
 
