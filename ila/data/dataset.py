@@ -149,7 +149,7 @@ class VideoDataset(Dataset):
             if flip:
                 label = self.label_swap.get(label, label)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**62)))
+                torch.default_generator.manual_seed(int(rng.integers(2**62)))   # CPU only: no lazy CUDA calls
                 return self.transform(clip), label
         views = [self.transform(c) for c in clips]
         views = [v.unsqueeze(0) if v.dim() == 4 else v for v in views]
