@@ -12,6 +12,7 @@ values; given on both sides with different values, the config is rejected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -107,6 +108,13 @@ class Config:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _TOP = ("name", "output", "device")
+_INT64 = 2**63
+# what a checkpoint's saved model section must spell out: everything that shapes the weights or the outputs
+# (a missing key would silently take the default, e.g. build the default large model)
+REQUIRED_MODEL_KEYS = ("image_resolution", "vision_patch_size", "vision_width", "vision_layers", "embed_dim",
+                       "context_length", "vocab_size", "transformer_width", "transformer_layers", "quick_gelu",
+                       "num_frames", "temporal", "interactive_block", "mi_token", "align_hidden", "point_hidden",
+                       "head", "num_classes", "mit_layers", "mit_pos_embed", "prompts_layers", "prompts_alpha")
 
 
 # ----------------------------------------------------------------------------------------- coercion
@@ -119,7 +127,8 @@ def _describe(tp) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
         return "a list"
-    return {type(None): "none", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+    return {type(None): "none", bool: "true/false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(
         tp, str(tp))
 
 
@@ -142,6 +151,8 @@ def _coerce_one(value: Any, tp) -> Any:
         raise ValueError
     if origin is Literal:
         for allowed in typing.get_args(tp):
+            if isinstance(value, bool) != isinstance(allowed, bool):
+                continue                             # true is not 1
             if value == allowed or (isinstance(value, str) and value == str(allowed)):
                 return allowed
         raise ValueError
@@ -161,17 +172,25 @@ def _coerce_one(value: Any, tp) -> Any:
         if isinstance(value, bool):
             raise ValueError
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, (int, str)):
-            return int(value)
-        raise ValueError
+            value = int(value)
+        elif isinstance(value, str) and len(value) <= 40:
+            value = int(value)
+        if not isinstance(value, int) or not -_INT64 <= value < _INT64:
+            raise ValueError                         # past int64 nothing downstream (torch, numpy) can hold it
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
-        return float(value)
+        number = float(value)                        # OverflowError for a huge int: a ValueError's kin
+        if not math.isfinite(number):                # inf, nan, 1e999: no run can use them
+            raise ValueError
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            text = str(value)
+            if "\0" in text:                          # no path or name can hold a NUL
+                raise ValueError
+            return text
         raise ValueError
     raise ValueError
 
@@ -180,8 +199,9 @@ def coerce(key: str, value: Any, tp) -> Any:
     """`value` as type `tp` for config key `key`; a UserError naming the key and the allowed values."""
     try:
         return _coerce_one(value, tp)
-    except (ValueError, TypeError):
-        raise UserError(f"{key}={value!r} is not allowed; use {_describe(tp)}") from None
+    except (ValueError, TypeError, OverflowError):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UserError(f"{key}={shown} is not allowed; use {_describe(tp)}") from None
 
 
 def _apply(obj, section: str, values: dict) -> None:
@@ -207,6 +227,9 @@ def _set_dotted(raw: dict, assignment: str) -> None:
         raise UserError(f"unknown config key '{key}'; keys look like section.key with section one of "
                         f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)})")
     section = raw.setdefault(parts[0], {}) or {}
+    if not isinstance(section, dict):
+        raise UserError(f"--set {key.strip()}: config section '{parts[0]}' must be a mapping of keys to values, "
+                        f"got {type(section).__name__}")
     raw[parts[0]] = section
     section[parts[1]] = value
 
@@ -218,11 +241,23 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
+        except OSError as e:
+            raise UserError(f"config file {path}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            what = " ".join(str(getattr(e, "problem", None) or e).split())[:160]
+            raise UserError(f"config file {where}: not valid YAML ({what})") from None
+        except RecursionError:
+            raise UserError(f"config file {path}: nested too deeply to be a config") from None
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
-            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval)")
+            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval), "
+                            f"not a {type(raw).__name__}")
         return raw, path.stem
     from ila.presets import PRESETS
 
@@ -231,10 +266,35 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     return {"model": {"preset": str(source)}}, str(source)
 
 
-def config_from_dict(raw: dict, name: str | None = None) -> Config:
-    """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied)."""
+def require_complete(raw: Any, source: str = "the saved config") -> None:
+    """A saved config (a checkpoint's) must name every model key in REQUIRED_MODEL_KEYS: filling the gaps
+    from defaults would build another model than the one whose weights were saved."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the saved config is a {type(raw).__name__}, not a mapping of sections; "
+                        f"the file is damaged or not written by ila")
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        raise UserError(f"{source}: the saved config has no model section; the file is damaged or incomplete")
+    missing = [k for k in REQUIRED_MODEL_KEYS if k not in model]
+    if missing:
+        raise UserError(f"{source}: the saved config lacks {len(missing)} model key(s) ({', '.join(missing[:4])}"
+                        f"{', ...' if len(missing) > 4 else ''}); the file is damaged or incomplete, so the model "
+                        f"it describes cannot be rebuilt")
+
+
+def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
+                     source: str = "the saved config") -> Config:
+    """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied).
+
+    complete: `raw` is a saved config (a checkpoint's), which must spell out the model (`require_complete`);
+    source names it in that error."""
+    if complete:
+        require_complete(raw, source)
+    if not isinstance(raw, dict):
+        raise UserError(f"a config must be a mapping of sections (model, data, train, eval), "
+                        f"not a {type(raw).__name__}")
     raw = dict(raw)
-    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TOP))
+    unknown = sorted(map(str, set(raw) - set(_SECTIONS) - set(_TOP)))
     if unknown:
         raise UserError(f"unknown config key '{unknown[0]}'; top-level keys are: {', '.join([*_SECTIONS, *_TOP])}")
     for section in _SECTIONS:
@@ -246,7 +306,7 @@ def config_from_dict(raw: dict, name: str | None = None) -> Config:
     if preset not in (None, "", "none", "None"):
         from ila.presets import PRESETS, get_preset
 
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise UserError(f"model.preset={preset!r} is not allowed; use one of {', '.join(PRESETS)}")
         cfg.model = get_preset(preset)
         cfg.preset = str(preset)
@@ -261,8 +321,12 @@ def config_from_dict(raw: dict, name: str | None = None) -> Config:
     return cfg
 
 
-def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> Config:
-    """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides."""
+def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = (),
+                complete: bool = False) -> Config:
+    """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides.
+    complete: the dict is a saved config, checked by `require_complete` before the overrides apply."""
+    if complete:
+        require_complete(source)
     if isinstance(source, dict):
         raw, name = source, None
     elif source is None:
@@ -313,6 +377,14 @@ def validate(cfg: Config) -> Config:
     for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob)):
         _check(0 <= value <= 1, key, value, "a number in [0, 1]")
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
+    _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range
+    _check(d.workers <= 256, "data.workers", d.workers, "an integer in [0, 256]")
+    if isinstance(d.class_names, list):
+        names = [n.strip() for n in d.class_names]
+        _check(bool(names) and all(names), "data.class_names", d.class_names, "a non-empty list of non-empty names")
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        _check(twice is None, "data.class_names", d.class_names, f"distinct names ({twice!r} appears twice)")
+    _check(bool(cfg.name.strip()), "name", cfg.name, "a non-empty run name")
     cfg.model.validate()
     return cfg
 
