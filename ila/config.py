@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -109,6 +110,9 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _TOP = ("name", "output", "device")
 _INT64 = 2**63
+_REPR = reprlib.Repr()                      # bounded repr of values in error lines
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 # what a checkpoint's saved model section must spell out: everything that shapes the weights or the outputs
 # (a missing key would silently take the default, e.g. build the default large model)
 REQUIRED_MODEL_KEYS = ("image_resolution", "vision_patch_size", "vision_width", "vision_layers", "embed_dim",
@@ -130,6 +134,10 @@ def _describe(tp) -> str:
     return {type(None): "none", bool: "true/false", int: "an integer", float: "a finite number",
             str: "a string"}.get(
         tp, str(tp))
+
+
+class _TooLarge(ValueError):
+    """An integer past int64."""
 
 
 def _coerce_one(value: Any, tp) -> Any:
@@ -173,10 +181,14 @@ def _coerce_one(value: Any, tp) -> Any:
             raise ValueError
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif isinstance(value, str) and len(value) <= 40:
+        elif isinstance(value, str):
+            if len(value.strip()) > 40 and value.strip().lstrip("+-").isdigit():
+                raise _TooLarge                      # before int() spends time on thousands of digits
             value = int(value)
-        if not isinstance(value, int) or not -_INT64 <= value < _INT64:
-            raise ValueError                         # past int64 nothing downstream (torch, numpy) can hold it
+        if not isinstance(value, int):
+            raise ValueError
+        if not -_INT64 <= value < _INT64:            # past int64 nothing downstream (torch, numpy) can hold it
+            raise _TooLarge
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -199,9 +211,10 @@ def coerce(key: str, value: Any, tp) -> Any:
     """`value` as type `tp` for config key `key`; a UserError naming the key and the allowed values."""
     try:
         return _coerce_one(value, tp)
-    except (ValueError, TypeError, OverflowError):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise UserError(f"{key}={shown} is not allowed; use {_describe(tp)}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        shown = _shown(value)
+        allowed = f"{_describe(tp)} between -2**63 and 2**63 - 1" if isinstance(e, _TooLarge) else _describe(tp)
+        raise UserError(f"{key}={shown} is not allowed; use {allowed}") from None
 
 
 def _apply(obj, section: str, values: dict) -> None:
@@ -217,7 +230,7 @@ def _apply(obj, section: str, values: dict) -> None:
 
 def _set_dotted(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: write it as section.key=value, e.g. train.lr=1e-3")
+        raise UserError(f"--set {_shown(assignment)}: write it as section.key=value, e.g. train.lr=1e-3")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) == 1 and parts[0] in _TOP:
@@ -238,6 +251,8 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     """Raw nested dict and a run name from a YAML path or a preset name."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.is_file():
+        if path.is_dir():
+            raise UserError(f"config file {path} is a directory; give the YAML file")
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         try:
@@ -253,6 +268,8 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
             raise UserError(f"config file {where}: not valid YAML ({what})") from None
         except RecursionError:
             raise UserError(f"config file {path}: nested too deeply to be a config") from None
+        except ValueError as e:                      # e.g. an integer of more than 4300 digits
+            raise UserError(f"config file {path}: cannot be read ({str(e).split(';')[0][:120]})") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -262,7 +279,7 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     from ila.presets import PRESETS
 
     if str(source) not in PRESETS:
-        raise UserError(f"--config {source!r} is neither a YAML file nor a preset; presets: {', '.join(PRESETS)}")
+        raise UserError(f"--config {_shown(str(source))} is neither a YAML file nor a preset; presets: {', '.join(PRESETS)}")
     return {"model": {"preset": str(source)}}, str(source)
 
 
@@ -307,13 +324,16 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
         from ila.presets import PRESETS, get_preset
 
         if not isinstance(preset, str) or preset not in PRESETS:
-            raise UserError(f"model.preset={preset!r} is not allowed; use one of {', '.join(PRESETS)}")
+            raise UserError(f"model.preset={_shown(preset)} is not allowed; use one of {', '.join(PRESETS)}")
         cfg.model = get_preset(preset)
         cfg.preset = str(preset)
     _apply(cfg.model, "model", model_raw)
     for section in ("data", "train", "eval"):
         _apply(getattr(cfg, section), section, raw.get(section) or {})
-    _apply(cfg, "config", {k: raw[k] for k in _TOP if k in raw})
+    hints = typing.get_type_hints(Config)
+    for key in _TOP:                                 # top-level keys are named without a section
+        if key in raw:
+            setattr(cfg, key, coerce(key, raw[key], hints[key]))
     if name and "name" not in raw:
         cfg.name = name
     _link_data_to_model(cfg, explicit=set(model_raw))
@@ -352,9 +372,15 @@ def _link_data_to_model(cfg: Config, explicit: set[str]) -> None:
             setattr(cfg.model, model_key, data_value)
 
 
+def _shown(value) -> str:
+    """A value for an error line: its repr, cut short (reprlib bounds the work on huge or nested values)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
-        raise UserError(f"{key}={value!r} is not allowed; use {allowed}")
+        raise UserError(f"{key}={_shown(value)} is not allowed; use {allowed}")
 
 
 def validate(cfg: Config) -> Config:
@@ -382,8 +408,9 @@ def validate(cfg: Config) -> Config:
     if isinstance(d.class_names, list):
         names = [n.strip() for n in d.class_names]
         _check(bool(names) and all(names), "data.class_names", d.class_names, "a non-empty list of non-empty names")
-        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
-        _check(twice is None, "data.class_names", d.class_names, f"distinct names ({twice!r} appears twice)")
+        seen: set[str] = set()
+        twice = next((n for n in names if n in seen or seen.add(n)), None)
+        _check(twice is None, "data.class_names", d.class_names, f"distinct names ({_shown(twice)} appears twice)")
     _check(bool(cfg.name.strip()), "name", cfg.name, "a non-empty run name")
     cfg.model.validate()
     return cfg

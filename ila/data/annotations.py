@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 
 from ila.errors import UserError
@@ -22,6 +23,9 @@ SSV2_PATTERN = "{id}.webm"
 MAX_CLASSES = 100_000                       # integer labels with no class list may not imply more classes
 _HEADER_WORDS = ("path", "video", "file", "filename", "video_path")
 _DIGITS = re.compile(r"[0-9]+")
+_REPR = reprlib.Repr()                      # bounded repr of values in error lines
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
@@ -55,7 +59,7 @@ def load_class_names(path: str) -> list[str]:
         raise UserError(f"{path}: no class names in the file")
     if path.lower().endswith(".csv"):
         return _class_names_from_csv(path, lines)
-    return _unique_names(path, [name for _, name in lines], [f"{path}:{n}" for n, _ in lines])
+    return _unique_names(path, [name for _, name in lines], [f"line {n}" for n, _ in lines])
 
 
 def load_annotations(path: str, root: str = "", fmt: str = "auto", class_names=None,
@@ -133,16 +137,16 @@ def _read_lines(path: str, frames: bool) -> list[tuple]:
             fields = line.split(",") if "," in line else line.split(None, 2)
             fields = [f.strip() for f in fields]
             if len(fields) != 3 or not fields[0]:
-                raise UserError(f"{path}:{n}: expected 'DIR NUM_FRAMES LABEL', got {line!r}")
-            if not _DIGITS.fullmatch(fields[1]) or int(fields[1]) < 1:
-                raise UserError(f"{path}:{n}: frame count {fields[1]!r} is not a positive integer")
+                raise UserError(f"{path}:{n}: expected 'DIR NUM_FRAMES LABEL', got {_short(line)}")
+            if not _DIGITS.fullmatch(fields[1]) or len(fields[1]) > 18 or int(fields[1]) < 1:
+                raise UserError(f"{path}:{n}: frame count {_short(fields[1])} is not a positive integer")
             rows.append((n, fields[0], fields[2], int(fields[1])))
         else:
             rel, label = _split_list_line(line)
             if not rows and rel.lower() in _HEADER_WORDS:
                 continue                               # a header row such as "path,label"
             if not rel or not label:
-                raise UserError(f"{path}:{n}: expected 'PATH LABEL' (space or comma separated), got {line!r}")
+                raise UserError(f"{path}:{n}: expected 'PATH LABEL' (space or comma separated), got {_short(line)}")
             rows.append((n, rel, label, None))
     return rows
 
@@ -171,7 +175,7 @@ def _read_kinetics_csv(path: str, pattern: str) -> list[tuple]:
                             f"(got {','.join(header)[:200]!r}); the header is label,youtube_id,time_start,time_end,split")
         twice = sorted({h for h in header if header.count(h) > 1})
         if twice:
-            raise UserError(f"{path}:{header_line}: column {twice[0]!r} appears twice in the header; keep one")
+            raise UserError(f"{path}:{header_line}: column {_short(twice[0])} appears twice in the header; keep one")
         rows = []
         for fields in reader:
             n = reader.line_num
@@ -199,9 +203,9 @@ def _seconds(path: str, n: int, key: str, value: str) -> int:
     try:
         number = float(value)
     except ValueError:
-        raise UserError(f"{path}:{n}: {key} {value!r} is not a number") from None
+        raise UserError(f"{path}:{n}: {key} {_short(value)} is not a number") from None
     if not (math.isfinite(number) and number.is_integer() and 0 <= number < 10**9):
-        raise UserError(f"{path}:{n}: {key} {value!r} is not a whole number of seconds >= 0")
+        raise UserError(f"{path}:{n}: {key} {_short(value)} is not a whole number of seconds >= 0")
     return int(number)
 
 
@@ -214,6 +218,8 @@ def _format_name(pattern: str, fields: dict, where: str) -> str:
                         f"({type(e).__name__}: {e})") from None
     if not name.strip():
         raise UserError(f"{where}: file-name pattern {pattern!r} gives an empty file name for this row")
+    if "\0" in name:
+        raise UserError(f"{where}: the file name {_short(name)} holds a NUL character, which no path can hold")
     return name
 
 
@@ -251,8 +257,9 @@ def _json_type(value) -> str:
 
 
 def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A value for an error line: its repr, cut short (reprlib bounds the work on huge or nested values)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,10 +269,11 @@ def _refuse_duplicates(path: str, rows: list[tuple]) -> None:
     """A video listed twice would be trained on or scored twice: name the repeated lines and the count."""
     first_seen, repeats = {}, []
     for line, rel, _, _ in rows:
-        if rel in first_seen:
-            repeats.append((line, first_seen[rel], rel))
+        key = os.path.normpath(rel)                    # a/./x.mp4 is a/x.mp4
+        if key in first_seen:
+            repeats.append((line, first_seen[key], rel))
         else:
-            first_seen[rel] = line
+            first_seen[key] = line
     if repeats:
         at = lambda line: f"line {line}" if isinstance(line, int) else str(line)  # noqa: E731
         shown = "; ".join(f"{at(line)} repeats {at(first)} ({_short(rel)})" for line, first, rel in repeats[:3])
@@ -283,7 +291,7 @@ def _resolve_class_names(path: str, rows: list[tuple], class_names: list[str] | 
     if ints:                                           # "3" and "cat" in one file: indices or names?
         name = next((line, label) for line, _, label, _ in rows if not _is_int(label))
         where = lambda line: f"line {line}" if isinstance(line, int) else str(line)  # noqa: E731
-        raise UserError(f"{path}: mixes class indices ({where(ints[0][0])}: {ints[0][1]!r}) with class names "
+        raise UserError(f"{path}: mixes class indices ({where(ints[0][0])}: {_short(ints[0][1])}) with class names "
                         f"({where(name[0])}: {_short(name[1])}); write every label the same way, or pass the "
                         f"class names")
     return sorted({label for _, _, label, _ in rows})
@@ -292,6 +300,8 @@ def _resolve_class_names(path: str, rows: list[tuple], class_names: list[str] | 
 def _label_index(path: str, line, label: str, class_names: list[str] | None, lookup: dict[str, int]) -> int:
     where = f"{path}:{line}" if isinstance(line, int) else f"{path}: {line}"
     if _is_int(label):
+        if len(label.strip().lstrip("+-")) > 18:
+            raise UserError(f"{where}: label {_short(label)} is out of range")
         index = int(label)
         if index < 0 or (class_names is not None and index >= len(class_names)):
             limit = f" (0..{len(class_names) - 1})" if class_names is not None else " (labels start at 0)"
@@ -319,20 +329,20 @@ def _class_names_from_json(path: str, text: str) -> list[str]:
         bad = next((i for i, x in enumerate(data) if not isinstance(x, str)), None)
         if bad is not None:
             raise UserError(f"{expected}; item {bad} is a {_json_type(data[bad])} {_short(data[bad])}")
-        return _unique_names(path, [x.strip() for x in data], [f"{path}: item {i}" for i in range(len(data))])
+        return _unique_names(path, [x.strip() for x in data], [f"item {i}" for i in range(len(data))])
     if isinstance(data, dict) and data:
         keys, values = list(data), list(data.values())
         if all(_is_int(v) for v in values):            # {name: id}, as SSv2's labels.json
-            pairs = [(int(v), k) for k, v in data.items()]
+            pairs = [(_id(path, v), k) for k, v in data.items()]
         elif all(_is_int(k) for k in keys):            # {id: name}
             bad = next((k for k, v in data.items() if not isinstance(v, str)), None)
             if bad is not None:
                 raise UserError(f"{expected}; the name of id {bad} is a {_json_type(data[bad])} {_short(data[bad])}")
-            pairs = [(int(k), v) for k, v in data.items()]
+            pairs = [(_id(path, k), v) for k, v in data.items()]
         else:
             raise UserError(f"{expected}; some keys and some values are not integers")
         names = _dense(path, [(i, name.strip()) for i, name in pairs])
-        return _unique_names(path, names, [f"{path}: id {i}" for i in range(len(names))])
+        return _unique_names(path, names, [f"id {i}" for i in range(len(names))])
     raise UserError(f"{expected}, got {'an empty ' if not data and isinstance(data, (list, dict)) else 'a '}"
                     f"JSON {_json_type(data)}")
 
@@ -350,8 +360,8 @@ def _class_names_from_csv(path: str, lines: list[tuple[int, str]]) -> list[str]:
             continue                                   # header row such as "id,name"
         if not _is_int(fields[0]):
             raise UserError(f"{path}:{n}: class id {_short(fields[0])} is not an integer")
-        pairs.append((int(fields[0]), ",".join(fields[1:]).strip()))
-        where.setdefault(int(fields[0]), f"{path}:{n}")
+        pairs.append((_id(f"{path}:{n}", fields[0]), ",".join(fields[1:]).strip()))
+        where.setdefault(pairs[-1][0], f"line {n}")
     names = _dense(path, pairs)
     return _unique_names(path, names, [where[i] for i in range(len(names))])
 
@@ -370,17 +380,26 @@ def _dense(path: str, pairs: list[tuple[int, str]]) -> list[str]:
 
 
 def _unique_names(path: str, names: list[str], where: list[str] | None = None) -> list[str]:
-    """Class names must be non-empty and distinct: a repeated name makes its label ambiguous."""
+    """Class names must be non-empty and distinct: a repeated name makes its label ambiguous. where[i] says
+    where name i was written ("line 3", "item 2")."""
+    where = where or [f"class {i}" for i in range(len(names))]
+    at = lambda i: f"{path}:{where[i][5:]}" if where[i].startswith("line ") else f"{path}: {where[i]}"  # noqa: E731
     seen = {}
     for i, name in enumerate(names):
-        at = where[i] if where else f"{path}: class {i}"
         if not name.strip():
-            raise UserError(f"{at}: empty class name")
+            raise UserError(f"{at(i)}: empty class name")
         if name in seen:
-            first = where[seen[name]] if where else f"class {seen[name]}"
-            raise UserError(f"{at}: class name {_short(name)} repeats {first}; class names must be distinct")
+            raise UserError(f"{at(i)}: class name {_short(name)} repeats {where[seen[name]]}; class names must "
+                            f"be distinct")
         seen[name] = i
     return names
+
+
+def _id(where: str, value) -> int:
+    """A class id (an int or a string of digits, see `_is_int`) as int; ids past 18 digits are refused."""
+    if len(str(value).strip().lstrip("+-")) > 18:
+        raise UserError(f"{where}: class id {_short(value)} is out of range")
+    return int(value)
 
 
 def _is_int(value) -> bool:
@@ -411,7 +430,8 @@ def _read_text(path: str) -> str:
                         f"UTF-8") from None
     if "\0" in text:
         line = text[:text.index("\0")].count("\n") + 1
-        raise UserError(f"{path}:{line}: holds NUL bytes, so it is not a text annotation file")
+        raise UserError(f"{path}:{line}: holds NUL bytes, so it is not a text annotation file (binary, or "
+                        f"UTF-16 without a byte-order mark? save it as UTF-8)")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -425,7 +445,7 @@ def _load_json(path: str, text: str | None = None):
         seen = set()
         for key, _ in pairs:
             if key in seen:
-                raise UserError(f"{path}: key {key!r} appears twice in one JSON object; keep one")
+                raise UserError(f"{path}: key {_short(key)} appears twice in one JSON object; keep one")
             seen.add(key)
         return dict(pairs)
 
@@ -433,5 +453,7 @@ def _load_json(path: str, text: str | None = None):
         return json.loads(_read_text(path) if text is None else text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:                            # e.g. an integer of more than 4300 digits
+        raise UserError(f"{path}: JSON that cannot be read ({str(e).split(';')[0][:120]})") from None
     except RecursionError:
         raise UserError(f"{path}: JSON nested too deeply to be an annotation file") from None
