@@ -11,7 +11,6 @@ import json
 import math
 import random
 
-import pytest
 import yaml
 
 from ila.config import config_from_dict, load_config
@@ -304,13 +303,3 @@ def test_fuzz_set_overrides_and_saved_configs():
         failures.append(_run("saved config", seed, mutation,
                              lambda: _check_config(config_from_dict(saved, complete=True))))
     _report(failures)
-
-
-@pytest.mark.parametrize("argv", [["info", "tiny", "--frames", "0"], ["info", "tiny", "--frames", "-4"],
-                                  ["info", "tiny", "--classes", "0"], ["info", "tiny", "--frames", "100000"]])
-def test_cli_refuses_bad_numbers_with_one_line(argv, capsys):
-    from ila.cli import main
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ila info: error: ")
