@@ -303,3 +303,44 @@ def test_fuzz_set_overrides_and_saved_configs():
         failures.append(_run("saved config", seed, mutation,
                              lambda: _check_config(config_from_dict(saved, complete=True))))
     _report(failures)
+
+
+def test_fuzz_model_geometry_builds_whenever_it_validates():
+    """Random model sections of a tiny model: a config that validates must build and run a forward pass in
+    eval and train mode; one that cannot must be refused by validation, not by torch. (150 cases: each
+    that validates builds and runs a model.)"""
+    import torch
+
+    from ila.models.ila import ILAModel
+
+    choices = {"temporal": ["ila", "mean", "attention", "joint"], "head": ["text", "classifier"],
+               "interactive_block": ["separable", "dense"], "mi_token": ["release", "paper"],
+               "image_resolution": [0, 8, 16, 28, 32, 33, 48], "vision_patch_size": [0, 1, 4, 7, 8, 16, 32],
+               "vision_width": [0, 32, 64, 96, 128], "embed_dim": [32, 64, 128], "transformer_width": [32, 64, 100],
+               "vision_layers": [0, 1, 2], "transformer_layers": [0, 1], "context_length": [0, 1, 2, 5],
+               "num_frames": [0, 1, 2, 3, 5], "align_hidden": [0, 1, 2, 3, 8], "point_hidden": [2, 4, 6, 8],
+               "num_classes": [0, 1, 3], "mit_layers": [0, 1, 2], "prompts_layers": [0, 1],
+               "mit_pos_embed": [True, False], "quick_gelu": [True, False], "drop_path": [0.0, 0.5, 1.0]}
+    outcomes = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                           # tiny models: threads cost more than they give
+    for seed in range(CASES // 2):
+        rng = random.Random(seed)
+        picked = {k: rng.choice(v) for k, v in rng.sample(sorted(choices.items()), rng.randint(1, 8))}
+        sets = [f"model.{k}={v}" for k, v in picked.items()]
+        sets = [s.replace("model.num_frames", "data.num_frames").replace("model.image_resolution", "data.input_size")
+                for s in sets]
+
+        def build():
+            cfg = load_config("tiny", sets).model
+            model = ILAModel(cfg)
+            video = torch.randn(2, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
+            text = torch.randn(3, cfg.embed_dim) if cfg.head == "text" else None
+            with torch.no_grad():
+                for mode in (False, True):
+                    logits = model.train(mode)(video, text_features=text).logits
+                    assert logits.shape == (2, 3 if cfg.head == "text" else cfg.num_classes)
+                    assert torch.isfinite(logits).all()
+        outcomes.append(_run("model", seed, " ".join(sets), build))
+    torch.set_num_threads(threads)
+    _report(outcomes)

@@ -16,7 +16,7 @@ Head = Literal["text", "classifier"]
 _RANGES = {"image_resolution": (1, 4096), "vision_patch_size": (1, 4096), "vision_width": (64, 16384),
            "vision_layers": (1, 256), "embed_dim": (64, 16384), "context_length": (2, 4096),
            "vocab_size": (1, 1_000_000), "transformer_width": (64, 16384), "transformer_layers": (0, 256),
-           "num_frames": (1, 1024), "align_hidden": (1, 16384), "point_hidden": (1, 16384),
+           "num_frames": (1, 1024), "align_hidden": (2, 16384), "point_hidden": (4, 16384),
            "align_delta": (0.0, 1.0), "drop_path": (0.0, 0.99), "num_classes": (1, 100_000),
            "mit_layers": (0, 64), "prompts_layers": (0, 64), "prompts_alpha": (-1e6, 1e6),
            "classifier_dropout": (0.0, 0.99)}
@@ -88,6 +88,12 @@ class ModelConfig:
         if self.temporal == "ila" and self.grid < 4:
             raise UserError(f"ILA needs a patch grid of at least 4x4, got {self.grid}x{self.grid}; "
                             f"raise model.image_resolution or lower model.vision_patch_size")
+        if self.temporal == "ila" and self.align_hidden % 2:
+            raise UserError(f"model.align_hidden={self.align_hidden} must be even (the interactive tokens take "
+                            f"half of its channels)")
+        if self.temporal == "ila" and self.point_hidden % 4:
+            raise UserError(f"model.point_hidden={self.point_hidden} must be a multiple of 4 (two groups of "
+                            f"halved channels predict the points)")
         if self.temporal != "mean" and self.num_frames < 2:
             raise UserError(f"model.num_frames={self.num_frames}: temporal modelling needs at least 2 frames")
         if self.vision_width % 64 or self.embed_dim % 64 or (self.head == "text" and self.transformer_width % 64):
