@@ -7,6 +7,7 @@ through the class names (from a file, or sorted from the annotation itself). A m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ _REPR = reprlib.Repr()                      # bounded repr of values in error li
 _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")   # control characters but tab (escape codes, NUL...)
 
 
 @dataclass
@@ -100,6 +102,11 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
         rows = _read_lines(path, frames=(fmt == "frames"))
     if not rows:
         raise UserError(f"{path}: no samples in the annotation file")
+    for line, rel, label, _ in rows:
+        for what, text in (("path", rel), ("label", label)):
+            if _CONTROL.search(text):
+                at = f"{path}:{line}" if isinstance(line, int) else f"{path}: {line}"
+                raise UserError(f"{at}: the {what} {_short(text)} holds a control character; remove it")
     if not allow_duplicates:
         _refuse_duplicates(path, rows)
     class_names = _resolve_class_names(path, rows, class_names)
@@ -164,8 +171,7 @@ def _split_list_line(line: str) -> tuple[str, str]:
 
 
 def _read_kinetics_csv(path: str, pattern: str) -> list[tuple]:
-    lines = _lines(_read_text(path))
-    reader = csv.reader(lines)
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))  # a quoted field keeps its line breaks
     try:
         header = [h.strip() for h in next((r for r in reader if any(f.strip() for f in r)), [])]
         header_line = reader.line_num
@@ -176,9 +182,9 @@ def _read_kinetics_csv(path: str, pattern: str) -> list[tuple]:
         twice = sorted({h for h in header if header.count(h) > 1})
         if twice:
             raise UserError(f"{path}:{header_line}: column {_short(twice[0])} appears twice in the header; keep one")
-        rows = []
+        rows, end = [], reader.line_num
         for fields in reader:
-            n = reader.line_num
+            n, end = end + 1, reader.line_num                 # the line the row starts on
             if not any(f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
@@ -388,6 +394,8 @@ def _unique_names(path: str, names: list[str], where: list[str] | None = None) -
     for i, name in enumerate(names):
         if not name.strip():
             raise UserError(f"{at(i)}: empty class name")
+        if _CONTROL.search(name):
+            raise UserError(f"{at(i)}: class name {_short(name)} holds a control character; remove it")
         if name in seen:
             raise UserError(f"{at(i)}: class name {_short(name)} repeats {where[seen[name]]}; class names must "
                             f"be distinct")
