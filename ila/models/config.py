@@ -109,4 +109,4 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"unknown model config key(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**d).validate()                  # geometry read from weights is checked like a config
