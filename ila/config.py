@@ -232,6 +232,7 @@ def _set_dotted(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise UserError(f"--set {_shown(assignment)}: write it as section.key=value, e.g. train.lr=1e-3")
     key, value = assignment.split("=", 1)
+    _check_key(key.strip(), "--set ")
     parts = key.strip().split(".")
     if len(parts) == 1 and parts[0] in _TOP:
         raw[parts[0]] = value
@@ -311,6 +312,10 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
         raise UserError(f"a config must be a mapping of sections (model, data, train, eval), "
                         f"not a {type(raw).__name__}")
     raw = dict(raw)
+    for key, value in raw.items():
+        _check_key(key)
+        for sub in value if key in _SECTIONS and isinstance(value, dict) else ():
+            _check_key(sub, f"{key}.")
     unknown = sorted(map(str, set(raw) - set(_SECTIONS) - set(_TOP)))
     if unknown:
         raise UserError(f"unknown config key '{unknown[0]}'; top-level keys are: {', '.join([*_SECTIONS, *_TOP])}")
@@ -376,6 +381,13 @@ def _shown(value) -> str:
     """A value for an error line: its repr, cut short (reprlib bounds the work on huge or nested values)."""
     text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_key(key: Any, prefix: str = "") -> None:
+    """A key that cannot be a config key at all (not a short printable string) is refused before it is
+    echoed in a message."""
+    if not isinstance(key, str) or len(key) > 100 or not key.isprintable():
+        raise UserError(f"{prefix}{_shown(key)} is not a config key; keys look like section.key, e.g. train.lr")
 
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:

@@ -145,7 +145,7 @@ def _type_mutation(rng: random.Random, obj):
 
 
 def _mutate_text(rng, text: str) -> tuple[bytes, str]:
-    data, names = text.encode(), []
+    data, names = text.encode("utf-8", "surrogatepass"), []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         data, name = _text_mutation(rng, data)
         names.append(name)

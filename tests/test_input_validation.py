@@ -204,7 +204,7 @@ def test_out_of_range_and_non_finite_numbers_are_refused(assignment, message):
     ("train:\n  compile: 1\n", r"train\.compile=1 is not allowed; use true/false"),
     ("eval:\n  crops: true\n", r"eval\.crops=True is not allowed; use one of 1, 3"),
     ("model:\n  preset: [tiny]\n", r"model\.preset=\['tiny'\] is not allowed"),
-    ("1: 2\nmodel: {}\n", r"unknown config key '1'"),
+    ("1: 2\nmodel: {}\n", r"^1 is not a config key; keys look like section.key"),
     ("data:\n  class_names: [a, b, a]\n", r"use distinct names \('a' appears twice\)"),
     ("data:\n  class_names: &x [*x]\n", r"data\.class_names=\[\[\[\.\.\.\]\]\] is not allowed"),
     ("train: " + "[" * 5000 + "\n", r"nested too deeply"),
