@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import reprlib
 import types
 import typing
@@ -110,6 +111,7 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _TOP = ("name", "output", "device")
 _INT64 = 2**63
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _REPR = reprlib.Repr()                      # bounded repr of values in error lines
 _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
@@ -200,8 +202,8 @@ def _coerce_one(value: Any, tp) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             text = str(value)
-            if "\0" in text:                          # no path or name can hold a NUL
-                raise ValueError
+            if "\0" in text or _SURROGATE.search(text):  # no path or UTF-8 file can hold a NUL or a lone
+                raise ValueError                     # surrogate (undecodable bytes in argv)
             return text
         raise ValueError
     raise ValueError
@@ -280,7 +282,8 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     from ila.presets import PRESETS
 
     if str(source) not in PRESETS:
-        raise UserError(f"--config {_shown(str(source))} is neither a YAML file nor a preset; presets: {', '.join(PRESETS)}")
+        raise UserError(f"--config {_shown(str(source))} is neither a YAML file nor a preset; presets: "
+                        f"{', '.join(PRESETS)}")
     return {"model": {"preset": str(source)}}, str(source)
 
 

@@ -288,9 +288,16 @@ def test_control_characters_in_paths_labels_and_class_names_are_refused(tmp_path
     """An escape code in a file name or class name would reach the terminal in later lines; a quoted CSV
     label spanning lines is no class name."""
     path = write(tmp_path / "list.txt", "a.mp4 0\nb\x1b[31m.mp4 1\n")
-    assert refused(load_annotations, path) == f"{path}:2: the path 'b\\x1b[31m.mp4' holds a control character; remove it"
+    assert refused(load_annotations, path) == \
+        f"{path}:2: the path 'b\\x1b[31m.mp4' holds a control character ('\\x1b'); remove it"
     path = write(tmp_path / "k.csv", CSV_HEADER + '"air\ndrumming",a,1,2,t\n')
-    assert refused(load_annotations, path) == f"{path}:2: the label 'air\\ndrumming' holds a control character; remove it"
+    assert refused(load_annotations, path) == \
+        f"{path}:2: the label 'air\\ndrumming' holds a control character ('\\n'); remove it"
     path = write(tmp_path / "labels.json", json.dumps(["a", "b\nc"]))
-    assert refused(load_class_names, path) == f"{path}: item 1: class name 'b\\nc' holds a control character; remove it"
+    assert refused(load_class_names, path) == \
+        f"{path}: item 1: class name 'b\\nc' holds a control character ('\\n'); remove it"
     assert load_annotations(write(tmp_path / "tab.txt", "my\tclip.mp4 0\n")) == [Sample("my\tclip.mp4", 0)]
+    (tmp_path / "labels.json").write_text('{"A": 0}')
+    path = write(tmp_path / "train.json", '[{"id": "\\ud800", "template": "A"}]')
+    assert refused(load_annotations, path) == \
+        f"{path}: entry 1: the path '\\ud800.webm' holds a lone surrogate ('\\ud800'); remove it"

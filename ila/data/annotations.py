@@ -28,7 +28,9 @@ _REPR = reprlib.Repr()                      # bounded repr of values in error li
 _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")   # control characters but tab (escape codes, NUL...)
+# control characters but tab (escape codes, line breaks, NUL) and lone surrogates (JSON "\ud800": no file
+# system or UTF-8 file can hold them)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass
@@ -106,7 +108,7 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
         for what, text in (("path", rel), ("label", label)):
             if _CONTROL.search(text):
                 at = f"{path}:{line}" if isinstance(line, int) else f"{path}: {line}"
-                raise UserError(f"{at}: the {what} {_short(text)} holds a control character; remove it")
+                raise UserError(f"{at}: the {what} {_short(text)} holds {_bad_char(text)}; remove it")
     if not allow_duplicates:
         _refuse_duplicates(path, rows)
     class_names = _resolve_class_names(path, rows, class_names)
@@ -178,7 +180,8 @@ def _read_kinetics_csv(path: str, pattern: str) -> list[tuple]:
         missing = [k for k in ("label", "youtube_id", "time_start", "time_end") if k not in header]
         if missing:
             raise UserError(f"{path}:{header_line}: Kinetics CSV header lacks {', '.join(missing)} "
-                            f"(got {','.join(header)[:200]!r}); the header is label,youtube_id,time_start,time_end,split")
+                            f"(got {_short(','.join(header))}); the header is "
+                            f"label,youtube_id,time_start,time_end,split")
         twice = sorted({h for h in header if header.count(h) > 1})
         if twice:
             raise UserError(f"{path}:{header_line}: column {_short(twice[0])} appears twice in the header; keep one")
@@ -260,6 +263,11 @@ def _read_ssv2(path: str, pattern: str) -> list[tuple]:
 def _json_type(value) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _bad_char(text: str) -> str:
+    char = _CONTROL.search(text).group()
+    return f"a lone surrogate ({char!r})" if "\ud800" <= char <= "\udfff" else f"a control character ({char!r})"
 
 
 def _short(value) -> str:
@@ -395,7 +403,7 @@ def _unique_names(path: str, names: list[str], where: list[str] | None = None) -
         if not name.strip():
             raise UserError(f"{at(i)}: empty class name")
         if _CONTROL.search(name):
-            raise UserError(f"{at(i)}: class name {_short(name)} holds a control character; remove it")
+            raise UserError(f"{at(i)}: class name {_short(name)} holds {_bad_char(name)}; remove it")
         if name in seen:
             raise UserError(f"{at(i)}: class name {_short(name)} repeats {where[seen[name]]}; class names must "
                             f"be distinct")
