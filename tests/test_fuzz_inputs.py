@@ -221,17 +221,26 @@ def test_fuzz_kinetics_list(tmp_path):
 def test_fuzz_kinetics_csv(tmp_path):
     failures = []
     path = tmp_path / "validate.csv"
-    names = tmp_path / "classes.txt"
-    names.write_text("abseiling\nair drumming\nanswering questions\n")
+    name_files = {"txt": "abseiling\nair drumming\nanswering questions\n",
+                  "csv": "id,name\n1,air drumming\n0,abseiling\n2,\"answering questions\"\n"}
     for seed in range(CASES):
         rng = random.Random(seed)
-        data, mutation = _mutate_text(rng, KINETICS_CSV)
-        path.write_bytes(data)
+        kind = rng.choice(sorted(name_files))
+        names = tmp_path / f"classes.{kind}"
+        if seed % 4 == 3:                              # a damaged class-name file beside a good CSV
+            data, mutation = _mutate_text(rng, name_files[kind])
+            names.write_bytes(data)
+            path.write_text(KINETICS_CSV)
+            mutation = f"classes.{kind}: {mutation}"
+        else:
+            data, mutation = _mutate_text(rng, KINETICS_CSV)
+            names.write_text(name_files[kind])
+            path.write_bytes(data)
         fmt = "kinetics_csv" if seed % 2 else "auto"
         pattern = None if seed % 5 else "{split}/{label}/{youtube_id}_{time_start:06d}.mp4"
 
         def read():
-            ann = read_annotations(str(path), fmt=fmt, class_names=str(names) if seed % 3 else None,
+            ann = read_annotations(str(path), fmt=fmt, class_names=str(names) if seed % 4 != 2 else None,
                                    filename_pattern=pattern)
             _check_annotations(ann)
         failures.append(_run("csv", seed, mutation, read))
