@@ -7,6 +7,7 @@ through the class names (from a file, or sorted from the annotation itself). A m
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
@@ -325,7 +326,9 @@ def _label_index(path: str, line, label: str, class_names: list[str] | None, loo
                             f"(data.class_names) or number the classes from 0")
         return index
     if label not in lookup:
-        raise UserError(f"{where}: label {_short(label)} is not a known class name")
+        close = difflib.get_close_matches(label, list(lookup), n=1, cutoff=0.75)
+        hint = f" (did you mean {_short(close[0])}?)" if close else f" ({len(lookup)} classes known)"
+        raise UserError(f"{where}: label {_short(label)} is not a known class name{hint}")
     return lookup[label]
 
 
