@@ -134,7 +134,7 @@ def test_kinetics_csv_with_blank_lines_bom_and_crlf_is_read(tmp_path):
     ("a.mp4 0\nb.mp4 3\n", ["a", "b"], r"list\.txt:2: label 3 is out of range \(0\.\.1\)"),
     ("a.mp4 0\nb.mp4 200000\n", None, r"list\.txt:2: label 200000 would mean 200001 classes; pass the class names"),
     ("a.mp4 " + "9" * 5000 + "\n", None, r"list\.txt:1: label '9999.*' is out of range"),
-    ("a.mp4 cat\nb.mp4 dog\n", ["cat"], r"list\.txt:2: label 'dog' is not a known class name \(1 classes known\)"),
+    ("a.mp4 cat\nb.mp4 dog\n", ["cat"], r"list\.txt:2: label 'dog' is not a known class name \(1 class known\)"),
     ("a.mp4 Abseiling\n", ["abseiling", "air drumming"], r"list\.txt:1: label 'Abseiling' is not a known class name "
                                                         r"\(did you mean 'abseiling'\?\)"),
     ("\n\n  \n# only comments\n", None, r"list\.txt: no samples"),

@@ -327,7 +327,8 @@ def _label_index(path: str, line, label: str, class_names: list[str] | None, loo
         return index
     if label not in lookup:
         close = difflib.get_close_matches(label, list(lookup), n=1, cutoff=0.75)
-        hint = f" (did you mean {_short(close[0])}?)" if close else f" ({len(lookup)} class{'es' if len(lookup) != 1 else ''} known)"
+        known = f"{len(lookup)} class{'es' if len(lookup) != 1 else ''} known"
+        hint = f" (did you mean {_short(close[0])}?)" if close else f" ({known})"
         raise UserError(f"{where}: label {_short(label)} is not a known class name{hint}")
     return lookup[label]
 
