@@ -25,6 +25,7 @@ SSV2_PATTERN = "{id}.webm"
 MAX_CLASSES = 100_000                       # integer labels with no class list may not imply more classes
 _HEADER_WORDS = ("path", "video", "file", "filename", "video_path")
 _DIGITS = re.compile(r"[0-9]+")
+_LIST_LINE = re.compile(r"^(.+?\.(?:%s))[\s,]+(.+)$" % "|".join(e[1:] for e in VIDEO_EXTENSIONS), re.IGNORECASE)
 _REPR = reprlib.Repr()                      # bounded repr of values in error lines
 _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
@@ -164,7 +165,7 @@ def _read_lines(path: str, frames: bool) -> list[tuple]:
 def _split_list_line(line: str) -> tuple[str, str]:
     """`path label`: the path ends at a video extension when there is one (so paths or label names may
     hold spaces), else at the first comma or whitespace."""
-    m = re.match(r"^(.+?\.(?:%s))[\s,]+(.+)$" % "|".join(e[1:] for e in VIDEO_EXTENSIONS), line, re.IGNORECASE)
+    m = _LIST_LINE.match(line)
     if m:
         return m.group(1).strip(), m.group(2).strip()
     parts = line.split(",", 1) if "," in line else line.split(None, 1)
