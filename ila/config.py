@@ -420,6 +420,10 @@ def validate(cfg: Config) -> Config:
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
     _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range
     _check(d.workers <= 256, "data.workers", d.workers, "an integer in [0, 256]")
+    # past these, index arithmetic overflows int64 (frame_interval 2**62 sampled frames from the end) or views
+    # fill memory; no video has a stride of 10 000 frames or needs 1000 temporal views
+    _check(d.frame_interval <= 10_000, "data.frame_interval", d.frame_interval, "an integer in [1, 10000]")
+    _check(e.clips <= 1000, "eval.clips", e.clips, "an integer in [1, 1000]")
     if isinstance(d.class_names, list):
         names = [n.strip() for n in d.class_names]
         _check(bool(names) and all(names), "data.class_names", d.class_names, "a non-empty list of non-empty names")

@@ -179,6 +179,9 @@ def test_non_utf8_and_binary_lists_are_refused_with_the_line(tmp_path):
     ("train.mixup_switch_prob=-0.5", r"use a number in \[0, 1\]"),
     ("data.workers=-1", r"data\.workers=-1 is not allowed"),
     ("data.workers=100000", r"use an integer in \[0, 256\]"),
+    ("data.frame_interval=4611686018427387904", r"data\.frame_interval=4611686018427387904 is not allowed; use an "
+                                                r"integer in \[1, 10000\]"),
+    ("eval.clips=100000", r"eval\.clips=100000 is not allowed; use an integer in \[1, 1000\]"),
     ("train.seed=-1", r"train\.seed=-1 is not allowed; use an integer in \[0, 4294967295\]"),
     ("model.drop_path=1.5", r"model\.drop_path=1\.5 is not allowed; use a number in \[0\.0, 0\.99\]"),
     ("model.classifier_dropout=-0.1", r"model\.classifier_dropout=-0\.1 is not allowed"),
