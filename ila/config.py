@@ -134,8 +134,7 @@ def _describe(tp) -> str:
     if origin is list:
         return "a list"
     return {type(None): "none", bool: "true/false", int: "an integer", float: "a finite number",
-            str: "a string"}.get(
-        tp, str(tp))
+            str: "a string"}.get(tp, str(tp))
 
 
 class _TooLarge(ValueError):
@@ -245,7 +244,7 @@ def _set_dotted(raw: dict, assignment: str) -> None:
     section = raw.setdefault(parts[0], {}) or {}
     if not isinstance(section, dict):
         raise UserError(f"--set {key.strip()}: config section '{parts[0]}' must be a mapping of keys to values, "
-                        f"got {type(section).__name__}")
+                        f"not {_a(section)}")
     raw[parts[0]] = section
     section[parts[1]] = value
 
@@ -277,7 +276,7 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
             raw = {}
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval), "
-                            f"not a {type(raw).__name__}")
+                            f"not {_a(raw)}")
         return raw, path.stem
     from ila.presets import PRESETS
 
@@ -287,24 +286,26 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     return {"model": {"preset": str(source)}}, str(source)
 
 
-def require_complete(raw: Any, source: str = "the saved config") -> None:
+def require_complete(raw: Any, source: str | None = None) -> None:
     """A saved config (a checkpoint's) must name every model key in REQUIRED_MODEL_KEYS: filling the gaps
-    from defaults would build another model than the one whose weights were saved."""
+    from defaults would build another model than the one whose weights were saved. source: the file, for
+    the message."""
+    at = f"{source}: " if source else ""
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: the saved config is a {type(raw).__name__}, not a mapping of sections; "
-                        f"the file is damaged or not written by ila")
+        raise UserError(f"{at}the saved config is {_a(raw)}, not a mapping of sections; the file is damaged or "
+                        f"not written by ila")
     model = raw.get("model")
     if not isinstance(model, dict):
-        raise UserError(f"{source}: the saved config has no model section; the file is damaged or incomplete")
+        raise UserError(f"{at}the saved config has no model section; the file is damaged or incomplete")
     missing = [k for k in REQUIRED_MODEL_KEYS if k not in model]
     if missing:
-        raise UserError(f"{source}: the saved config lacks {len(missing)} model key(s) ({', '.join(missing[:4])}"
+        raise UserError(f"{at}the saved config lacks {len(missing)} model key(s) ({', '.join(missing[:4])}"
                         f"{', ...' if len(missing) > 4 else ''}); the file is damaged or incomplete, so the model "
                         f"it describes cannot be rebuilt")
 
 
 def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
-                     source: str = "the saved config") -> Config:
+                     source: str | None = None) -> Config:
     """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied).
 
     complete: `raw` is a saved config (a checkpoint's), which must spell out the model (`require_complete`);
@@ -312,8 +313,7 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
     if complete:
         require_complete(raw, source)
     if not isinstance(raw, dict):
-        raise UserError(f"a config must be a mapping of sections (model, data, train, eval), "
-                        f"not a {type(raw).__name__}")
+        raise UserError(f"a config must be a mapping of sections (model, data, train, eval), not {_a(raw)}")
     raw = dict(raw)
     for key, value in raw.items():
         _check_key(key)
@@ -352,15 +352,19 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
 def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = (),
                 complete: bool = False) -> Config:
     """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides.
-    complete: the dict is a saved config, checked by `require_complete` before the overrides apply."""
-    if complete:
-        require_complete(source)
+    complete: the source is a saved config, checked by `require_complete` before the overrides apply."""
     if isinstance(source, dict):
         raw, name = source, None
     elif source is None:
         raw, name = {}, None
-    else:
+    elif isinstance(source, (str, Path)):
         raw, name = _read_source(source)
+    else:
+        if complete:
+            require_complete(source)                 # names the saved config's type
+        raise UserError(f"a config is a mapping of sections, a YAML file or a preset name, not {_a(source)}")
+    if complete:
+        require_complete(raw)
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for assignment in overrides:
         _set_dotted(raw, assignment)
@@ -378,6 +382,12 @@ def _link_data_to_model(cfg: Config, explicit: set[str]) -> None:
                             f"set one of them (data.{data_key} drives model.{model_key})")
         else:
             setattr(cfg.model, model_key, data_value)
+
+
+def _a(value) -> str:
+    """'a list', 'an int', ...: the kind of a value that is not what was expected."""
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _shown(value) -> str:

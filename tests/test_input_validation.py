@@ -230,7 +230,7 @@ def test_unreadable_yaml_and_set_into_a_non_mapping_are_refused(tmp_path):
     assert "is a directory" in refused(load_config, tmp_path / "dir.yaml")
     path.write_text("train: [1]\n")
     assert refused(load_config, path, ["train.lr=1"]) == \
-        "--set train.lr: config section 'train' must be a mapping of keys to values, got list"
+        "--set train.lr: config section 'train' must be a mapping of keys to values, not a list"
     path.write_bytes(b"\xef\xbb\xbfname: bom\n")       # a BOM is fine
     assert load_config(path).name == "bom"
 
