@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ila.errors import UserError
+from ila.errors import UserError, printable
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"ila {args.command}: error: {e}", file=sys.stderr)
+        print(f"ila {args.command}: error: {printable(e)}", file=sys.stderr)   # one line, no escape codes
         return 2
     except KeyboardInterrupt:
         print(f"ila {args.command}: interrupted", file=sys.stderr)
