@@ -369,7 +369,8 @@ class _Archive:
             zf = zipfile.ZipFile(f)
             infos = zf.infolist()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as e:
-            raise _Malformed(f"a broken zip archive ({one_line(e, 100)})") from None
+            why = "its directory at the end is missing" if "not a zip file" in str(e) else one_line(e, 100)
+            raise _Malformed(f"a truncated or damaged zip archive ({why})") from None
         self.zf = zf
         self.infos = {i.filename: i for i in infos}
         pkl = sorted((n for n in self.infos if n.endswith("data.pkl") and n.count("/") <= 1), key=len)
@@ -486,7 +487,10 @@ def _load_legacy(f: BinaryIO, size: int):
     def no_storage(pid):
         raise _Malformed("a storage reference before the file's header")
 
-    magic = _unpickle(f, no_storage)
+    try:
+        magic = _unpickle(f, no_storage)
+    except _Malformed:
+        magic = None
     if magic != _LEGACY_MAGIC:
         raise _Malformed("not a PyTorch file (neither a zip archive nor a legacy torch.save file)")
     if _unpickle(f, no_storage) != _LEGACY_PROTOCOL:

@@ -88,6 +88,10 @@ def check_checkpoint(state: dict, path: str | Path = "checkpoint", resume: bool 
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not config["model"]:
         _fail(path, f"`config` must be a mapping with a `model` section (found {_kind(config)}"
                     f"{'' if not isinstance(config, dict) else ' without one'})")
+    try:
+        config_from_dict(config)
+    except UserError as e:
+        _fail(path, f"its config is invalid ({e})")
     model = state.get("model")
     if not isinstance(model, dict) or not model:
         _fail(path, f"`model` must be a non-empty mapping of names to tensors (found {_kind(model)})")

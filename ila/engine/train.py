@@ -395,7 +395,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     """The config saved in a checkpoint (or run directory), with `--set` overrides applied."""
     from ila.config import load_config
 
-    state = ckpt.read_checkpoint(resume)
+    state = ckpt.read_checkpoint(resume, resume=True)
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
