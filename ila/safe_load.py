@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import struct
+import threading
 import zipfile
 import zlib
 from typing import Any, BinaryIO
@@ -31,9 +32,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from ila.errors import UserError, one_line
+from ila.errors import UserError, one_line, printable
 
-__all__ = ["FileRefused", "FileUnreadable", "ScriptObject", "load", "script_state_dict"]
+__all__ = ["FileRefused", "FileUnreadable", "ScriptObject", "check_model_fits", "held_bytes", "load",
+           "script_state_dict"]
 
 
 class FileUnreadable(UserError):
@@ -74,6 +76,8 @@ _DTYPES = {name: getattr(torch, name) for name in (
 _MAX_DIMS = 64
 _MAX_NESTING = 256
 _MAX_CODE_BYTES = 16 << 20      # code/ text read for parameter/buffer names (all files together)
+_VIEW_ALLOWANCE = 64 << 20      # bytes overlapping views (e.g. expanded tensors) may add beyond the file's size
+_LOCAL = threading.local()
 
 
 class _StorageType:
@@ -118,6 +122,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored, dtype: tor
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= numel_in_storage:
             raise _Refuse(f"a tensor of size {list(size)} reaches outside its storage of {numel_in_storage} elements")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > numel_in_storage:     # an overlapping view (stride 0, ...): bounded, or it could be materialized
+        _LOCAL.views_left -= (numel - numel_in_storage) * item
+        if _LOCAL.views_left < 0:
+            raise _Refuse(f"a tensor of {numel} elements over a storage of {numel_in_storage} (an overlapping "
+                          f"view) would make the file's tensors far larger than the file")
     t = torch.empty((0,), dtype=dtype)
     return t.set_(storage.data.untyped_storage(), storage_offset, size, stride)
 
@@ -550,6 +562,7 @@ def load(path: str | os.PathLike) -> Any:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
+            _LOCAL.views_left = size + _VIEW_ALLOWANCE
             head = f.read(4)
             f.seek(0)
             if size == 0:
@@ -565,3 +578,35 @@ def load(path: str | os.PathLike) -> Any:
         raise FileRefused(shown, "it asks for more memory than there is") from None
     except OSError as e:
         raise FileUnreadable(shown, e.strerror or str(e)) from None
+
+
+# ------------------------------------------------------------------ models built from what a file declares
+
+def held_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (a dict or an iterable): what a file really supplied."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    seen = {}
+    for t in values:
+        if torch.is_tensor(t) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+    return sum(seen.values())
+
+
+_MODEL_ALLOWANCE = 256 << 20    # bytes of float32 parameters any model may have, whatever its weights file holds
+_MODEL_RATIO = 8                # otherwise: at most this many times the bytes of weights the file supplied
+
+
+def check_model_fits(cfg, tensors, source) -> None:
+    """Refuse to build the model `cfg` describes when its parameters would take far more memory than the weights
+    it is built from (`tensors`): shapes such as `(65536, 3, 8, 0)` hold no bytes but declare a huge model.
+    The model is counted on the meta device, so nothing is allocated."""
+    from ila.models.ila import ILAModel
+
+    with torch.device("meta"):
+        model = ILAModel(cfg)
+    need = 4 * sum(t.numel() for t in list(model.parameters()) + list(model.buffers()))
+    have = held_bytes(tensors)
+    if need > _MODEL_RATIO * have + _MODEL_ALLOWANCE:
+        raise UserError(f"{printable(source)}: its weights describe a model of {need / 2 ** 30:.1f} GiB, far more "
+                        f"than the {have / 2 ** 20:.1f} MiB of weights it holds; refusing to build it")

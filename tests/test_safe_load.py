@@ -408,7 +408,24 @@ def make_bombs(root: Path) -> dict[str, Path]:
     pickle.dump(["0"], legacy, protocol=2)
     legacy.write(struct.pack("<q", HUGE) + bytes(1 << 20))
     bombs["legacy"].write_bytes(legacy.getvalue())
+    # an expanded tensor: 2.5e9 elements over one (torch.load gives it; `.float()` or a copy would make it real)
+    bombs["expanded"] = root / "expanded.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1).expand(50_000, 50_000)}, bombs["expanded"])
     return bombs
+
+
+def make_model_bombs(root: Path) -> dict[str, tuple[Path, str]]:
+    """Small files whose weights or config describe a model of tens of GiB: (file, the entry point it aims at)."""
+    clip = {"visual.conv1.weight": torch.zeros(65536, 3, 8, 0), "visual.positional_embedding": torch.zeros(17, 0),
+            "visual.proj": torch.zeros(0, 64), "visual.transformer.resblocks.0.ln_1.weight": torch.zeros(0)}
+    torch.save(clip, root / "zero-size-clip.pt")
+    cfg = load_config("tiny")
+    state = {"format": ckpt.FORMAT, "config": cfg.to_dict(), "class_names": [], "train_state": None,
+             "model": ila.build_model(cfg.model).state_dict()}
+    state["config"]["model"]["vision_width"] = 64 * 400
+    torch.save(state, root / "huge-config.pt")
+    return {"zero-size CLIP tensors": (root / "zero-size-clip.pt", "from_clip"),
+            "ila config of 73 GiB": (root / "huge-config.pt", "load_checkpoint")}
 
 
 _MEASURE = textwrap.dedent("""
@@ -423,15 +440,18 @@ _MEASURE = textwrap.dedent("""
 
     read_checkpoint(sys.argv[1])                       # warm every code path on a good checkpoint
     base, out = peak_mb(), {}
-    for path in sys.argv[2:]:
-        errors = []
+    for arg in sys.argv[2:]:                            # PATH (every entry point) or PATH::ENTRY (that one)
+        path, _, only = arg.partition("::")
+        errors = {}
         for call in (ila.load_checkpoint, ila.load_release, read_clip_weights, ila.from_clip):
+            if only and call.__name__ != only:
+                continue
             try:
                 call(path)
-                errors.append(None)
+                errors[call.__name__] = None
             except UserError as e:
-                errors.append(str(e))
-        out[path] = {"growth_mb": peak_mb() - base, "errors": errors}
+                errors[call.__name__] = str(e)
+        out[arg] = {"growth_mb": peak_mb() - base, "errors": errors}
     probe = torch.ones(400 << 18)                        # the instrument works: a 400 MB allocation shows
     out["probe_mb"] = peak_mb() - base
     print(json.dumps(out))
@@ -440,20 +460,27 @@ _MEASURE = textwrap.dedent("""
 
 def test_files_declaring_more_than_they_hold_are_refused_before_allocating(tmp_path):
     bombs = make_bombs(tmp_path)
-    assert all(p.stat().st_size < 1_500_000 for p in bombs.values()), {k: p.stat().st_size for k, p in bombs.items()}
+    models = make_model_bombs(tmp_path)
+    sizes = {k: p.stat().st_size for k, p in bombs.items()} | {k: p.stat().st_size for k, (p, _) in models.items()}
+    assert max(sizes.values()) < 1_500_000, sizes
     good = tmp_path / "good.pt"
     cfg = load_config("tiny")
     ckpt.save_checkpoint(good, ila.build_model(cfg.model), cfg, [])
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-c", _MEASURE, str(good), *map(str, bombs.values())],
+    paths = [*bombs.values(), *(f"{p}::{entry}" for p, entry in models.values())]
+    run = subprocess.run([sys.executable, "-c", _MEASURE, str(good), *map(str, paths)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.splitlines()[-1])
-    assert result.pop("probe_mb") > 200
-    for name, path in bombs.items():
+    assert result.pop("probe_mb") > 200                  # the measurement would see an allocation of that size
+    for name, path in bombs.items():                     # refused by the reader, whatever reads them
         measured = result[str(path)]
-        assert all(e is not None and "\n" not in e for e in measured["errors"]), (name, measured)
-        assert all("refusing to load" in e for e in measured["errors"]), (name, measured)
+        assert all(e is not None and "\n" not in e and "refusing to load" in e
+                   for e in measured["errors"].values()), (name, measured)
+        assert measured["growth_mb"] < 200, (name, measured)
+    for name, (path, entry) in models.items():           # refused before the model is built
+        measured = result[f"{path}::{entry}"]
+        assert "refusing to build it" in measured["errors"][entry] and "\n" not in measured["errors"][entry]
         assert measured["growth_mb"] < 200, (name, measured)
 
 

@@ -151,6 +151,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
 
     state = read_checkpoint(path)
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    safe_load.check_model_fits(config.model, state["model"], path)
     model = build_model(config.model)
     load_weights(model, state["model"], path)
     return model.to(device), config, list(state.get("class_names") or []), state

@@ -397,6 +397,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
 
     state = ckpt.read_checkpoint(resume, resume=True)
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    safe_load.check_model_fits(cfg.model, state["model"], resume)      # before a model that size is built
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
     return cfg

@@ -16,6 +16,7 @@ from ila.errors import UserError, one_line, printable
 from ila.models.clip import TEXT_KEYS, clip_geometry, clip_to_ila_keys
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel
+from ila.safe_load import check_model_fits
 
 
 def safe_load(path: str | os.PathLike) -> dict:
@@ -153,6 +154,7 @@ def load_release(source: str | os.PathLike | dict, num_frames: int | None = None
         raise UserError(f"variant={variant!r}: use 'k400' or 'ssv2'")
     try:
         cfg = release_config(state, num_frames, variant)
+        check_model_fits(cfg, state, source if not isinstance(source, dict) else "the release weights")
         model = ILAModel(cfg)
         mapped = release_to_ila(state, cfg.interactive_block)
         missing, unexpected = model.load_state_dict(mapped, strict=False)
