@@ -88,6 +88,9 @@ class _StorageType:
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
 
+    def __call__(self, *args, **kwargs):
+        raise _Refuse("it calls a storage constructor, which allocates whatever it is asked")
+
 
 class _Storage:
     """A storage read from the file: raw bytes (uint8 tensor) and the element type it was saved with."""
@@ -98,7 +101,7 @@ class _Storage:
         self.data, self.dtype = data, dtype
 
 
-def _check_ints(value, what: str, allow_empty: bool = True) -> tuple[int, ...]:
+def _check_ints(value, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > _MAX_DIMS:
         raise _Refuse(f"tensor {what} is not a short tuple of integers")
     out = tuple(value)
@@ -151,6 +154,18 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
     if not torch.is_tensor(data):
         raise _Refuse("a parameter's data is not a tensor")
     return data
+
+
+class _TensorType:
+    """What `torch.Tensor` / `Parameter` resolve to: a name for `_rebuild_from_type_v2`, not a constructor (calling
+    `torch.Tensor(n)` would allocate whatever the pickle asks)."""
+
+
+    def __call__(self, *args, **kwargs):
+        raise _Refuse("it calls torch.Tensor(...), which allocates whatever it is asked")
+
+
+_TENSOR_TYPE = _TensorType()
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
@@ -220,8 +235,7 @@ _GLOBALS: dict[str, Any] = {
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
-    "torch._tensor.Tensor": torch.Tensor, "torch.Tensor": torch.Tensor,
-    "torch.nn.parameter.Parameter": torch.Tensor,
+    "torch._tensor.Tensor": _TENSOR_TYPE, "torch.Tensor": _TENSOR_TYPE, "torch.nn.parameter.Parameter": _TENSOR_TYPE,
     "torch.jit._pickle.restore_type_tag": _same,
     "torch.jit._pickle.build_intlist": _as_list, "torch.jit._pickle.build_doublelist": _as_list,
     "torch.jit._pickle.build_boollist": _as_list, "torch.jit._pickle.build_tensorlist": _as_list,
@@ -306,9 +320,16 @@ def _declarations(text: str, module: str) -> dict[str, tuple[tuple[str, ...], tu
 
 # ------------------------------------------------------------------ the unpickler
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):
+    """Python's own unpickler (the pure-Python one, whose opcodes can be restricted) with three restrictions:
+    `find_class` knows only `_GLOBALS` (and stand-ins for `__torch__` classes), `persistent_load` only the file's
+    storages, and BUILD (setting an object's state) applies only to the stand-ins, never to a tensor or other
+    object whose `__setstate__` is code."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, storage: callable, script_classes: dict | None = None, declarations: dict = None):
-        super().__init__(file)
+        super().__init__(file, encoding="utf-8")
         self._storage = storage
         self._script_classes = script_classes
         self._declarations = declarations or {}
@@ -332,6 +353,22 @@ class _Unpickler(pickle.Unpickler):
             self._script_classes[full] = type(re.sub(r"\W", "_", full)[-100:], (ScriptObject,), {
                 "qualified_name": full, "parameters": params, "buffers": buffers})
         return self._script_classes[full]
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, (ScriptObject, _ConfigNode)):
+            inst.__setstate__(state)
+        elif type(inst) is collections.OrderedDict and isinstance(state, dict) \
+                and all(type(k) is str and not k.startswith("__") for k in state):
+            inst.__dict__.update(state)           # a state_dict's `_metadata` (module versions)
+        elif isinstance(inst, np.dtype):          # numpy's dtype state: only its byte order matters here
+            if isinstance(state, tuple) and len(state) > 1 and state[1] == ">":
+                raise _Refuse("a big-endian numpy value; only little-endian files are read")
+        else:
+            raise _Refuse(f"it sets the state of a {type(inst).__name__}, which only code does")
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -495,7 +532,33 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
+class _Bounded:
+    """A file whose reads never ask for more than is left in it (a pickle opcode may declare any length)."""
+
+    def __init__(self, f: BinaryIO, size: int):
+        self.f, self.size = f, size
+
+    def _left(self, n: int) -> int:
+        left = max(0, self.size - self.f.tell())
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(self._left(n))
+
+    def readline(self, n: int = -1) -> bytes:
+        return self.f.readline(self._left(n))
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf)
+        return self.f.readinto(view[: self._left(len(view))])
+
+    def peek(self, n: int = 1) -> bytes:
+        return self.f.peek(n)[: self._left(n)]
+
+
 def _load_legacy(f: BinaryIO, size: int):
+    f = _Bounded(f, size)
+
     def no_storage(pid):
         raise _Malformed("a storage reference before the file's header")
 

@@ -206,6 +206,8 @@ def clip_to_ila_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """CLIP's flat names (`token_embedding.weight`, `visual.*`) -> this package's (`text.*`, `visual.*`)."""
     out = {}
     for key, value in state_dict.items():
+        if key.endswith(".attn_mask"):   # OpenAI's causal mask, a plain tensor attribute in TorchScript archives
+            continue
         if key.startswith("visual.") or key == "logit_scale":
             out[key] = value
         elif key.startswith(TEXT_KEYS):
