@@ -367,6 +367,7 @@ def make_bombs(root: Path) -> dict[str, Path]:
     bombs = {name: root / f"{name}.pt" for name in ("compressed", "declared-size", "numel", "overlap", "legacy")}
     # a deflated record: 0.5 MB that inflates to 512 MB (torch.load inflates it before checking anything)
     with zipfile.ZipFile(bombs["compressed"], "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled(_ila_like({"w": _BigTensor(2 ** 27)})))
         info = zipfile.ZipInfo("archive/data/0")
         info.compress_type = zipfile.ZIP_DEFLATED
@@ -376,6 +377,7 @@ def make_bombs(root: Path) -> dict[str, Path]:
                 f.write(chunk)
     # a stored record whose directory entry declares 2.8 GB that are not there
     with zipfile.ZipFile(bombs["declared-size"], "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled(_ila_like({"w": _BigTensor(HUGE)})))
         z.writestr("archive/data/0", bytes(1 << 20))
     raw = bytearray(bombs["declared-size"].read_bytes())
@@ -384,11 +386,13 @@ def make_bombs(root: Path) -> dict[str, Path]:
     bombs["declared-size"].write_bytes(bytes(raw))
     # a storage declaring 2.8 GB over a 1 MB record
     with zipfile.ZipFile(bombs["numel"], "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled(_ila_like({"w": _BigTensor(HUGE)})))
         z.writestr("archive/data/0", bytes(1 << 20))
     # 2000 directory entries (2000 storages of 1 MB) that all point at the same 1 MB record
     keys = [f"{i:04d}" for i in range(2000)]
     with zipfile.ZipFile(bombs["overlap"], "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled(_ila_like({k: _BigTensor(1 << 18, k) for k in keys})))
         z.writestr("archive/data/0000", bytes(1 << 20))
     raw = bombs["overlap"].read_bytes()
@@ -503,6 +507,7 @@ def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path):
             return (torch._utils._rebuild_tensor_v2, (_Ref(4), 2, (2, 2), (2, 1), False, collections.OrderedDict()))
 
     with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled({"w": Strided(4)}))
         z.writestr("archive/data/0", bytes(16))
     with pytest.raises(FileRefused, match="reaches outside its storage"):
@@ -516,6 +521,7 @@ def test_setting_a_tensors_state_is_refused(tmp_path):
             return super().__reduce__() + ((False, None, collections.OrderedDict()),)
 
     with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
+        z.writestr("archive/version", "3\n")
         z.writestr("archive/data.pkl", _pickled({"w": WithState(4)}))
         z.writestr("archive/data/0", bytes(16))
     with pytest.raises(FileRefused, match="sets the state of a Tensor"):
