@@ -133,7 +133,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored, dtype: tor
         if _LOCAL.views_left < 0:
             raise _Refuse(f"a tensor of {numel} elements over a storage of {numel_in_storage} (an overlapping "
                           f"view) would make the file's tensors far larger than the file")
-    t = torch.empty((0,), dtype=dtype)
+    t = torch.empty((0,), dtype=dtype, device=storage.data.device)
     return t.set_(storage.data.untyped_storage(), storage_offset, size, stride)
 
 
@@ -499,7 +499,7 @@ class _Archive:
         return decl
 
 
-def _load_zip(f: BinaryIO, size: int):
+def _load_zip(f: BinaryIO, size: int, weights: bool = True):
     archive = _Archive(f, size)
     order = archive.read_small("byteorder", 16)
     if order and order.strip() != b"little":
@@ -512,7 +512,13 @@ def _load_zip(f: BinaryIO, size: int):
         dtype, key, numel = _storage_pid(pid)
         if key not in storages:
             nbytes = numel * torch.empty((), dtype=dtype).element_size()
-            storages[key] = _Storage(archive.read_into(f"data/{key}", nbytes), dtype)
+            if weights:
+                storages[key] = _Storage(archive.read_into(f"data/{key}", nbytes), dtype)
+            else:                   # sizes checked, nothing read: tensors on the meta device
+                start, info = archive._locate(f"data/{key}")
+                if nbytes > info.file_size:
+                    raise _Refuse(f"storage data/{key} declares {nbytes} bytes but its record holds {info.file_size}")
+                storages[key] = _Storage(torch.empty(info.file_size, dtype=torch.uint8, device="meta"), dtype)
         return storages[key]
 
     pkl = archive.read_into("data.pkl").numpy().tobytes()
@@ -556,7 +562,7 @@ class _Bounded:
         return self.f.peek(n)[: self._left(n)]
 
 
-def _load_legacy(f: BinaryIO, size: int):
+def _load_legacy(f: BinaryIO, size: int, weights: bool = True):
     f = _Bounded(f, size)
 
     def no_storage(pid):
@@ -586,10 +592,13 @@ def _load_legacy(f: BinaryIO, size: int):
             declared[0] += nbytes
             if declared[0] > size:
                 raise _Refuse(f"its storages declare {declared[0]} bytes, more than the {size}-byte file holds")
-            storages[key] = _Storage(torch.empty(nbytes, dtype=torch.uint8), dtype)
+            storages[key] = _Storage(torch.empty(nbytes, dtype=torch.uint8, device=None if weights else "meta"),
+                                     dtype)
         return storages[key]
 
     result = _unpickle(f, storage)
+    if not weights:
+        return result
     keys = _unpickle(f, no_storage)
     if not isinstance(keys, list) or set(keys) != set(storages) or len(keys) != len(storages):
         raise _Malformed("its list of storages does not match the storages its data uses")
@@ -609,10 +618,11 @@ def _load_legacy(f: BinaryIO, size: int):
 
 # ------------------------------------------------------------------ the entry point
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, weights: bool = True) -> Any:
     """The object a PyTorch file holds, read without running anything in it (see the module docstring).
 
-    A TorchScript archive gives its root `ScriptObject` (`script_state_dict` gives its weights). Raises
+    `weights=False` reads no tensor data (tensors come back on the meta device, their sizes still checked): for
+    the small values beside the weights. A TorchScript archive gives its root `ScriptObject` (`script_state_dict` gives its weights). Raises
     `FileRefused` for files that ask for code or more memory than they hold, `FileUnreadable` for anything
     else that is not a readable PyTorch file (both `UserError`s with one-line messages).
     """
@@ -631,8 +641,8 @@ def load(path: str | os.PathLike) -> Any:
             if size == 0:
                 raise _Malformed("the file is empty")
             if head[:2] == b"PK":
-                return _load_zip(f, size)
-            return _load_legacy(f, size)
+                return _load_zip(f, size, weights)
+            return _load_legacy(f, size, weights)
     except _Refuse as e:
         raise FileRefused(shown, str(e)) from None
     except _Malformed as e:
