@@ -20,6 +20,7 @@ tensor may not reach outside its storage. Every failure is a one-line `UserError
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
 import re
@@ -522,8 +523,6 @@ def _load_zip(f: BinaryIO, size: int, weights: bool = True):
         return storages[key]
 
     pkl = archive.read_into("data.pkl").numpy().tobytes()
-    import io
-
     if script:
         result = _unpickle(io.BytesIO(pkl), storage, script_classes={}, declarations=archive.code_declarations())
         if not isinstance(result, ScriptObject):
