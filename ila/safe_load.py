@@ -6,7 +6,9 @@
 - legacy `torch.save` files (PyTorch < 1.6, a sequence of pickles followed by raw storages),
 - TorchScript archives (OpenAI's CLIP `.pt` files): `data.pkl` is read; the TorchScript classes it names
   (`__torch__.*`) become inert `ScriptObject` stand-ins holding their attributes, and `script_state_dict`
-  flattens the parameters and buffers into the dotted names `state_dict()` of the loaded module would give.
+  flattens the parameters and buffers into the dotted names `state_dict()` of the loaded module would give
+  (a module with its own `__setstate__` keeps the raw value its `__getstate__` saved: interpreting it would mean
+  running its code, so its tensors are not part of the result).
   `code/` is never compiled or run: only its `__parameters__`/`__buffers__` name lists are read as text (to
   tell parameters and buffers from other tensor attributes), and `constants.pkl` is ignored.
 

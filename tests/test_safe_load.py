@@ -194,17 +194,26 @@ class Evil(nn.Module):
         self.path, self.weight, self.training = state[0], state[1], state[2]
         torch.save(state[1], state[0])        # runs on torch.jit.load: writes the victim file
 
-torch.jit.script(Evil(sys.argv[2])).save(sys.argv[1])
+if sys.argv[3] == "clip":       # a CLIP-shaped archive (OpenAI's layout) carrying the trap in a submodule
+    sys.path.insert(0, sys.argv[4])
+    from test_safe_load import MiniCLIP
+    model = MiniCLIP().eval()
+    model.visual.trap = Evil(sys.argv[2])
+    torch.jit.script(model).save(sys.argv[1])
+else:
+    torch.jit.script(Evil(sys.argv[2])).save(sys.argv[1])
 '''
 
 
 def make_payload(kind: str, path: Path, victim: Path) -> Path:
     """A file of the given kind whose unsafe loading creates `victim`."""
     tensors = {"w": torch.zeros(2)}
-    if kind == "torchscript":
+    if kind.startswith("torchscript"):
         script = path.parent / "make_evil.py"
         script.write_text(_EVIL_SCRIPT)
-        subprocess.run([sys.executable, str(script), str(path), str(victim)], check=True, capture_output=True)
+        shape = "clip" if kind == "torchscript-clip" else "bare"
+        subprocess.run([sys.executable, str(script), str(path), str(victim), shape, str(Path(__file__).parent)],
+                       check=True, capture_output=True)
     elif kind in ("zip", "legacy"):
         torch.save({"model": tensors, "config": _Payload(str(victim))}, path,
                    _use_new_zipfile_serialization=kind == "zip")
@@ -231,11 +240,11 @@ def make_payload(kind: str, path: Path, victim: Path) -> Path:
     return path
 
 
-PAYLOADS = ["torchscript", "zip", "legacy", "raw-pickle", "ila", "yacs"]
+PAYLOADS = ["torchscript", "torchscript-clip", "zip", "legacy", "raw-pickle", "ila", "yacs"]
 
 
 def _unsafe_load(kind: str, path: Path):
-    if kind == "torchscript":
+    if kind.startswith("torchscript"):
         torch.jit.load(str(path))
     elif kind == "raw-pickle":
         pickle.loads(path.read_bytes())
@@ -307,6 +316,20 @@ def test_no_payload_runs_through_any_entry_point(payloads, motion, tmp_path, cap
         except UserError as e:
             assert "\n" not in str(e)
     assert not victim.exists(), f"{entry} ran the {kind} payload"
+
+
+def test_a_trapped_clip_archive_is_read_inertly(payloads):
+    """OpenAI-layout CLIP with a submodule whose __setstate__ writes a file: from_clip builds the model from its
+    weights and the trap never runs (a module with its own __setstate__ keeps its raw state, uninterpreted)."""
+    path = payloads["torchscript-clip"]
+    model = ila.from_clip(path, num_frames=2)
+    clean = MiniCLIP().state_dict()
+    assert torch.equal(model.visual.conv1.weight, clean["visual.conv1.weight"])
+    root = load(path)
+    trap = root.attributes["visual"].attributes["trap"]
+    assert trap.qualified_name.endswith("Evil") and isinstance(trap.state, tuple)   # kept raw: never interpreted
+    assert not any(k.startswith("visual.trap.") for k in script_state_dict(root))
+    assert not (path.parent / "victim-torchscript-clip").exists()
 
 
 def test_refusal_names_what_the_file_asked_for(payloads):
