@@ -23,6 +23,6 @@ def one_line(error: BaseException | str, limit: int = 200) -> str:
 
 
 def printable(text: str) -> str:
-    """`text` with escape codes removed and control characters and line breaks shown as `?` (for error lines that
-    quote file names or values a user typed)."""
-    return _CONTROL.sub("?", _ESCAPES.sub("", str(text)).replace("\n", "?").replace("\r", "?").replace("\t", " "))
+    """`text` with control characters (escape codes' ESC included) and line breaks shown as `?`, the rest kept: for
+    error lines that quote file names or values a user typed, so the name stays recognisable but inert."""
+    return _CONTROL.sub("?", str(text).replace("\n", "?").replace("\r", "?").replace("\t", " "))

@@ -628,7 +628,7 @@ def load(path: str | os.PathLike, weights: bool = True) -> Any:
     else that is not a readable PyTorch file (both `UserError`s with one-line messages).
     """
     path = os.fspath(path)
-    shown = one_line(path, 300)
+    shown = printable(path)
     if os.path.isdir(path):
         raise FileUnreadable(shown, "it is a directory, not a file")
     if not os.path.exists(path):
