@@ -4,7 +4,7 @@ memory each takes on the crafted files of tests/test_safe_load.py (small files d
     python benchmarks/safe_load.py --mb 200 --bombs compressed overlap expanded numel
 
 Time: best of `--repeats` reads of one file, both readers alternating in one run (page cache warm for both).
-Memory: peak RSS growth (resource.getrusage) of a fresh process that reads one file with one reader; bombs that
+Memory: peak RSS growth (VmHWM, reset after imports; Linux) of a fresh process that reads one file with one reader; bombs that
 make torch.load allocate gigabytes (legacy, declared-size) are left out by default.
 """
 from __future__ import annotations
@@ -21,15 +21,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 _READ_ONE = """
-import resource, sys, torch
+import sys, torch
 from ila.safe_load import load
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak():   # VmHWM (getrusage's ru_maxrss would start at the parent's peak)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+open("/proc/self/clear_refs", "w").write("5")
+before = peak()
 try:
     (torch.load(sys.argv[1], weights_only=True) if sys.argv[2] == "torch.load" else load(sys.argv[1]))
     outcome = "read"
 except Exception as e:  # noqa: BLE001
     outcome = "refused: " + type(e).__name__
-print(f"{(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024:.0f} MB|{outcome}")
+print(f"{(peak() - before) / 1024:.0f} MB|{outcome}")
 """
 
 
