@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ila.config import Config, config_from_dict
-from ila.engine.atomic import atomic_path
 from ila import safe_load
+from ila.config import Config, config_from_dict, require_complete
+from ila.engine.atomic import atomic_path
 from ila.errors import UserError, printable
 
 FORMAT = "ila-checkpoint/1"
@@ -155,6 +155,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
     from ila.models import build_model
 
     state = read_checkpoint(path)
+    require_complete(state.get("config"), str(path))      # never fill a saved model's gaps with defaults
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     safe_load.check_model_fits(config.model, state["model"], path)
     model = build_model(config.model)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.config import Config, config_from_dict
 from ila import safe_load
+from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
@@ -450,6 +450,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     from ila.config import load_config
 
     state = ckpt.read_checkpoint(resume, resume=True)
+    require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     safe_load.check_model_fits(cfg.model, state["model"], resume)      # before a model that size is built
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
