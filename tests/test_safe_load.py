@@ -464,7 +464,7 @@ def make_model_bombs(root: Path) -> dict[str, tuple[Path, str]]:
     state["config"]["model"]["vision_width"] = 16384      # the largest width the config allows
     torch.save(state, root / "huge-config.pt")
     return {"zero-size CLIP tensors": (root / "zero-size-clip.pt", "from_clip"),
-            "ila config of 26 GiB": (root / "huge-config.pt", "load_checkpoint")}
+            "ila config of 30 GiB": (root / "huge-config.pt", "load_checkpoint")}
 
 
 _MEASURE = textwrap.dedent("""
