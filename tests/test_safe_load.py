@@ -455,16 +455,16 @@ def make_bombs(root: Path) -> dict[str, Path]:
 
 def make_model_bombs(root: Path) -> dict[str, tuple[Path, str]]:
     """Small files whose weights or config describe a model of tens of GiB: (file, the entry point it aims at)."""
-    clip = {"visual.conv1.weight": torch.zeros(65536, 3, 8, 0), "visual.positional_embedding": torch.zeros(17, 0),
+    clip = {"visual.conv1.weight": torch.zeros(16384, 3, 8, 0), "visual.positional_embedding": torch.zeros(17, 0),
             "visual.proj": torch.zeros(0, 64), "visual.transformer.resblocks.0.ln_1.weight": torch.zeros(0)}
     torch.save(clip, root / "zero-size-clip.pt")
     cfg = load_config("tiny")
     state = {"format": ckpt.FORMAT, "config": cfg.to_dict(), "class_names": [], "train_state": None,
              "model": ila.build_model(cfg.model).state_dict()}
-    state["config"]["model"]["vision_width"] = 64 * 400
+    state["config"]["model"]["vision_width"] = 16384      # the largest width the config allows
     torch.save(state, root / "huge-config.pt")
     return {"zero-size CLIP tensors": (root / "zero-size-clip.pt", "from_clip"),
-            "ila config of 73 GiB": (root / "huge-config.pt", "load_checkpoint")}
+            "ila config of 30 GiB": (root / "huge-config.pt", "load_checkpoint")}
 
 
 _MEASURE = textwrap.dedent("""
@@ -597,6 +597,7 @@ def _malformed(tmp_path: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         "no config": lambda s: s.pop("config"),
         "config is a list": lambda s: s.__setitem__("config", [1, 2]),
         "config is empty": lambda s: s.__setitem__("config", {}),
+        "config lacks a model key": lambda s: s["config"]["model"].pop("vision_width"),
         "no model": lambda s: s.pop("model"),
         "model is a string": lambda s: s.__setitem__("model", "weights"),
         "model holds a non-tensor": lambda s: s["model"].__setitem__("visual.conv1.weight", [1.0]),

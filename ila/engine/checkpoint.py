@@ -90,9 +90,7 @@ def _kind(value) -> str:
 def check_checkpoint(state: dict, path: str | Path = "checkpoint", resume: bool = False) -> None:
     """Refuse (one line) an ila checkpoint dict whose entries are missing or of the wrong type."""
     config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not config["model"]:
-        _fail(path, f"`config` must be a mapping with a `model` section (found {_kind(config)}"
-                    f"{'' if not isinstance(config, dict) else ' without one'})")
+    require_complete(config, printable(path))      # never fill a saved model's gaps with defaults
     try:
         config_from_dict(config)
     except UserError as e:
