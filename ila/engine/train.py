@@ -35,7 +35,7 @@ from ila.engine.classes import class_text
 from ila.engine.loaders import device_augment, loader, read_split, video_dataset
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
-from ila.errors import UserError, printable
+from ila.errors import UserError, one_line, printable
 
 BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
@@ -172,8 +172,13 @@ class Trainer:
             raise UserError(f"the checkpoint's epochs had {ts['steps_per_epoch']} steps, this config gives "
                             f"{self.steps_per_epoch}: the training list, batch size, accumulation or process count "
                             f"changed, so the run cannot continue exactly")
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scaler.load_state_dict(ts["scaler"])
+        try:
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.scaler.load_state_dict(ts["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"the checkpoint's optimizer state does not fit this run's optimizer ({one_line(e)}): "
+                            f"the parameter groups or trainable parameters changed, so it cannot be resumed "
+                            f"exactly; start a new run with train.init=CHECKPOINT instead") from None
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
         self.best_top1 = ts.get("best_top1")
         recorded = ckpt.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
