@@ -42,6 +42,7 @@ class DataConfig:
     frame_interval: int = 4                 # dense sampling stride
     bad_files: Literal["auto", "skip", "error"] = "auto"  # unreadable videos; auto: skip in training, error in eval
     workers: int = 2                        # loader processes per training process
+    grayscale: float = 0.2                  # chance a training clip is turned grey (release recipe: 0.2)
     augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
     decoder: Literal["pyav", "torchcodec"] = "pyav"  # video decoder (torchcodec: optional extra, system FFmpeg)
 
@@ -427,7 +428,8 @@ def validate(cfg: Config) -> Config:
                        ("train.save_every_steps", t.save_every_steps), ("train.stop_at_step", t.stop_at_step),
                        ("train.eval_every_epochs", t.eval_every_epochs)):
         _check(value >= 0, key, value, "a number >= 0")
-    for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob)):
+    for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob),
+                       ("data.grayscale", cfg.data.grayscale)):
         _check(0 <= value <= 1, key, value, "a number in [0, 1]")
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
     _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range

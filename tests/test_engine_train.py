@@ -172,7 +172,10 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
     every step, and weights within 5 % of one AdamW step (lr) of eager's. (Parameters whose gradient is zero or
     nearly so, such as conv biases before a BatchNorm or attention queries and keys over near-identical tokens,
     get AdamW steps of rounding noise normalised to about lr, so fusion's different rounding shows there.)"""
-    common = ("train.mixup=0", "train.cutmix=0", "train.epochs=1", "train.warmup_epochs=0", "train.log_every_steps=1")
+    # grey clips (R = G = B) leave some alignment-conv weights with near-zero gradients, whose AdamW steps are
+    # rounding noise normalised to about lr (see above): this test's clips stay in colour
+    common = ("train.mixup=0", "train.cutmix=0", "train.epochs=1", "train.warmup_epochs=0", "train.log_every_steps=1",
+              "data.grayscale=0")
     runs = [train(tiny(motion, tmp_path / name, *common, f"train.compile={name == 'compiled'}"))
             for name in ("eager", "compiled")]
     losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -183,11 +186,8 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
     for k in eager:
         if k.endswith("in_proj_bias"):  # key biases: zero gradient in exact arithmetic, steps of noise (see above)
             assert (eager[k].chunk(3)[1] - compiled[k].chunk(3)[1]).abs().max() <= 4 * 1e-3, k
-            eager[k], compiled[k] = torch.cat(eager[k].chunk(3)[::2]), torch.cat(compiled[k].chunk(3)[::2])
-        # within 5 % of a step, except a rare entry (at most 1 % of a tensor) within 25 %: near-zero gradients
-        # (see above) also occur in single entries of the alignment convs and their BatchNorm
-        diff = (eager[k] - compiled[k]).abs()
-        assert diff.max() <= 0.25 * 1e-3 and (diff > 0.05 * 1e-3).float().mean() <= 0.01, (k, float(diff.max()))
+            eager[k], compiled[k] = eager[k].chunk(3)[::2], compiled[k].chunk(3)[::2]
+        torch.testing.assert_close(eager[k], compiled[k], rtol=0, atol=0.05 * 1e-3, msg=k)
 
 
 def test_device_augmentation_trains_and_resumes_exactly(motion, tmp_path):

@@ -35,6 +35,10 @@ def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int 
         from ila.data.gpu_augment import RawClip
 
         transform = RawClip(cfg.data.input_size)
+    elif train:
+        from ila.data.transforms import TrainTransform
+
+        transform = TrainTransform(cfg.data.input_size, grayscale=cfg.data.grayscale)
     return VideoDataset(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size,
                         train=train, sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval,
                         clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed, transform=transform,
@@ -47,7 +51,7 @@ def device_augment(cfg: Config):
         return None
     from ila.data.gpu_augment import DeviceAugment
 
-    return DeviceAugment(cfg.data.input_size)
+    return DeviceAugment(cfg.data.input_size, grayscale=cfg.data.grayscale)
 
 
 def loader(dataset, batch_size: int, sampler: Sampler, workers: int, seed: int):
