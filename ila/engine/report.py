@@ -82,11 +82,12 @@ class Reporter:
         if self.writer is not None:
             self.writer.close()
 
-    def write_curves(self) -> Path | None:
-        """`curves.png`: training loss and learning rate per step, validation accuracy per epoch."""
+    def write_curves(self, chance: float | None = None) -> Path | None:
+        """`curves.png`: training loss and learning rate per step, validation accuracy per epoch (with the
+        chance level `chance` in percent as a dashed line)."""
         if not self.enabled:
             return None
-        return plot_curves(read_metrics(self.path), self.run_dir / "curves.png")
+        return plot_curves(read_metrics(self.path), self.run_dir / "curves.png", chance)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -105,8 +106,10 @@ def _figure():
     return plt
 
 
-def plot_curves(rows: list[dict], out: str | Path) -> Path:
+def plot_curves(rows: list[dict], out: str | Path, chance: float | None = None) -> Path:
     plt = _figure()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_top1" in r]
@@ -121,8 +124,11 @@ def plot_curves(rows: list[dict], out: str | Path) -> Path:
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
         axes[2].plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
+    if chance is not None:
+        axes[2].axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g}%)")
     axes[2].set(xlabel="epoch", ylabel="%", title="validation accuracy")
-    if val:
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))   # whole epochs only
+    if val or chance is not None:
         axes[2].legend()
     fig.tight_layout()
     with atomic_path(out) as tmp:
@@ -186,3 +192,35 @@ def write_confusion(out_csv: str | Path, out_png: str | Path, class_names: list[
 
 def format_metrics(metrics: dict, keys: Iterable[str] = ("top1", "top5", "mean_class_acc")) -> str:
     return ", ".join(f"{k} {metrics[k]:.2f}%" for k in keys if k in metrics)
+
+
+# ----------------------------------------------------------------------------------------- run summary
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n:,}"
+
+
+def run_header(cfg, model, optimizer, steps_per_epoch: int, weights: str) -> list[str]:
+    """The recipe a run is about to follow, as the first lines it prints: where the weights come from, the
+    parameter counts, the learning rate of every group, the schedule and the augmentation."""
+    t = cfg.train
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    merged: dict[str, list] = {}                 # release groups come in pairs: decayed / not (biases, norms)
+    for i, g in enumerate(optimizer.param_groups):
+        name = str(g.get("name", i)).removesuffix("_no_decay")
+        entry = merged.setdefault(name, [g.get("initial_lr", g["lr"]), 0.0, 0])
+        entry[1] = max(entry[1], g["weight_decay"])
+        entry[2] += sum(p.numel() for p in g["params"])
+    groups = [f"{name} {lr:.3g} (wd {wd:.3g}, {_millions(n)})" for name, (lr, wd, n) in merged.items()]
+    mix = ", ".join(f"{name} {alpha:g}" if alpha else f"{name} off"
+                    for name, alpha in (("mixup", t.mixup), ("cutmix", t.cutmix)))
+    if t.mixup and t.cutmix:
+        mix += f" (cutmix chance {t.mixup_switch_prob:g})"
+    return [f"weights: {weights}",
+            f"parameters: {_millions(trainable)} trainable, {_millions(frozen)} frozen",
+            f"optimizer: AdamW ({t.optimizer_groups} groups; no weight decay on biases, norms and position "
+            f"embeddings), lr per group: " + ", ".join(groups),
+            f"schedule: {t.epochs} epochs x {steps_per_epoch} steps, linear warm-up over {t.warmup_epochs:g} epoch(s) "
+            f"from 0, then per-step cosine to {t.lr / 100:.3g} (base lr {t.lr:.3g})",
+            f"augmentation: {mix}, label smoothing {t.label_smoothing:g}; alignment loss weight {t.align_loss_weight:g}"]

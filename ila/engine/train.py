@@ -114,7 +114,7 @@ class Trainer:
             cfg.model.num_classes = len(self.class_names)
         self.state = _resume_state(cfg, self.run_dir, resume)
         self.val_samples = None
-        if cfg.data.val_list and t.eval_every_epochs:
+        if (cfg.data.val_list or cfg.data.val_split) and t.eval_every_epochs:
             self.val_samples = read_split(cfg, "val", self.class_names)[0]
 
         torch.manual_seed(t.seed)
@@ -152,7 +152,7 @@ class Trainer:
         self.mixup = MixupCutmix(len(self.class_names), t.mixup, t.cutmix, t.mixup_switch_prob, t.label_smoothing)
         self.text = class_text(model, self.class_names, env.device)
 
-        self.step, self.epoch, self.batch_in_epoch, self.best_top1 = 0, 0, 0, None
+        self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_epoch = 0, 0, 0, None, None
         if self.state is not None:
             self._restore(self.state["train_state"])
 
@@ -165,14 +165,14 @@ class Trainer:
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scaler.load_state_dict(ts["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
-        self.best_top1 = ts.get("best_top1")
+        self.best_top1, self.best_epoch = ts.get("best_top1"), ts.get("best_epoch")
         self.model.align_delta = ts["align_delta"]
         rngs = ts["rng"]
         ckpt.set_rng_state(rngs[self.env.rank] if len(rngs) == self.env.world else rngs[0])
 
     def _train_state(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "align_delta": self.model.align_delta, "best_top1": self.best_top1,
+                "align_delta": self.model.align_delta, "best_top1": self.best_top1, "best_epoch": self.best_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": dist.gather(ckpt.rng_state(), self.env), "world": self.env.world}
@@ -198,6 +198,11 @@ class Trainer:
                   f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs, global batch "
                   f"{t.batch_size * env.world * t.accumulation} ({env.world} process(es), {env.device}, "
                   f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
+            from ila.engine.report import run_header
+
+            weights = (f"resumed from step {self.step} ({self.run_dir})" if self.state else describe_init(cfg))
+            for line in run_header(cfg, self.model, self.optimizer, self.steps_per_epoch, weights):
+                print(line)
         dist.barrier(env)
         self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None)
         self.progress = Progress(self.total_steps, "train", env.main, initial=self.step)
@@ -207,13 +212,19 @@ class Trainer:
                 self._epoch()
             self.progress.close()
             if env.main:
-                self.reporter.write_curves()
+                self.reporter.write_curves(chance=100.0 / len(self.class_names))
         finally:
             self.progress.close()
             self.reporter.close()
         if env.main:
             print(f"stopped at step {self.step} (train.stop_at_step)" if self.step < self.total_steps
-                  else f"done: {self.step} steps; checkpoints and curves in {self.run_dir}")
+                  else f"done: {self.step} steps; checkpoints and curves in {self.run_dir.resolve()}")
+            if self.best_top1 is not None:
+                print(f"best: top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}, "
+                      f"weights {(self.run_dir / 'best.pt').resolve()}")
+            elif self.val_samples is None:
+                print("no validation (data.val_list empty, or train.eval_every_epochs=0): no best.pt; the last "
+                      f"weights are in {ckpt.latest_checkpoint(self.run_dir) or self.run_dir}")
         return self.run_dir
 
     def _stop_reached(self) -> bool:
@@ -328,7 +339,7 @@ class Trainer:
             print(f"epoch {epoch + 1}: val top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, "
                   f"mean class {metrics['mean_class_acc']:.2f}%")
         if self.best_top1 is None or metrics["top1"] > self.best_top1:
-            self.best_top1 = metrics["top1"]
+            self.best_top1, self.best_epoch = metrics["top1"], epoch + 1
             if self.env.main:
                 ckpt.save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.class_names)
 
@@ -377,8 +388,26 @@ def initial_model(cfg: Config) -> nn.Module:
     return model
 
 
+def describe_init(cfg: Config) -> str:
+    """Where `initial_model` takes the weights from, in words (the first line of a run)."""
+    init = cfg.train.init
+    if init == "auto":
+        from ila.presets import PRESETS
+
+        clip = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
+        return (f"CLIP {clip} through open_clip (train.init=auto: preset {cfg.preset}'s)" if clip
+                else "fresh initialisation (train.init=auto: no pretrained weights for this model)")
+    if init in ("", "none"):
+        return "fresh initialisation (train.init=none)"
+    if Path(init).is_file():
+        return f"{Path(init).resolve()} (train.init)"
+    return f"CLIP {init} through open_clip (train.init)"
+
+
 def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
-    ckpt.load_weights(model, weights, source)
+    from ila.models.resample import fit_position_embeddings   # fine-tuning at other frame counts / sizes
+
+    ckpt.load_weights(model, fit_position_embeddings(weights, model), source)
     return model
 
 
