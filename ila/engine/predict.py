@@ -276,16 +276,16 @@ def check_output(path: str | Path, flag: str, picture: bool = False) -> Path:
     """An output file path that can be written: not a folder, its folder creatable, (pictures) a suffix
     matplotlib writes, or a folder for one picture per video. Checked before any video is read; a UserError
     line otherwise."""
-    path = Path(path)
     if picture and is_folder_target(path):
-        return check_output(path / "video.png", flag, picture).parent
+        return check_output(Path(path) / "video.png", flag, picture).parent
+    path = Path(path)
     if picture:
         formats = picture_formats()
         suffix = path.suffix.lower().lstrip(".")
         if suffix not in formats:
             raise UserError(f"{flag} {path}: the picture format comes from the file name's suffix; "
-                            f"{'.' + suffix if suffix else 'no suffix'} is not one matplotlib writes "
-                            f"(use .png, .pdf, .svg, .jpg, ...)")
+                            f"{'.' + suffix + ' is not one matplotlib writes' if suffix else 'it has none'} "
+                            f"(use .png, .pdf, .svg, .jpg, ...; or a folder ending in / for one picture per video)")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name inside it, e.g. {path / ('out.png' if picture else 'out.csv')}")
     parent = path.parent
@@ -301,10 +301,27 @@ def check_output(path: str | Path, flag: str, picture: bool = False) -> Path:
     return path
 
 
-def per_video(out: str, path: str, many: bool) -> Path:
-    """The picture of one video: in a folder `out/`, VIDEONAME.png; else `out` itself for a single video, and
-    `out`'s name with the video's added for several."""
-    stem = Path(os.path.normpath(path)).stem or "video"
+def picture_stems(paths: list[str]) -> dict[str, str]:
+    """A distinct name for each video's pictures: its file name without suffix, with its folder's name in front
+    where two videos share a name (class folders often do), and a number where even that repeats."""
+    stems = {p: Path(os.path.normpath(p)).stem or "video" for p in paths}
+    repeated = {s for s in stems.values() if list(stems.values()).count(s) > 1}
+    used: set[str] = set()
+    for p in paths:
+        stem = stems[p]
+        if stem in repeated:
+            stem = f"{Path(os.path.normpath(p)).parent.name}-{stem}".lstrip("-")
+        base, k = stem, 2
+        while stem in used:
+            stem, k = f"{base}-{k}", k + 1
+        used.add(stem)
+        stems[p] = stem
+    return stems
+
+
+def per_video(out: str, stem: str, many: bool) -> Path:
+    """The picture of one video: in a folder `out/`, STEM.png; else `out` itself for a single video, and
+    `out`'s name with the video's STEM added for several."""
     if is_folder_target(out):
         return Path(out) / f"{stem}.png"
     out = Path(out)
@@ -390,10 +407,8 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     failed = [r for r in results if "error" in r]
     if len(results) == 1 and failed:
         raise UserError(f"{failed[0]['video']}: {failed[0]['error']}")
-    shown = [{k: v for k, v in r.items() if k != "probabilities"} for r in results]
-    for r in shown:
-        for w in r.get("windows", []):
-            w.pop("probabilities", None)
+    shown = [{**r, "windows": [{k: v for k, v in w.items() if k != "probabilities"} for w in r["windows"]]}
+             if "windows" in r else r for r in results]
     print(json.dumps(shown, indent=2) if as_json else format_predictions(shown))
     for r in failed:
         print(f"ila predict: error: {r['video']}: {r['error']}", file=sys.stderr)
@@ -403,13 +418,14 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
         write_text(csv_out, predictions_csv(shown))
         print(f"wrote {csv_out}", file=sys.stderr)
     good = [r for r in results if "error" not in r]
+    stems = picture_stems([r["video"] for r in good])
     for r in good:
         if visualize:
-            target = per_video(visualize, r["video"], len(good) > 1)
+            target = per_video(visualize, stems[r["video"]], len(good) > 1)
             predictor.visualize(r["video"], target, block, r if "predictions" in r else None)
             print(f"wrote {target}", file=sys.stderr)
         if timeline:
-            target = per_video(timeline, r["video"], len(good) > 1)
+            target = per_video(timeline, stems[r["video"]], len(good) > 1)
             draw_timeline(r, predictor.class_names, target)
             print(f"wrote {target}", file=sys.stderr)
     if failed:
