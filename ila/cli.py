@@ -98,7 +98,8 @@ EXAMPLES = {
     "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
                 "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png",
                 "ila predict --checkpoint runs/demo clip.mp4 --visualize pictures/ --block -1"],
-    "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv"],
+    "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv",
+                "ila convert ssv2_b16_8.pth ssv2_b16_8_ila.pt --variant ssv2 --classes labels.json"],
     "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1"],
 }
 
