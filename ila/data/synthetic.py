@@ -141,29 +141,24 @@ def write_mp4(path: str, clip: np.ndarray, fps: int = 16, qp: int = 20) -> None:
 
 
 def write_long_video(path: str, labels: list[int], seconds_each: float, size: int | tuple[int, int] = 64,
-                     fps: int = 16, seed: int = 0, keyframe_every: int | None = None, qp: int = 23,
-                     distinct: int = 4) -> float:
+                     fps: int = 16, seed: int = 0, keyframe_every: int | None = None, qp: int = 23) -> float:
     """A long H.264 video of motion segments: segment k shows class `labels[k]` for `seconds_each` seconds.
     size: a side, or (width, height): the motion is drawn in a centred square of side min(width, height) on a
-    flat grey frame. Frames are encoded as they are drawn (memory does not grow with the length); each label
-    cycles through `distinct` drawn variants. keyframe_every: GOP length in frames (default: 2 s), so that
-    reading a window seeks. Returns the duration in seconds."""
+    flat grey frame. One segment is drawn at a time and encoded (memory does not grow with the length).
+    keyframe_every: GOP length in frames (default: 2 s), so that reading a window seeks. Returns the duration
+    in seconds."""
     width, height = (size, size) if isinstance(size, int) else size
     side = min(width, height)
     per = max(int(round(seconds_each * fps)), 1)
     x0, y0 = (width - side) // 2, (height - side) // 2
-    drawn: dict[tuple[int, int], np.ndarray] = {}
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={
             "qp": str(qp), "g": str(keyframe_every or 2 * fps), "bframes": "0", "threads": "1", "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         canvas = np.full((height, width, 3), 128, np.uint8)
         for k, label in enumerate(labels):
-            key = (int(label), k % distinct)
-            if key not in drawn:
-                drawn[key] = render_clip(int(label), side, per, np.random.default_rng([seed, int(label), key[1]]),
-                                         distractors=0, texture=0.0)
-            for frame in drawn[key]:
+            segment = render_clip(int(label), side, per, np.random.default_rng([seed, k]), distractors=0, texture=0.0)
+            for frame in segment:
                 canvas[y0:y0 + side, x0:x0 + side] = frame
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
         container.mux(stream.encode())
