@@ -183,6 +183,29 @@ def test_checkpoint_at_other_frames_and_size(run, tmp_path, temporal, capsys):
     assert torch.equal(fitted["visual.conv1.weight"], model.state_dict()["visual.conv1.weight"])
 
 
+def test_clip_weights_at_another_image_size(tmp_path):
+    import open_clip
+
+    from ila.models.ila import from_clip
+
+    torch.manual_seed(0)
+    ref = open_clip.CLIP(embed_dim=64, vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=64, patch_size=8, image_size=32),
+                         text_cfg=open_clip.CLIPTextCfg(width=64, heads=1, layers=1), quick_gelu=True)
+    torch.save(ref.state_dict(), tmp_path / "clip.pt")
+    model = from_clip(tmp_path / "clip.pt", num_frames=3, head="text", image_resolution=48)
+    expected = resample_spatial(ref.state_dict()["visual.positional_embedding"], 6)
+    assert torch.equal(model.state_dict()["visual.positional_embedding"], expected)
+    assert model(torch.randn(1, 3, 3, 48, 48), tokenize_names(["a", "b"])).logits.shape == (1, 2)
+    same = from_clip(tmp_path / "clip.pt", num_frames=3, head="text")
+    assert torch.equal(same.state_dict()["visual.positional_embedding"], ref.state_dict()["visual.positional_embedding"])
+
+
+def tokenize_names(names):
+    from ila.models.clip import tokenize
+
+    return tokenize(names)
+
+
 def test_eval_and_fine_tune_at_another_frame_count(run, folders, tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", "--checkpoint", run, "--output", tmp_path / "e", "--set", "data.num_frames=8")
     assert code == 0 and out.startswith("8 videos"), err                  # the held-out part, at 8 frames

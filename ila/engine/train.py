@@ -380,7 +380,7 @@ def initial_model(cfg: Config) -> nn.Module:
             except UserError:
                 if weights is not None:
                     raise
-    model = from_clip(init, cfg.model)
+    model = from_clip(init, cfg.model, image_resolution=cfg.model.image_resolution)  # another size: resampled
     for key, value in cfg.model.to_dict().items():
         if getattr(model.cfg, key) != value:
             raise UserError(f"train.init={init}: the CLIP weights have {key}={getattr(model.cfg, key)!r} but the "

@@ -314,7 +314,7 @@ def _fetch_pretrained(name: str) -> dict:
         source = _cached_pretrained(pretrained)
         if source is None:
             raise UserError(f"CLIP weights {arch}:{tag} are not on this machine and there is no network to fetch "
-                            f"them: download {filename} elsewhere and pass the file instead, "
+                            f"them: download {filename} elsewhere and pass the weights file instead, "
                             f"train.init=PATH/{filename} (Python: ila.from_clip(PATH/{filename}))")
     try:
         model = open_clip.create_model(arch, pretrained=source)
