@@ -27,7 +27,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
         raise UserError(f"--motion {args.motion!r}: give a range LOW,HIGH of fractions, e.g. 0.7,1.0") from None
     make_dataset(args.out_dir, num_train=args.train, num_val=args.val, size=args.size,
                  frames=args.frames, seed=args.seed, motion=motion, distractors=args.distractors,
-                 texture=args.texture)
+                 texture=args.texture, layout=args.layout)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion", default="0.5,0.85", help="motion amplitude range LOW,HIGH (fraction of the largest)")
     p.add_argument("--distractors", type=int, default=2, help="static distractor shapes per clip")
     p.add_argument("--texture", type=float, default=0.5, help="background texture strength (0: flat)")
+    p.add_argument("--layout", choices=["lists", "folders"], default="lists",
+                   help="lists: train.txt/val.txt + classes.txt; folders: train/CLASS/*.mp4, val/CLASS/*.mp4")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = add("config", help="print the resolved config of a YAML file or preset (`ila config show`)")
