@@ -71,6 +71,7 @@ class TrainConfig:
     eval_every_epochs: int = 1              # validate on data.val_list every N epochs (0: never)
     log_every_steps: int = 10               # metrics.jsonl / TensorBoard interval
     stop_at_step: int = 0                   # stop (after a checkpoint) at this optimizer step; 0: run all
+    wandb: str = ""                         # Weights & Biases project to log to as well (pip install ila[wandb])
 
 
 @dataclass

@@ -355,3 +355,21 @@ def test_version_help_examples_and_info(capsys):
     for flag in (["--frames", "16"], ["--temporal", "mean"]):
         code, out, _ = run_cli(capsys, "info", "ila-b32-8f-k400", *flag)
         assert code == 0 and "paper:" not in out
+
+
+# ------------------------------------------------------------------------------------------- 7. tracking
+
+def test_weights_and_biases_logging_offline(folders, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("wandb", reason="the optional wandb extra (in the dev extra) is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    code, _, err = run_cli(capsys, "train", "--config", "tiny", "--output", tmp_path / "r", "--set",
+                           f"data.train_list={folders / 'train'}", "data.val_split=0.25", "train.epochs=1",
+                           "train.wandb=ila-test", "train.log_every_steps=1", *FAST)
+    assert code == 0, err
+    logs = list((tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    data = logs[0].read_bytes()                  # the run's records: metric names, config keys, the project
+    for key in (b"cls_loss", b"align_loss", b"val_top1", b"optimizer_groups", b"ila-test"):
+        assert key in data, key

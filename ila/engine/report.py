@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ila.engine.atomic import atomic_path, write_text
+from ila.errors import UserError
 
 
 class Progress:
@@ -51,12 +52,15 @@ class Progress:
 class Reporter:
     """Metrics of a run directory: `metrics.jsonl`, TensorBoard events under `tb/`, `curves.png`."""
 
-    def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None,
+                 wandb_project: str = "", config: dict | None = None):
         self.enabled = enabled and run_dir is not None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.writer = None
+        self.writer = self.wandb = None
         if not self.enabled:
             return
+        if wandb_project:
+            self.wandb = start_wandb(wandb_project, self.run_dir, config or {})
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
             keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
@@ -77,10 +81,18 @@ class Reporter:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
                 self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.finish()
+            wandb.teardown()          # waits until the run's records are written (offline mode writes them late)
+            self.wandb = None
 
     def write_curves(self, chance: float | None = None) -> Path | None:
         """`curves.png`: training loss and learning rate per step, validation accuracy per epoch (with the
@@ -88,6 +100,29 @@ class Reporter:
         if not self.enabled:
             return None
         return plot_curves(read_metrics(self.path), self.run_dir / "curves.png", chance)
+
+
+def start_wandb(project: str, run_dir: Path, config: dict):
+    """A Weights & Biases run logging beside TensorBoard, its files under `run_dir/wandb`. The run's id follows
+    the run directory, so a resumed run continues the same W&B run. `WANDB_MODE=offline` logs without a network
+    (`wandb sync` uploads later)."""
+    import zlib
+
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(f"train.wandb={project}: Weights & Biases is not installed; pip install 'ila[wandb]' "
+                        f"(or pip install wandb), or leave train.wandb empty") from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"{run_dir.name[:40]}-{zlib.crc32(str(run_dir.resolve()).encode()):08x}"
+    run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)
+    try:
+        return wandb.init(project=project, dir=str(run_dir), name=run_dir.name, id=run_id, resume="allow",
+                          config=config, reinit="finish_previous")
+    except Exception as e:  # noqa: BLE001 - login, network or settings: the user's to fix
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"train.wandb={project}: Weights & Biases could not start ({first}); log in with "
+                        f"`wandb login`, or set WANDB_MODE=offline") from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

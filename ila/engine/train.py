@@ -40,7 +40,8 @@ BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-                     "train.eval_every_epochs", "eval.clips", "eval.crops", "eval.batch_size", "eval.release_bn_quirk"}
+                     "train.eval_every_epochs", "train.wandb", "eval.clips", "eval.crops", "eval.batch_size",
+                     "eval.release_bn_quirk"}
 
 
 class TrainingDiverged(UserError):
@@ -204,7 +205,8 @@ class Trainer:
             for line in run_header(cfg, self.model, self.optimizer, self.steps_per_epoch, weights):
                 print(line)
         dist.barrier(env)
-        self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None)
+        self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None,
+                                 wandb_project=t.wandb, config=cfg.to_dict())
         self.progress = Progress(self.total_steps, "train", env.main, initial=self.step)
         self.saved_step = self.step if self.state else -1
         try:
