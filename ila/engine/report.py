@@ -53,7 +53,9 @@ class Reporter:
     """Metrics of a run directory: `metrics.jsonl`, TensorBoard events under `tb/`, `curves.png`."""
 
     def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None,
-                 wandb_project: str = "", config: dict | None = None):
+                 redo_validation: bool = False, wandb_project: str = "", config: dict | None = None):
+        """`resume_step`: cut `metrics.jsonl` back to that step; `redo_validation`: also drop the validation
+        row at that step (its validation runs again); `wandb_project`: also log to Weights & Biases."""
         self.enabled = enabled and run_dir is not None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writer = self.wandb = None
@@ -63,7 +65,8 @@ class Reporter:
             self.wandb = start_wandb(wandb_project, self.run_dir, config or {})
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
-            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) < resume_step or
+                    (r.get("step", 0) == resume_step and not (redo_validation and "val_top1" in r))]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         elif self.path.exists():
             self.path.unlink()
@@ -126,10 +129,19 @@ def start_wandb(project: str, run_dir: Path, config: dict):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a `metrics.jsonl`; a line cut short by a killed process is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step", 0), int):
+            rows.append(row)
+    return rows
 
 
 def _figure():
