@@ -382,9 +382,9 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             raise UserError(f"--stride {stride}: give a stride in seconds > 0")
     if timeline and window is None:
         raise UserError("--timeline needs --window SECONDS (it plots the windows' class probabilities over time)")
-    outputs = [check_output(p, f, pic) for p, f, pic in ((visualize, "--visualize", True), (timeline, "--timeline", True),
-                                                          (csv_out, "--csv", False)) if p]
-    del outputs
+    for path, flag, picture in ((visualize, "--visualize", True), (timeline, "--timeline", True), (csv_out, "--csv", False)):
+        if path:
+            check_output(path, flag, picture)             # before any video is read
     errors: dict[str, str] = {}
     paths = video_files(inputs, errors if len(inputs) > 1 else None)
     predictor = Predictor(checkpoint, classes, overrides)
