@@ -307,11 +307,15 @@ def _absolute(key: str, value, base: Path):
     if not isinstance(value, str) or not value.strip():
         return value
     candidate = Path(base) / os.path.expanduser(value.strip())
+    try:
+        exists = candidate.exists()
+    except (OSError, ValueError):                  # a name too long for the system, a NUL byte: not a file here
+        exists = False
     if key == "init":
         pathlike = "/" in value or value.endswith(_WEIGHT_SUFFIXES)
-        if value in ("auto", "none") or (not candidate.exists() and (":" in value or not pathlike)):
+        if value in ("auto", "none") or (not exists and (":" in value or not pathlike)):
             return value
-    if key == "class_names" and "," in value and not candidate.exists():
+    if key == "class_names" and "," in value and not exists:
         return value
     return os.path.abspath(candidate)
 
@@ -418,14 +422,18 @@ def load_config(source: str | Path | dict | None = None, overrides: Sequence[str
     for section, values in given.items():
         if isinstance(values, dict):
             values = _absolute_paths({section: values}, Path.cwd())[section]
-            raw[section] = {**(raw.get(section) or {}), **values}
+            present = raw.get(section) or {}
+            if not isinstance(present, dict):
+                raise UserError(f"--set {section}.{next(iter(values))}: config section '{section}' must be a mapping "
+                                f"of keys to values, not {_a(present)}")
+            raw[section] = {**present, **values}
         else:
             raw[section] = values
     # a new data.num_frames / data.input_size given alone also sets the model's (e.g. an 8-frame checkpoint
     # evaluated at 16 frames: the position embeddings are resampled when the weights are loaded)
     for data_key, model_key in (("num_frames", "num_frames"), ("input_size", "image_resolution")):
         if data_key in (given.get("data") or {}) and model_key not in (given.get("model") or {}) \
-                and model_key in (raw.get("model") or {}):
+                and isinstance(raw.get("model"), dict) and model_key in raw["model"]:
             raw["model"] = {**raw["model"], model_key: given["data"][data_key]}
     cfg = config_from_dict(raw, name)
     if not isinstance(source, dict) and not cfg.data.root and (cfg.data.train_list or cfg.data.val_list):
