@@ -157,7 +157,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     safe_load.check_model_fits(config.model, state["model"], path)
     model = build_model(config.model)
-    load_weights(model, state["model"], path)
+    from ila.models.resample import fit_position_embeddings   # other frame counts / sizes than trained at
+
+    load_weights(model, fit_position_embeddings(state["model"], model), path)
     return model.to(device), config, list(state.get("class_names") or []), state
 
 

@@ -1,6 +1,8 @@
 """From the config's `data` section to datasets and loaders (the engine's only door into `ila.data`)."""
 from __future__ import annotations
 
+import os
+
 from torch.utils.data import Sampler
 
 from ila.config import Config
@@ -13,11 +15,22 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
     config's `data.class_names`, or the annotation itself, in that order."""
     from ila.data.annotations import read_annotations
 
-    path = cfg.data.train_list if split == "train" else cfg.data.val_list
+    holdout = cfg.data.val_split > 0 and (split == "train" or not cfg.data.val_list)   # a given val_list wins
+    if holdout and not os.path.isdir(cfg.data.train_list):
+        raise UserError(f"data.val_split={cfg.data.val_split} holds out part of a folder dataset: set data.train_list "
+                        f"to a folder with one subfolder per class (or give data.val_list instead)")
+    path = cfg.data.train_list if split == "train" or holdout else cfg.data.val_list
     if not path:
-        raise UserError(f"data.{split}_list is empty; set it to the {split} annotation file "
-                        f"(--set data.{split}_list=PATH)")
+        raise UserError(f"data.{split}_list is empty; set it to the {split} annotation file or a folder with one "
+                        f"subfolder per class (--set data.{split}_list=PATH)")
     names = class_names or class_names_from(cfg.data.class_names)
+    if os.path.isdir(path):                       # a folder with one subfolder per class
+        from ila.data.folders import read_class_folders, split_holdout
+
+        ann = read_class_folders(path, names)
+        if holdout:
+            ann.samples = split_holdout(ann.samples, cfg.data.val_split, path)[split == "val"]
+        return ann.samples, list(ann.class_names)
     ann = read_annotations(path, root=cfg.data.root, fmt=cfg.data.format, class_names=names)
     names = ann.class_names or names
     if not names:

@@ -241,6 +241,8 @@ def read_clip_weights(source: str | os.PathLike | dict) -> dict[str, torch.Tenso
         state = source
     elif os.path.exists(source):   # a file (a directory or anything else is refused with its reason)
         state = _read_clip_file(os.fspath(source))
+    elif _looks_like_path(str(source)):
+        raise UserError(f"file not found: {source}")
     else:
         state = _fetch_pretrained(str(source))
     for wrapper in ("state_dict", "model"):
@@ -269,13 +271,61 @@ def _read_clip_file(path: str) -> dict:
     return state
 
 
+def _looks_like_path(source: str) -> bool:
+    """A weights file rather than an open_clip name (`ViT-B-32:openai`, `hf-hub:org/name`)."""
+    if source.startswith("hf-hub:"):
+        return False
+    return os.sep in source or "/" in source or source.lower().endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _online(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (where open_clip fetches weights) can be reached: one connection attempt."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_pretrained(pretrained: dict) -> str | None:
+    """A copy of open_clip pretrained weights already on this machine (Hugging Face cache or ~/.cache/clip)."""
+    repo = (pretrained.get("hf_hub") or "").strip("/")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = pretrained.get("url") or ""
+    legacy = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
+    return legacy if legacy and os.path.isfile(legacy) else None
+
+
 def _fetch_pretrained(name: str) -> dict:
     arch, _, tag = name.rpartition(":")
     arch = arch or "ViT-B-32"
-    try:
-        import open_clip
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
 
-        model = open_clip.create_model(arch, pretrained=tag)
+    pretrained = get_pretrained_cfg(arch, tag)
+    if not pretrained:
+        raise UserError(f"unknown pretrained CLIP {arch}:{tag}; give a weights file, or a name from "
+                        f"open_clip.list_pretrained() written ARCH:TAG, e.g. ViT-B-32:openai")
+    filename = os.path.basename(pretrained.get("url") or "") or "open_clip_pytorch_model.bin"
+    source = tag
+    if not _online():                              # fail at once rather than retrying for a minute
+        source = _cached_pretrained(pretrained)
+        if source is None:
+            raise UserError(f"CLIP weights {arch}:{tag} are not on this machine and there is no network to fetch "
+                            f"them: download {filename} elsewhere and pass the weights file instead, "
+                            f"train.init=PATH/{filename} (Python: ila.from_clip(PATH/{filename}))")
+    try:
+        model = open_clip.create_model(arch, pretrained=source)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"could not fetch pretrained CLIP {arch}:{tag} ({str(e).splitlines()[0][:120]}); offline, "
                         f"pass the weights file instead, e.g. ViT-B-32.pt from OpenAI or open_clip_pytorch_model.bin"

@@ -215,7 +215,8 @@ def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
 
     `weights`: an OpenAI `.pt` (TorchScript or state dict), an open_clip checkpoint, a state dict, or a pretrained
     name such as `ViT-B-32:openai` (fetched through open_clip when online). The geometry is read from the weights;
-    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...).
+    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...); an `image_resolution`
+    override resamples the spatial position embedding (timm's resampler) to the new patch grid.
     """
     state = read_clip_weights(weights)
     base = (cfg or ModelConfig()).to_dict()
@@ -229,6 +230,9 @@ def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
     mapped = clip_to_ila_keys(state)
     if model.text is None:
         mapped = {k: v for k, v in mapped.items() if not k.startswith("text.") and k != "logit_scale"}
+    from ila.models.resample import fit_position_embeddings   # image_resolution=... overrides the weights' size
+
+    mapped = fit_position_embeddings(mapped, model)
     own = model.state_dict()
     wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
     unknown = [k for k in mapped if k not in own]
