@@ -76,16 +76,17 @@ class Predictor:
         samples = [Sample(path, 0) for path in paths]
         return video_dataset(self.cfg, samples, train=False, clips=self.cfg.eval.clips, crops=self.cfg.eval.crops)
 
-    def scores(self, paths: list[str]) -> torch.Tensor:
-        """(videos, classes) probabilities, averaged over the views."""
+    def scores(self, paths: list[str]):
+        """Every video scored once in one pass (`ila.engine.evaluate.Scored`): the readable ones' indices and
+        probabilities averaged over the views, and the unreadable ones as (index, path, reason)."""
         from ila.engine.loaders import loader
 
         dataset = self.dataset(paths)
+        dataset.bad_file_policy = "mark"    # a bad file is reported, never replaced by another video
         data = loader(dataset, self.cfg.eval.batch_size, dist.ShardSampler(len(dataset), self.env),
                       min(self.cfg.data.workers, len(paths) - 1), 0)
-        scores = score_videos(self.model, data, self.env, self.text, len(self.class_names),
-                                    progress=len(paths) > 1, desc="predict").scores
-        return scores
+        return score_videos(self.model, data, self.env, self.text, len(self.class_names),
+                            progress=len(paths) > 1, desc="predict")
 
     def ranked(self, row: torch.Tensor, topk: int) -> list[dict]:
         p, i = row.topk(min(topk, len(self.class_names)))
@@ -94,19 +95,11 @@ class Predictor:
     def predict(self, paths: list[str], topk: int = 5) -> list[dict]:
         """For each video: its path and the top-k classes with probabilities, or its path and an `error`
         (one unreadable video does not stop the others)."""
-        from ila.data.decode import VideoReadError
-
-        try:
-            rows = dict(zip(paths, self.scores(paths))) if paths else {}
-        except UserError:
-            rows = {}
-            for path in paths:                 # find which: each video alone
-                try:
-                    rows[path] = self.scores([path])[0]
-                except VideoReadError as e:
-                    rows[path] = e.reason
-                except UserError as e:
-                    rows[path] = str(e)
+        rows: dict = {}
+        if paths:
+            scored = self.scores(paths)
+            rows.update((paths[i], row) for i, row in zip(scored.indices.tolist(), scored.scores))
+            rows.update((paths[i], reason) for i, _, reason in scored.failed)
         return [{"video": path, "error": rows[path]} if isinstance(rows[path], str)
                 else {"video": path, "predictions": self.ranked(rows[path], topk)} for path in paths]
 
