@@ -47,6 +47,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_na
 
 def read_checkpoint(path: str | Path) -> dict:
     """The raw dict of an `ila` checkpoint, loaded safely; a UserError for anything else."""
+    from ila.hub import read_pretrained
+
+    if (shared := read_pretrained(path)) is not None:  # a shared folder, .safetensors file or Hub repo id
+        return shared
     path = Path(path)
     if path.is_dir():
         latest = latest_checkpoint(path) or (path / "best.pt" if (path / "best.pt").is_file() else None)
