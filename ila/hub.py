@@ -99,7 +99,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[s
     names = list(class_names if class_names is not None else getattr(model, "class_names", None) or [])
     _check_names(model, names)
     meta = pretrained_config(config, names, source or getattr(model, "source", "") or "", evaluation)
-    _write_weights(directory / WEIGHTS_FILE, _tensors(model), {"format": "pt", "ila_format": FORMAT})
+    _write_weights(directory / WEIGHTS_FILE, _tensors(model), {"format": "pt"})  # one key: byte-identical files
     write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     write_text(directory / CARD_FILE, model_card(meta, directory.resolve().name))
     return directory
@@ -400,6 +400,8 @@ def load_pretrained(name_or_dir: str | Path, revision: str | None = None, device
     from ila.models import build_model
 
     state = read_pretrained(name_or_dir, revision, cache_dir)
+    if state is None and not os.path.exists(str(name_or_dir)):
+        raise UserError(f"{name_or_dir}: no such file or folder (nor a Hugging Face Hub repo id ORG/NAME)")
     if state is None:
         raise UserError(f"{name_or_dir} is not a shared ila model (a folder with {CONFIG_FILE} and {WEIGHTS_FILE}, "
                         f"a .safetensors file or a Hub repo id); load ila .pt checkpoints with ila.load_checkpoint")

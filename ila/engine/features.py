@@ -175,7 +175,8 @@ def _embed_all(model, cfg, env, paths, per_frame, clips, batch_size):
     workers = min(cfg.data.workers, max(len(sampler) - 1, 0))
     data = DataLoader(views, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_collate)
     indices, feats, bad = [], [], []
-    bar = tqdm(data, desc="features", unit="batch", disable=not env.main, dynamic_ncols=True, leave=False)
+    bar = tqdm(data, desc="features", unit="batch", disable=not env.main or len(paths) < 2, dynamic_ncols=True,
+               leave=False)
     for batch in bar:
         bad += batch["bad"]
         if batch["video"] is not None:
