@@ -253,7 +253,10 @@ def read_pretrained(spec: str | Path, revision: str | None = None, cache_dir: st
     `.safetensors` file or a Hub repo id; None when `spec` is none of these (an ila `.pt` or run directory)."""
     path = Path(str(spec))
     if path.is_dir():
-        if not ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()):
+        from ila.engine.checkpoint import latest_checkpoint
+
+        ours = (path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()
+        if not ours or latest_checkpoint(path) or (path / "best.pt").is_file():   # a run directory stays one
             return None
     elif path.is_file():
         if path.suffix != ".safetensors":

@@ -138,7 +138,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
         metrics, _, scores, labels, samples = evaluate_split(model, cfg, env, names,
                                                              amp=amp_dtype(cfg.train.amp, env.device))
         run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-        out = Path(output) if output else run_dir / "eval"
+        from ila.hub import is_hub_id                      # a Hub id ORG/NAME: eval/ORG--NAME here
+        out = Path(output) if output else Path("eval", str(checkpoint).replace("/", "--")) if is_hub_id(checkpoint) else run_dir / "eval"
         if env.main:
             write_eval_outputs(out, metrics, names, samples, scores, labels, cfg)
             print(f"{len(samples)} videos, {cfg.eval.clips} clip(s) x {cfg.eval.crops} crop(s): "
