@@ -184,8 +184,8 @@ def export_hub(checkpoint: str | Path, out: str | Path, classes: str | None = No
 def _source(checkpoint, state: dict) -> str:
     if state.get("source"):
         return state["source"]
-    ts = state.get("train_state") or {}
-    if ts:
+    ts = state.get("train_state") or state.get("metrics") or {}
+    if isinstance(ts, dict) and "step" in ts:
         return f"trained with ila (run {state['config'].get('name', 'run')}, epoch {ts.get('epoch')}, step {ts.get('step')})"
     return f"the ila checkpoint {Path(str(checkpoint)).name} (weights only)"
 
@@ -203,6 +203,10 @@ def _evaluation(checkpoint, state: dict) -> dict | None:
         if isinstance(found, dict):
             keep = ("videos", "top1", "top5", "mean_class_acc", "clips", "crops")
             return {k: found[k] for k in keep if isinstance(found.get(k), (int, float))}
+    saved = state.get("metrics")                # best.pt: the validation that made it (one view per video)
+    if isinstance(saved, dict) and isinstance(saved.get("top1"), (int, float)):
+        return {f"validation {k} during training (1 view)" if k in ("top1", "top5") else k: v
+                for k, v in saved.items() if isinstance(v, (int, float))}
     best = (state.get("train_state") or {}).get("best_top1")
     return {"best validation top1 during training (1 view)": float(best)} if isinstance(best, (int, float)) else None
 

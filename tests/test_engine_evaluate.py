@@ -46,7 +46,7 @@ def test_views_are_averaged_softmax_scores(motion):
     samples = load_annotations(str(motion / "val.txt"), root=str(motion))[:3]
     dataset = video_dataset(cfg, samples, train=False, clips=2, crops=3)
     model = ila_model()
-    _, scores, labels = score_videos(model, loader(dataset, 2, ShardSampler(3, Env()), 0, 0), Env(), ClassText(), 8,
+    _, scores, labels, _ = score_videos(model, loader(dataset, 2, ShardSampler(3, Env()), 0, 0), Env(), ClassText(), 8,
                                      progress=False)
     for i in range(3):
         views = dataset[i]["video"]

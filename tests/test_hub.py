@@ -139,6 +139,13 @@ def test_export_hub_from_a_run_carries_its_evaluation(tmp_path, capsys):
                  "--classes", ",".join(f"n{i}" for i in range(8))]) == 0
     meta = json.loads((tmp_path / "hub2" / "config.json").read_text())
     assert meta["evaluation"] == {"best validation top1 during training (1 view)": 62.5} and meta["class_names"][0] == "n0"
+    best = tmp_path / "best.pt"                  # what training's best.pt carries: the validation that made it
+    save_checkpoint(best, model, cfg, NAMES, metrics={"top1": 40.0, "top5": 90.0, "videos": 5, "epoch": 2, "step": 8})
+    assert main(["export", "--checkpoint", str(best), "--format", "hub", "--out", str(tmp_path / "hub3")]) == 0
+    meta = json.loads((tmp_path / "hub3" / "config.json").read_text())
+    assert meta["evaluation"] == {"validation top1 during training (1 view)": 40.0, "validation top5 during "
+                                  "training (1 view)": 90.0, "videos": 5, "epoch": 2, "step": 8}
+    assert meta["source"] == "trained with ila (run tiny, epoch 2, step 8)"
     # into a folder that holds other files (a clone of a Hub repo): they are kept
     (tmp_path / "hub2" / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     assert main(["export", "--checkpoint", str(run), "--format", "hub", "--out", str(tmp_path / "hub2")]) == 0

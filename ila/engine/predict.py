@@ -66,8 +66,8 @@ class Predictor:
         dataset = self.dataset(paths)
         data = loader(dataset, self.cfg.eval.batch_size, dist.ShardSampler(len(dataset), self.env),
                       min(self.cfg.data.workers, len(paths) - 1), 0)
-        _, scores, _ = score_videos(self.model, data, self.env, self.text, len(self.class_names),
-                                    progress=len(paths) > 1, desc="predict")
+        scores = score_videos(self.model, data, self.env, self.text, len(self.class_names),
+                                    progress=len(paths) > 1, desc="predict").scores
         return scores
 
     def predict(self, paths: list[str], topk: int = 5) -> list[dict]:
