@@ -387,16 +387,35 @@ def _checkpoint_dict(meta: Any, tensors: dict[str, torch.Tensor], where, name: s
            "data": {"num_frames": pre["num_frames"], "input_size": pre["input_size"], "sampling": pre["sampling"],
                     "frame_interval": pre["frame_interval"]},
            "eval": {"clips": pre["test_clips"], "crops": pre["test_crops"]}, "name": name}
+    _plausible(meta["model"], tensors, where)
     try:
         cfg = config_from_dict(raw)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - e.g. a zero patch size: still the file's fault, one line
+        raise UserError(f"{where}: the model config is not valid ({type(e).__name__}: {_first_line(e)})") from None
     state = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "class_names": list(meta["class_names"]),
              "model": tensors, "train_state": None, "source": meta.get("source") or "",
              "preprocessing": pre}
     if isinstance(meta.get("evaluation"), dict):
         state["evaluation"] = meta["evaluation"]
     return state
+
+
+def _plausible(model: dict, tensors: dict[str, torch.Tensor], where) -> None:
+    """Sizes a model built from these weights could have: no config may ask for more layers than there are
+    tensors, or a width beyond the largest tensor dimension (a hostile config.json would otherwise build a
+    huge model before the weights are compared with it)."""
+    most = max((d for t in tensors.values() for d in t.shape), default=0)
+    for key in ("vision_layers", "transformer_layers", "mit_layers", "prompts_layers"):
+        if isinstance(model.get(key), int) and model[key] > len(tensors):
+            raise UserError(f"{where}: model.{key}={model[key]} does not fit the weights ({len(tensors)} tensors)")
+    text = ("transformer_width", "vocab_size", "context_length") if model.get("head") == "text" else ("num_classes",)
+    align = ("align_hidden", "point_hidden") if model.get("temporal") == "ila" else ()
+    for key in ("vision_width", "embed_dim", "num_frames", "image_resolution") + align + text:
+        if isinstance(model.get(key), int) and model[key] > max(most, 1) * (16 if key == "image_resolution" else 1):
+            raise UserError(f"{where}: model.{key}={model[key]} does not fit the weights (largest tensor "
+                            f"dimension {most})")
 
 
 def load_pretrained(name_or_dir: str | Path, revision: str | None = None, device: str | torch.device = "cpu",
