@@ -19,7 +19,7 @@ from ila.errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]*)?$")
-_WRITE_FAILED = ("write", "failed")   # torch's zip writer reports OS errors as RuntimeError text
+_WRITE_FAILED = ("write", "failed")   # torch's zip writer (inline_container) reports OS errors as RuntimeError text
 
 
 def output_dir(path: str | Path, what: str = "output folder") -> Path:
@@ -46,7 +46,7 @@ def _is_write_failure(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return True
     text = str(e).lower()
-    return isinstance(e, RuntimeError) and all(w in text for w in _WRITE_FAILED)
+    return isinstance(e, RuntimeError) and ("inline_container" in text or all(w in text for w in _WRITE_FAILED))
 
 
 @contextmanager

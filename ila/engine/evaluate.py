@@ -193,15 +193,17 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.precision import amp_dtype
 
     from ila.engine.atomic import output_dir
+    from ila.engine.runlock import RunLock
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
-    names = class_list(cfg, saved_names, classes, overrides, checkpoint)
+    names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
     check_class_count(model, names)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     from ila.hub import is_hub_id                          # a Hub id ORG/NAME: eval/ORG--NAME here
     out = Path(output) if output else Path("eval", str(checkpoint).replace("/", "--")) if is_hub_id(checkpoint) else run_dir / "eval"
     output_dir(out, "--output folder")                 # a bad output path fails before any scoring
     env = dist.setup(dist.inference_device(cfg, overrides))
+    lock = RunLock(out, "eval output folder").acquire() if env.main else None   # one writer; stale temporaries go
     try:
         model.to(env.device)
         try:
@@ -219,6 +221,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
                   f"{report.format_metrics(metrics)}  ->  {out}")
         return metrics
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup()
 
 

@@ -48,7 +48,7 @@ class Predictor:
         self.env = dist.Env(device=dist.pick_device(dist.inference_device(self.cfg, overrides)))
         self.model.to(self.env.device).eval()
         self.cfg.data.bad_files = "error"   # never score another video in place of an unreadable one
-        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint)
+        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint, self.model)
         check_class_count(self.model, self.class_names, "--classes")
         self.text = class_text(self.model, self.class_names, self.env.device)
 
