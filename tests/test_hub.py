@@ -114,6 +114,11 @@ def test_cli_predicts_from_a_hub_id_in_an_offline_cache_like_from_the_folder(sha
     assert done.returncode == 0, done.stderr[-2000:]
     assert main(["predict", "--checkpoint", str(folder), str(video), "--json"]) == 0
     assert json.loads(done.stdout) == json.loads(capsys.readouterr().out)
+    done = subprocess.run([sys.executable, "-m", "ila", "eval", "--checkpoint", "someone/tiny-ila", "--set",
+                           f"data.root={motion}", f"data.val_list={motion}/val.txt", "data.workers=0"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "someone--tiny-ila" / "metrics.json").read_text())["videos"] == 5
     done = subprocess.run([sys.executable, "-m", "ila", "predict", "--checkpoint", "someone/other", str(video)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
