@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ila.config import Config, config_from_dict
+from ila.config import Config, config_from_dict, require_complete
 from ila.engine.atomic import atomic_path
 from ila.errors import UserError
 
@@ -81,6 +81,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
     from ila.models import build_model
 
     state = read_checkpoint(path)
+    require_complete(state.get("config"), str(path))      # never fill a saved model's gaps with defaults
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     model = build_model(config.model)
     load_weights(model, state["model"], path)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.config import Config, config_from_dict
+from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
@@ -450,6 +450,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     from ila.config import load_config
 
     state = ckpt.read_checkpoint(resume)
+    require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
