@@ -387,6 +387,9 @@ def _checkpoint_dict(meta: Any, tensors: dict[str, torch.Tensor], where, name: s
            "data": {"num_frames": pre["num_frames"], "input_size": pre["input_size"], "sampling": pre["sampling"],
                     "frame_interval": pre["frame_interval"]},
            "eval": {"clips": pre["test_clips"], "crops": pre["test_crops"]}, "name": name}
+    from ila.config import require_complete
+
+    require_complete({"model": meta["model"]}, str(where))   # never fill a saved model's gaps with defaults
     _plausible(meta["model"], tensors, where)
     try:
         cfg = config_from_dict(raw)

@@ -227,6 +227,7 @@ class _Payload:
     (_edit_config(lambda m: m["model"].update(fast=1)), "model.fast must be true/false, got 1"),
     (_edit_config(lambda m: m["model"].update(temporal="lstm")), "model.temporal must be one of ila, mean, attention, joint"),
     (_edit_config(lambda m: m["model"].update(depth=3)), "unknown model key 'depth'"),
+    (_edit_config(lambda m: m["model"].pop("temporal")), "the saved config lacks 1 model key(s) (temporal)"),
     (_edit_config(lambda m: m.update(class_names="a,b")), "\"class_names\" must be a JSON array"),
     (_edit_config(lambda m: m.update(class_names=[1, 2])), "class_names must be a list, got [1, 2]"),
     (_edit_config(lambda m: m.update(preset=3)), "preset must be a string or none, got 3"),
