@@ -240,7 +240,7 @@ class _Payload:
     (_edit_config(lambda m: m["model"].update(vision_layers=10**9)), "model.vision_layers=1000000000 does not fit the weights"),
     (_edit_config(lambda m: m["model"].update(vision_width=2**40)), "model.vision_width=1099511627776 does not fit"),
     (_edit_config(lambda m: m["model"].update(vision_patch_size=0)), "model.vision_patch_size=0 is not allowed"),
-    (_edit_config(lambda m: m["model"].update(drop_path=float("nan"))), "model.drop_path must be a number, got NaN"),
+    (_edit_config(lambda m: m["model"].update(drop_path=float("nan"))), "model.drop_path must be a finite number, got NaN"),
     (lambda t: (t / "model.safetensors").write_bytes(b"\x00" * 3), "model.safetensors is not a readable safetensors file"),
     (lambda t: (t / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(t / "pwned")))),
      "model.safetensors is not a readable safetensors file"),
