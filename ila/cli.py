@@ -87,6 +87,22 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(f"annotations: {r.annotation}; train on the copy with --set {sets}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "hub":
+        from ila.hub import export_hub
+
+        export_hub(args.checkpoint, args.out, classes=args.classes)
+    else:
+        raise UserError(f"--format {args.format} is not built into this version; use --format hub")
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
+    from ila.engine.features import run_features
+
+    run_features(args.checkpoint, args.inputs, args.out, per_frame=args.per_frame, clips=args.clips,
+                 text=args.text, text_file=args.text_file, batch_size=args.batch_size, overrides=args.set or [])
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
@@ -117,6 +133,10 @@ EXAMPLES = {
                 "ila predict --checkpoint runs/demo clip.mp4 --visualize pictures/ --block -1"],
     "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv",
                 "ila convert ssv2_b16_8.pth ssv2_b16_8_ila.pt --variant ssv2 --classes labels.json"],
+    "export": ["ila export --checkpoint runs/demo --format hub --out shared/demo-ila",
+               "ila export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx"],
+    "features": ["ila features --checkpoint runs/demo my_videos/ --out features.safetensors",
+                 "ila features --checkpoint k400_b32_8_ila.pt videos.txt --out emb.npy --clips 4 --text-file kinetics400"],
     "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1"],
 }
 
@@ -175,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = add("eval", help="accuracy of a checkpoint on data.val_list (clips x crops views)")
-    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
     _add_set(p)
     p.add_argument("--output", help="where metrics.json, per_class.csv and confusion.csv/png go "
                                      "(default: eval/ beside the checkpoint)")
@@ -183,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = add("predict", help="top-k classes of video files or folders")
-    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -201,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=_cmd_predict)
 
-    p = add("convert", help="authors' release checkpoint -> ila checkpoint")
+    p = add("convert", help="authors' release checkpoint -> ila checkpoint (.pt), folder or .safetensors")
     p.add_argument("release", metavar="RELEASE.pth")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="OUT.pt: ila checkpoint; a folder or OUT.safetensors: shareable form")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
@@ -221,6 +241,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", "list", "kinetics_csv", "ssv2", "frames"])
     p.add_argument("--class-names", default=None, help="class-name file (default: from the annotation)")
     p.set_defaults(func=_cmd_prepare)
+
+    p = add("export", help="a checkpoint in a form to share: hub (config.json + model.safetensors + card)")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
+    p.add_argument("--format", required=True, choices=["onnx", "hub"])
+    p.add_argument("--out", required=True, metavar="PATH", help="hub: a folder (or a .safetensors file)")
+    p.add_argument("--classes", help="hub: class names to store (a file, a,b,c, kinetics400 or ssv2)")
+    p.set_defaults(func=_cmd_export)
+
+    p = add("features", help="video (and text) embeddings of a checkpoint, to .safetensors or .npy")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
+    p.add_argument("inputs", nargs="*", metavar="VIDEO|DIR|LIST", help="videos, folders of videos, or list files")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.safetensors (features + paths) or FILE.npy")
+    p.add_argument("--per-frame", action="store_true", help="frame embeddings (videos, T, E) instead of (videos, E)")
+    p.add_argument("--clips", type=int, default=1, help="temporal clips per video, embeddings averaged")
+    p.add_argument("--text", help="text embeddings of these comma-separated names (text-head models)")
+    p.add_argument("--text-file", help="text embeddings of the names in a class file (or kinetics400 / ssv2)")
+    p.add_argument("--batch-size", type=int, default=None, help="videos per forward pass (default: eval.batch_size)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_features)
 
     p = add("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")

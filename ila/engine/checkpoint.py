@@ -53,6 +53,11 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     """The raw dict of an `ila` checkpoint, read safely (`ila.safe_load`: no pickled code runs) and checked: its
     `config`, `model`, `class_names` and `train_state` have the types `save_checkpoint` writes, and with
     `resume=True` the training state has everything a resume restores. A UserError for anything else."""
+    from ila.hub import read_pretrained
+
+    if (shared := read_pretrained(path)) is not None:  # a shared folder, .safetensors file or Hub repo id
+        check_checkpoint(shared, path, resume)
+        return shared
     path = Path(path)
     if path.is_dir():
         found = newest_readable(path, resume=resume)

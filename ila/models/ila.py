@@ -160,6 +160,12 @@ class ILAModel(nn.Module):
         masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
         return {"points": al.points, "masks": masks}
 
+    def save_pretrained(self, directory, class_names: list[str] | None = None, **kwargs):
+        """Write a shareable folder (config.json, model.safetensors, README.md); see `ila.hub.save_pretrained`."""
+        from ila.hub import save_pretrained
+
+        return save_pretrained(self, directory, class_names, **kwargs)
+
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, full_finetune: bool | None = None) -> None:
         """The release's freezing: CLIP towers and logit scale frozen, prompts frozen unless `train_prompts`;
