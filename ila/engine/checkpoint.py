@@ -38,6 +38,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_names: list[str] | None,
                     train_state: dict | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then `os.replace`)."""
+    if getattr(unwrap(model), "fused", ()):
+        raise UserError("this model is fused for inference (ila.fuse): its tensors are folded, not the trained ones; "
+                        "save the unfused model")
     state = {"format": FORMAT, "config": config.to_dict(), "class_names": list(class_names or []),
              "model": unwrap(model).state_dict(), "train_state": train_state}
     with atomic_path(path) as tmp:
