@@ -65,6 +65,15 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from ila.engine.onnx_export import export
+
+    meta = export(args.checkpoint, args.out, args.format, frames=args.frames, size=args.size, classes=args.classes,
+                  overrides=args.set or [], check=not args.no_check)
+    print(f"wrote {args.out} ({args.format}; {meta['frames']} frames of {meta['size']}px, {len(meta['class_names'])} "
+          f"classes; parity error {meta.get('parity_error', float('nan')):.1e}) and {args.out}.json")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
@@ -135,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("export", help="a checkpoint as a deployable graph: clip -> logits, probs")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p.add_argument("--format", required=True, choices=["onnx", "exported"],
+                   help="onnx (onnxruntime, TensorRT, ...) or exported (torch.export .pt2)")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (its metadata goes to PATH.json)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (must be the model's)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (must be the model's)")
+    p.add_argument("--classes", help="class-name file or comma-separated names (text heads: baked into the graph)")
+    p.add_argument("--no-check", action="store_true", help="skip running the file against PyTorch")
+    _add_set(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")

@@ -130,6 +130,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.precision import amp_dtype
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
+    model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])  # inference only (ila.fuse): same outputs
     names = class_list(cfg, saved_names, classes, overrides, checkpoint)
     check_class_count(model, names)
     env = dist.setup(dist.inference_device(cfg, overrides))
