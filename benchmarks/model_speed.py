@@ -11,8 +11,8 @@ with each rewrite alone (`fused only X`); with --amp the unfused model under aut
 model through torch.compile; with --baseline-src DIR ila's model from another checkout (today's main, say) on the same weights; with
 --release-src DIR the authors' published model (their `models/xclip.py`, from a
 checkout of github.com/Francis-Rings/ILA in DIR; it needs einops, ftfy and regex) on identical weights, in eval
-mode for inference (their forward switches itself to train mode after caching the text features, so the row
-calls `eval()` before each pass) and with ila's freezing for its training step. Every row reports ms/clip and
+mode with their alignment's `is_training` flag off for inference (their forward switches itself to train mode
+after caching the text features, so the row sets eval mode before each pass) and with ila's freezing for its training step. Every row reports ms/clip and
 clips/s of inference (no autograd) and of a training step (forward + backward + AdamW step, the release's
 freezing), the speed ratio against `unfused`, peak memory, and how far its logits are from the unfused model's
 (max |diff| / max |unfused|; fp32 rows compute the same function, so this is rounding).
@@ -205,9 +205,17 @@ class Runner:
         with autocast(row.amp, self.device):
             return model(self.video, text_features=self.text).logits
 
+    def set_release_mode(self, training: bool) -> None:
+        """The authors' alignment takes its nine disturbed points from its own `is_training` flag, not from
+        `train()`/`eval()` (their evaluation sets it; the golden fixtures were made that way)."""
+        self.release.train(training)
+        for m in self.release.modules():
+            if hasattr(m, "is_training"):
+                m.is_training = training
+
     def inference(self, row: Row):
         def run():
-            self.other_or_model(row).eval()
+            self.set_release_mode(False) if row.release else self.other_or_model(row).eval()
             with torch.inference_mode() if not row.compile else torch.no_grad():
                 return self.forward(row).float()
         return run
@@ -226,7 +234,7 @@ class Runner:
         opt = self.opts[key]
 
         def step():
-            model.train()
+            self.set_release_mode(True) if row.release else model.train()
             if not row.release:
                 model.visual.transformer.grad_checkpointing = row.checkpointing
                 out = model(self.video, text_features=self.text)
