@@ -6,6 +6,8 @@ anywhere in the library and printed here as one line, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from ila.errors import UserError
@@ -166,17 +168,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def one_line(message: object, limit: int = 2000) -> str:
+    """A message as one printable line: terminal escape codes and control characters removed, line breaks and
+    runs of blanks folded into single spaces, cut at `limit` characters."""
+    text = _ESCAPES.sub(" ", str(message))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
-        print(f"ila {args.command}: error: {e}", file=sys.stderr)
+        print(f"ila {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ila {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:          # a full disk, a vanished file, a permission: the system's reason, in one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        reason = os.strerror(e.errno).lower() if e.errno else one_line(e, 300)
+        print(f"ila {args.command}: error: {reason}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get("ILA_DEBUG"):
+            raise
+        print(f"ila {args.command}: internal error: {type(e).__name__}: {one_line(e, 300)} (this is a bug in ila; "
+              f"set ILA_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

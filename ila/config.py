@@ -12,6 +12,9 @@ values; given on both sides with different values, the config is rejected.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -107,6 +110,17 @@ class Config:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 _TOP = ("name", "output", "device")
+_INT64 = 2**63
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_REPR = reprlib.Repr()                      # bounded repr of values in error lines
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+# what a checkpoint's saved model section must spell out: everything that shapes the weights or the outputs
+# (a missing key would silently take the default, e.g. build the default large model)
+REQUIRED_MODEL_KEYS = ("image_resolution", "vision_patch_size", "vision_width", "vision_layers", "embed_dim",
+                       "context_length", "vocab_size", "transformer_width", "transformer_layers", "quick_gelu",
+                       "num_frames", "temporal", "interactive_block", "mi_token", "align_hidden", "point_hidden",
+                       "head", "num_classes", "mit_layers", "mit_pos_embed", "prompts_layers", "prompts_alpha")
 
 
 # ----------------------------------------------------------------------------------------- coercion
@@ -119,8 +133,12 @@ def _describe(tp) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
         return "a list"
-    return {type(None): "none", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, str(tp))
+    return {type(None): "none", bool: "true/false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(tp, str(tp))
+
+
+class _TooLarge(ValueError):
+    """An integer past int64."""
 
 
 def _coerce_one(value: Any, tp) -> Any:
@@ -142,6 +160,8 @@ def _coerce_one(value: Any, tp) -> Any:
         raise ValueError
     if origin is Literal:
         for allowed in typing.get_args(tp):
+            if isinstance(value, bool) != isinstance(allowed, bool):
+                continue                             # true is not 1
             if value == allowed or (isinstance(value, str) and value == str(allowed)):
                 return allowed
         raise ValueError
@@ -161,17 +181,29 @@ def _coerce_one(value: Any, tp) -> Any:
         if isinstance(value, bool):
             raise ValueError
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, (int, str)):
-            return int(value)
-        raise ValueError
+            value = int(value)
+        elif isinstance(value, str):
+            if len(value.strip()) > 40 and value.strip().lstrip("+-").isdigit():
+                raise _TooLarge                      # before int() spends time on thousands of digits
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError
+        if not -_INT64 <= value < _INT64:            # past int64 nothing downstream (torch, numpy) can hold it
+            raise _TooLarge
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
-        return float(value)
+        number = float(value)                        # OverflowError for a huge int: a ValueError's kin
+        if not math.isfinite(number):                # inf, nan, 1e999: no run can use them
+            raise ValueError
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            text = str(value)
+            if "\0" in text or _SURROGATE.search(text):  # no path or UTF-8 file can hold a NUL or a lone
+                raise ValueError                     # surrogate (undecodable bytes in argv)
+            return text
         raise ValueError
     raise ValueError
 
@@ -180,8 +212,10 @@ def coerce(key: str, value: Any, tp) -> Any:
     """`value` as type `tp` for config key `key`; a UserError naming the key and the allowed values."""
     try:
         return _coerce_one(value, tp)
-    except (ValueError, TypeError):
-        raise UserError(f"{key}={value!r} is not allowed; use {_describe(tp)}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        shown = _shown(value)
+        allowed = f"{_describe(tp)} between -2**63 and 2**63 - 1" if isinstance(e, _TooLarge) else _describe(tp)
+        raise UserError(f"{key}={shown} is not allowed; use {allowed}") from None
 
 
 def _apply(obj, section: str, values: dict) -> None:
@@ -197,8 +231,9 @@ def _apply(obj, section: str, values: dict) -> None:
 
 def _set_dotted(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: write it as section.key=value, e.g. train.lr=1e-3")
+        raise UserError(f"--set {_shown(assignment)}: write it as section.key=value, e.g. train.lr=1e-3")
     key, value = assignment.split("=", 1)
+    _check_key(key.strip(), "--set ")
     parts = key.strip().split(".")
     if len(parts) == 1 and parts[0] in _TOP:
         raw[parts[0]] = value
@@ -207,6 +242,9 @@ def _set_dotted(raw: dict, assignment: str) -> None:
         raise UserError(f"unknown config key '{key}'; keys look like section.key with section one of "
                         f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)})")
     section = raw.setdefault(parts[0], {}) or {}
+    if not isinstance(section, dict):
+        raise UserError(f"--set {key.strip()}: config section '{parts[0]}' must be a mapping of keys to values, "
+                        f"not {_a(section)}")
     raw[parts[0]] = section
     section[parts[1]] = value
 
@@ -215,26 +253,73 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
     """Raw nested dict and a run name from a YAML path or a preset name."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.is_file():
+        if path.is_dir():
+            raise UserError(f"config file {path} is a directory; give the YAML file")
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
+        except OSError as e:
+            raise UserError(f"config file {path}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            what = " ".join(str(getattr(e, "problem", None) or e).split())[:160]
+            raise UserError(f"config file {where}: not valid YAML ({what})") from None
+        except RecursionError:
+            raise UserError(f"config file {path}: nested too deeply to be a config") from None
+        except ValueError as e:                      # e.g. an integer of more than 4300 digits
+            raise UserError(f"config file {path}: cannot be read ({str(e).split(';')[0][:120]})") from None
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
-            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval)")
+            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval), "
+                            f"not {_a(raw)}")
         return raw, path.stem
     from ila.presets import PRESETS
 
     if str(source) not in PRESETS:
-        raise UserError(f"--config {source!r} is neither a YAML file nor a preset; presets: {', '.join(PRESETS)}")
+        raise UserError(f"--config {_shown(str(source))} is neither a YAML file nor a preset; presets: "
+                        f"{', '.join(PRESETS)}")
     return {"model": {"preset": str(source)}}, str(source)
 
 
-def config_from_dict(raw: dict, name: str | None = None) -> Config:
-    """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied)."""
+def require_complete(raw: Any, source: str | None = None) -> None:
+    """A saved config (a checkpoint's) must name every model key in REQUIRED_MODEL_KEYS: filling the gaps
+    from defaults would build another model than the one whose weights were saved. source: the file, for
+    the message."""
+    at = f"{source}: " if source else ""
+    if not isinstance(raw, dict):
+        raise UserError(f"{at}the saved config is {_a(raw)}, not a mapping of sections; the file is damaged or "
+                        f"not written by ila")
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        raise UserError(f"{at}the saved config has no model section; the file is damaged or incomplete")
+    missing = [k for k in REQUIRED_MODEL_KEYS if k not in model]
+    if missing:
+        raise UserError(f"{at}the saved config lacks {len(missing)} model key(s) ({', '.join(missing[:4])}"
+                        f"{', ...' if len(missing) > 4 else ''}); the file is damaged or incomplete, so the model "
+                        f"it describes cannot be rebuilt")
+
+
+def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
+                     source: str | None = None) -> Config:
+    """Build and validate a Config from a nested dict (YAML, a checkpoint's config, overrides applied).
+
+    complete: `raw` is a saved config (a checkpoint's), which must spell out the model (`require_complete`);
+    source names it in that error."""
+    if complete:
+        require_complete(raw, source)
+    if not isinstance(raw, dict):
+        raise UserError(f"a config must be a mapping of sections (model, data, train, eval), not {_a(raw)}")
     raw = dict(raw)
-    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TOP))
+    for key, value in raw.items():
+        _check_key(key)
+        for sub in value if key in _SECTIONS and isinstance(value, dict) else ():
+            _check_key(sub, f"{key}.")
+    unknown = sorted(map(str, set(raw) - set(_SECTIONS) - set(_TOP)))
     if unknown:
         raise UserError(f"unknown config key '{unknown[0]}'; top-level keys are: {', '.join([*_SECTIONS, *_TOP])}")
     for section in _SECTIONS:
@@ -246,14 +331,17 @@ def config_from_dict(raw: dict, name: str | None = None) -> Config:
     if preset not in (None, "", "none", "None"):
         from ila.presets import PRESETS, get_preset
 
-        if preset not in PRESETS:
-            raise UserError(f"model.preset={preset!r} is not allowed; use one of {', '.join(PRESETS)}")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise UserError(f"model.preset={_shown(preset)} is not allowed; use one of {', '.join(PRESETS)}")
         cfg.model = get_preset(preset)
         cfg.preset = str(preset)
     _apply(cfg.model, "model", model_raw)
     for section in ("data", "train", "eval"):
         _apply(getattr(cfg, section), section, raw.get(section) or {})
-    _apply(cfg, "config", {k: raw[k] for k in _TOP if k in raw})
+    hints = typing.get_type_hints(Config)
+    for key in _TOP:                                 # top-level keys are named without a section
+        if key in raw:
+            setattr(cfg, key, coerce(key, raw[key], hints[key]))
     if name and "name" not in raw:
         cfg.name = name
     _link_data_to_model(cfg, explicit=set(model_raw))
@@ -261,14 +349,22 @@ def config_from_dict(raw: dict, name: str | None = None) -> Config:
     return cfg
 
 
-def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> Config:
-    """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides."""
+def load_config(source: str | Path | dict | None = None, overrides: Sequence[str] = (),
+                complete: bool = False) -> Config:
+    """The config of a YAML file, a preset name or a dict (default: all defaults), with `--set` overrides.
+    complete: the source is a saved config, checked by `require_complete` before the overrides apply."""
     if isinstance(source, dict):
         raw, name = source, None
     elif source is None:
         raw, name = {}, None
-    else:
+    elif isinstance(source, (str, Path)):
         raw, name = _read_source(source)
+    else:
+        if complete:
+            require_complete(source)                 # names the saved config's type
+        raise UserError(f"a config is a mapping of sections, a YAML file or a preset name, not {_a(source)}")
+    if complete:
+        require_complete(raw)
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for assignment in overrides:
         _set_dotted(raw, assignment)
@@ -288,9 +384,28 @@ def _link_data_to_model(cfg: Config, explicit: set[str]) -> None:
             setattr(cfg.model, model_key, data_value)
 
 
+def _a(value) -> str:
+    """'a list', 'an int', ...: the kind of a value that is not what was expected."""
+    kind = type(value).__name__
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _shown(value) -> str:
+    """A value for an error line: its repr, cut short (reprlib bounds the work on huge or nested values)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_key(key: Any, prefix: str = "") -> None:
+    """A key that cannot be a config key at all (not a short printable string) is refused before it is
+    echoed in a message."""
+    if not isinstance(key, str) or len(key) > 100 or not key.isprintable():
+        raise UserError(f"{prefix}{_shown(key)} is not a config key; keys look like section.key, e.g. train.lr")
+
+
 def _check(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
-        raise UserError(f"{key}={value!r} is not allowed; use {allowed}")
+        raise UserError(f"{key}={_shown(value)} is not allowed; use {allowed}")
 
 
 def validate(cfg: Config) -> Config:
@@ -313,6 +428,19 @@ def validate(cfg: Config) -> Config:
     for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob)):
         _check(0 <= value <= 1, key, value, "a number in [0, 1]")
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
+    _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range
+    _check(d.workers <= 256, "data.workers", d.workers, "an integer in [0, 256]")
+    # past these, index arithmetic overflows int64 (frame_interval 2**62 sampled frames from the end) or views
+    # fill memory; no video has a stride of 10 000 frames or needs 1000 temporal views
+    _check(d.frame_interval <= 10_000, "data.frame_interval", d.frame_interval, "an integer in [1, 10000]")
+    _check(e.clips <= 1000, "eval.clips", e.clips, "an integer in [1, 1000]")
+    if isinstance(d.class_names, list):
+        names = [n.strip() for n in d.class_names]
+        _check(bool(names) and all(names), "data.class_names", d.class_names, "a non-empty list of non-empty names")
+        seen: set[str] = set()
+        twice = next((n for n in names if n in seen or seen.add(n)), None)
+        _check(twice is None, "data.class_names", d.class_names, f"distinct names ({_shown(twice)} appears twice)")
+    _check(bool(cfg.name.strip()), "name", cfg.name, "a non-empty run name")
     cfg.model.validate()
     return cfg
 

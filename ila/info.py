@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ila.errors import UserError
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel
 from ila.presets import PRESETS, get_preset
@@ -51,9 +52,19 @@ def print_info(name: str, temporal: str | None = None, frames: int | None = None
     cfg = get_preset(name)
     if temporal:
         cfg.temporal = temporal
-    if frames:
+    if frames is not None:                       # 0 is a value to refuse, not "no flag"
+        if frames < 1:
+            raise UserError(f"--frames {frames} is not allowed; give a frame count >= 1")
         cfg.num_frames = frames
-    cfg.validate()
+    if text_classes is not None and text_classes < 1:
+        raise UserError(f"--classes {text_classes} is not allowed; give a class count >= 1")
+    if text_classes is not None and cfg.head != "text":
+        raise UserError(f"--classes counts the class names a text head's prompts run against; {name} has a "
+                        f"classifier head with {cfg.num_classes} outputs")
+    try:
+        cfg.validate()
+    except UserError as e:                       # name the flag the user typed, not the config key
+        raise UserError(str(e).replace("model.num_frames=", "--frames ")) from None
     d = describe(cfg, text_classes)
     preset = PRESETS[name]
     print(f"{name}: {cfg.temporal}, {cfg.num_frames} frames x {cfg.image_resolution}px, patch {cfg.vision_patch_size}"

@@ -108,7 +108,7 @@ def test_predict_mistakes_print_one_line(run, motion, tmp_path, capsys):
         ([tmp_path / "empty"], "holds no video files"),
         ([broken], "broken.mp4"),
         ([video, "--visualize", tmp_path / "x.png", "--block", "7"], "--block 7 is out of range"),
-        ([video, "--classes", nine], "classifier has 8 outputs but the --classes names 9 classes"),
+        ([video, "--classes", nine], "is a classifier of 8 classes, but --classes names 9"),
         ([video, "--topk", "0"], "--topk 0"),
     ]:
         code, _, err = run_cli(capsys, "predict", "--checkpoint", run, *argv)

@@ -46,7 +46,7 @@ def test_views_are_averaged_softmax_scores(motion):
     samples = load_annotations(str(motion / "val.txt"), root=str(motion))[:3]
     dataset = video_dataset(cfg, samples, train=False, clips=2, crops=3)
     model = ila_model()
-    _, scores, labels = score_videos(model, loader(dataset, 2, ShardSampler(3, Env()), 0, 0), Env(), ClassText(), 8,
+    _, scores, labels, _ = score_videos(model, loader(dataset, 2, ShardSampler(3, Env()), 0, 0), Env(), ClassText(), 8,
                                      progress=False)
     for i in range(3):
         views = dataset[i]["video"]
@@ -80,7 +80,7 @@ def test_ila_eval_writes_metrics_per_class_and_confusion(motion, tmp_path):
     path = save_checkpoint(tmp_path / "model.pt", ila_model(), cfg, names)
     metrics = run_eval(path, ["eval.clips=2"])
     out = tmp_path / "eval"
-    assert sorted(p.name for p in out.iterdir()) == ["confusion.csv", "confusion.png", "metrics.json",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "confusion.csv", "confusion.png", "metrics.json",
                                                      "per_class.csv", "per_class.png", "predictions.csv"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["videos"] == 5 and saved["clips"] == 2 and saved["top1"] == pytest.approx(metrics["top1"])

@@ -69,7 +69,7 @@ def test_a_run_writes_checkpoints_metrics_tensorboard_and_curves(motion, tmp_pat
                "train.log_every_steps=1")
     run = train(cfg)
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "checkpoint-00000006.pt", "checkpoint-00000008.pt", "config.yaml", "curves.png",
+    assert names == [".lock", "best.pt", "checkpoint-00000006.pt", "checkpoint-00000008.pt", "config.yaml", "curves.png",
                      "metrics.jsonl", "tb"]
     assert load_config(run / "config.yaml") == cfg                    # the resolved config, reloadable
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())

@@ -7,9 +7,13 @@ through the class names (from a file, or sorted from the annotation itself). A m
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import json
+import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 
 from ila.errors import UserError
@@ -18,7 +22,17 @@ FORMATS = ("list", "kinetics_csv", "ssv2", "frames")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 SSV2_PATTERN = "{id}.webm"
+MAX_CLASSES = 100_000                       # integer labels with no class list may not imply more classes
 _HEADER_WORDS = ("path", "video", "file", "filename", "video_path")
+_DIGITS = re.compile(r"[0-9]+")
+_LIST_LINE = re.compile(r"^(.+?\.(?:%s))[\s,]+(.+)$" % "|".join(e[1:] for e in VIDEO_EXTENSIONS), re.IGNORECASE)
+_REPR = reprlib.Repr()                      # bounded repr of values in error lines
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# control characters but tab (escape codes, line breaks, NUL) and lone surrogates (JSON "\ud800": no file
+# system or UTF-8 file can hold them)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass
@@ -46,22 +60,22 @@ def load_class_names(path: str) -> list[str]:
     text = _read_text(path)
     if path.lower().endswith(".json"):
         return _class_names_from_json(path, text)
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = [(n, line.strip()) for n, line in enumerate(_lines(text), 1) if line.strip()]
     if not lines:
         raise UserError(f"{path}: no class names in the file")
     if path.lower().endswith(".csv"):
         return _class_names_from_csv(path, lines)
-    return [name for _, name in lines]
+    return _unique_names(path, [name for _, name in lines], [f"line {n}" for n, _ in lines])
 
 
 def load_annotations(path: str, root: str = "", fmt: str = "auto", class_names=None,
-                     filename_pattern: str | None = None) -> list[Sample]:
+                     filename_pattern: str | None = None, allow_duplicates: bool = False) -> list[Sample]:
     """Read an annotation file into samples (see `read_annotations`)."""
-    return read_annotations(path, root, fmt, class_names, filename_pattern).samples
+    return read_annotations(path, root, fmt, class_names, filename_pattern, allow_duplicates).samples
 
 
 def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=None,
-                     filename_pattern: str | None = None) -> Annotations:
+                     filename_pattern: str | None = None, allow_duplicates: bool = False) -> Annotations:
     """Read an annotation file; also return the class names its labels index.
 
     fmt: "list" (`path LABEL`, space or comma separated), "kinetics_csv" (`label,youtube_id,time_start,
@@ -69,7 +83,8 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
     (by extension and content). class_names: a list, a class-name file path, or None (names come from the
     annotation: sorted unique label names; for SSv2 the `labels.json` next to the list). filename_pattern:
     the video file name of a CSV row or SSv2 entry, formatted with the row's fields. root is joined to
-    every path.
+    every path. A video listed twice is refused (it would be trained on or scored twice) unless
+    allow_duplicates (deliberate oversampling).
     """
     if not os.path.isfile(path):
         raise UserError(f"annotation file not found: {path}")
@@ -80,7 +95,7 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
     if isinstance(class_names, (str, os.PathLike)):
         class_names = load_class_names(os.fspath(class_names))
     elif class_names is not None:
-        class_names = list(class_names)
+        class_names = _unique_names("class names", [str(name) for name in class_names])
     if fmt == "ssv2":
         if class_names is None:
             class_names = _ssv2_labels_next_to(path)
@@ -91,6 +106,13 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
         rows = _read_lines(path, frames=(fmt == "frames"))
     if not rows:
         raise UserError(f"{path}: no samples in the annotation file")
+    for line, rel, label, _ in rows:
+        for what, text in (("path", rel), ("label", label)):
+            if _CONTROL.search(text):
+                at = f"{path}:{line}" if isinstance(line, int) else f"{path}: {line}"
+                raise UserError(f"{at}: the {what} {_short(text)} holds {_bad_char(text)}; remove it")
+    if not allow_duplicates:
+        _refuse_duplicates(path, rows)
     class_names = _resolve_class_names(path, rows, class_names)
     lookup = {name: i for i, name in enumerate(class_names or [])}
     samples = [Sample(os.path.join(root, rel) if root else rel,
@@ -104,11 +126,11 @@ def detect_format(path: str) -> str:
     with a frame count and no video extension -> frames; otherwise list."""
     if path.lower().endswith(".json"):
         return "ssv2"
-    first = next((line.strip() for line in _read_text(path).splitlines() if line.strip()), "")
-    if "youtube_id" in first.split(","):
+    first = next((line.strip() for line in _lines(_read_text(path)) if line.strip()), "")
+    if "youtube_id" in [f.strip() for f in first.split(",")]:
         return "kinetics_csv"
     fields = first.split()
-    if len(fields) == 3 and fields[1].isdigit() and not fields[0].lower().endswith(VIDEO_EXTENSIONS):
+    if len(fields) == 3 and _DIGITS.fullmatch(fields[1]) and not fields[0].lower().endswith(VIDEO_EXTENSIONS):
         return "frames"
     return "list"
 
@@ -118,7 +140,7 @@ def detect_format(path: str) -> str:
 
 def _read_lines(path: str, frames: bool) -> list[tuple]:
     rows = []
-    for n, raw in enumerate(_read_text(path).splitlines(), 1):
+    for n, raw in enumerate(_lines(_read_text(path)), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -126,16 +148,16 @@ def _read_lines(path: str, frames: bool) -> list[tuple]:
             fields = line.split(",") if "," in line else line.split(None, 2)
             fields = [f.strip() for f in fields]
             if len(fields) != 3 or not fields[0]:
-                raise UserError(f"{path}:{n}: expected 'DIR NUM_FRAMES LABEL', got {line!r}")
-            if not fields[1].isdigit() or int(fields[1]) < 1:
-                raise UserError(f"{path}:{n}: frame count {fields[1]!r} is not a positive integer")
+                raise UserError(f"{path}:{n}: expected 'DIR NUM_FRAMES LABEL', got {_short(line)}")
+            if not _DIGITS.fullmatch(fields[1]) or len(fields[1]) > 18 or int(fields[1]) < 1:
+                raise UserError(f"{path}:{n}: frame count {_short(fields[1])} is not a positive integer")
             rows.append((n, fields[0], fields[2], int(fields[1])))
         else:
             rel, label = _split_list_line(line)
             if not rows and rel.lower() in _HEADER_WORDS:
                 continue                               # a header row such as "path,label"
             if not rel or not label:
-                raise UserError(f"{path}:{n}: expected 'PATH LABEL' (space or comma separated), got {line!r}")
+                raise UserError(f"{path}:{n}: expected 'PATH LABEL' (space or comma separated), got {_short(line)}")
             rows.append((n, rel, label, None))
     return rows
 
@@ -143,7 +165,7 @@ def _read_lines(path: str, frames: bool) -> list[tuple]:
 def _split_list_line(line: str) -> tuple[str, str]:
     """`path label`: the path ends at a video extension when there is one (so paths or label names may
     hold spaces), else at the first comma or whitespace."""
-    m = re.match(r"^(.+?\.(?:%s))[\s,]+(.+)$" % "|".join(e[1:] for e in VIDEO_EXTENSIONS), line, re.IGNORECASE)
+    m = _LIST_LINE.match(line)
     if m:
         return m.group(1).strip(), m.group(2).strip()
     parts = line.split(",", 1) if "," in line else line.split(None, 1)
@@ -153,75 +175,162 @@ def _split_list_line(line: str) -> tuple[str, str]:
 
 
 def _read_kinetics_csv(path: str, pattern: str) -> list[tuple]:
-    text = _read_text(path)
-    reader = csv.reader(text.splitlines())
-    header = [h.strip() for h in next(reader, [])]
-    missing = [k for k in ("label", "youtube_id", "time_start", "time_end") if k not in header]
-    if missing:
-        raise UserError(f"{path}:1: Kinetics CSV header lacks {', '.join(missing)} (got {','.join(header)})")
-    rows = []
-    for n, fields in enumerate(reader, 2):
-        if not any(f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            raise UserError(f"{path}:{n}: expected {len(header)} comma-separated fields, got {len(fields)}")
-        row = {k: v.strip() for k, v in zip(header, fields)}
-        for k in ("time_start", "time_end"):
-            try:
-                row[k] = int(float(row[k]))
-            except ValueError:
-                raise UserError(f"{path}:{n}: {k} {row[k]!r} is not a number") from None
-        if not row["label"]:
-            raise UserError(f"{path}:{n}: empty label")
-        try:
-            rel = pattern.format(**row)
-        except (KeyError, ValueError, IndexError) as e:
-            raise UserError(f"{path}:{n}: file-name pattern {pattern!r} does not fit this row ({e})") from None
-        rows.append((n, rel, row["label"], None))
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))  # a quoted field keeps its line breaks
+    try:
+        header = [h.strip() for h in next((r for r in reader if any(f.strip() for f in r)), [])]
+        header_line = reader.line_num
+        missing = [k for k in ("label", "youtube_id", "time_start", "time_end") if k not in header]
+        if missing:
+            raise UserError(f"{path}:{header_line}: Kinetics CSV header lacks {', '.join(missing)} "
+                            f"(got {_short(','.join(header))}); the header is "
+                            f"label,youtube_id,time_start,time_end,split")
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise UserError(f"{path}:{header_line}: column {_short(twice[0])} appears twice in the header; keep one")
+        rows, end = [], reader.line_num
+        for fields in reader:
+            n, end = end + 1, reader.line_num                 # the line the row starts on
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"{path}:{n}: expected {len(header)} comma-separated fields, got {len(fields)}")
+            row = {k: v.strip() for k, v in zip(header, fields)}
+            for k in ("time_start", "time_end"):
+                row[k] = _seconds(path, n, k, row[k])
+            if row["time_end"] < row["time_start"]:
+                raise UserError(f"{path}:{n}: time_end {row['time_end']} is before time_start {row['time_start']}")
+            if not row["label"]:
+                raise UserError(f"{path}:{n}: empty label")
+            if not row["youtube_id"]:
+                raise UserError(f"{path}:{n}: empty youtube_id")
+            rows.append((n, _format_name(pattern, row, f"{path}:{n}"), row["label"], None))
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: not a readable CSV line ({e})") from None
     return rows
+
+
+def _seconds(path: str, n: int, key: str, value: str) -> int:
+    """A Kinetics clip bound: a whole number of seconds >= 0 ("417" or "417.0")."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{path}:{n}: {key} {_short(value)} is not a number") from None
+    if not (math.isfinite(number) and number.is_integer() and 0 <= number < 10**9):
+        raise UserError(f"{path}:{n}: {key} {_short(value)} is not a whole number of seconds >= 0")
+    return int(number)
+
+
+def _format_name(pattern: str, fields: dict, where: str) -> str:
+    """The video file name of a row: `pattern` formatted with the row's fields."""
+    try:
+        name = pattern.format(**fields)
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as e:
+        raise UserError(f"{where}: file-name pattern {pattern!r} does not fit this row "
+                        f"({type(e).__name__}: {e})") from None
+    if not name.strip():
+        raise UserError(f"{where}: file-name pattern {pattern!r} gives an empty file name for this row")
+    if "\0" in name:
+        raise UserError(f"{where}: the file name {_short(name)} holds a NUL character, which no path can hold")
+    return name
 
 
 def _read_ssv2(path: str, pattern: str) -> list[tuple]:
     data = _load_json(path)
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of videos (SSv2 train/validation file)")
+        raise UserError(f"{path}: expected a JSON list of videos (SSv2 train/validation file), got a JSON "
+                        f"{_json_type(data)}")
     rows = []
     for n, entry in enumerate(data, 1):
         if not isinstance(entry, dict) or "id" not in entry:
-            raise UserError(f"{path}: entry {n}: expected an object with 'id' and 'template'")
+            raise UserError(f"{path}: entry {n}: expected an object with 'id' and 'template', got "
+                            f"{'an object without id' if isinstance(entry, dict) else 'a JSON ' + _json_type(entry)}")
+        video_id = entry["id"]
+        if isinstance(video_id, bool) or not isinstance(video_id, (str, int)) or not str(video_id).strip():
+            raise UserError(f"{path}: entry {n}: 'id' must be a non-empty string or integer, got "
+                            f"{_json_type(video_id)} {_short(video_id)}")
+        shown_id = str(video_id) if len(str(video_id)) <= 40 else str(video_id)[:37] + "..."
         if "template" not in entry:
-            raise UserError(f"{path}: entry {n} (id {entry['id']}): no 'template' (test lists carry no labels)")
-        template = entry["template"].replace("[", "").replace("]", "")
-        try:
-            rel = pattern.format(**entry)
-        except (KeyError, ValueError, IndexError) as e:
-            raise UserError(f"{path}: entry {n}: file-name pattern {pattern!r} does not fit ({e})") from None
-        rows.append((f"entry {n}", rel, template, None))
+            raise UserError(f"{path}: entry {n} (id {shown_id}): no 'template' (test lists carry no labels)")
+        for key in ("template", "label"):
+            if key in entry and not isinstance(entry[key], str):
+                raise UserError(f"{path}: entry {n} (id {shown_id}): {key!r} must be a string, got "
+                                f"{_json_type(entry[key])} {_short(entry[key])}")
+        template = entry["template"].replace("[", "").replace("]", "").strip()
+        if not template:
+            raise UserError(f"{path}: entry {n} (id {shown_id}): empty 'template'")
+        rows.append((f"entry {n}", _format_name(pattern, entry, f"{path}: entry {n}"), template, None))
     return rows
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _bad_char(text: str) -> str:
+    char = _CONTROL.search(text).group()
+    return f"a lone surrogate ({char!r})" if "\ud800" <= char <= "\udfff" else f"a control character ({char!r})"
+
+
+def _short(value) -> str:
+    """A value for an error line: its repr, cut short (reprlib bounds the work on huge or nested values)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------------------
 # labels and class names
 
+def _refuse_duplicates(path: str, rows: list[tuple]) -> None:
+    """A video listed twice would be trained on or scored twice: name the repeated lines and the count."""
+    first_seen, repeats = {}, []
+    for line, rel, _, _ in rows:
+        key = os.path.normpath(rel)                    # a/./x.mp4 is a/x.mp4
+        if key in first_seen:
+            repeats.append((line, first_seen[key], rel))
+        else:
+            first_seen[key] = line
+    if repeats:
+        at = lambda line: f"line {line}" if isinstance(line, int) else str(line)  # noqa: E731
+        shown = "; ".join(f"{at(line)} repeats {at(first)} ({_short(rel)})" for line, first, rel in repeats[:3])
+        more = f"; and {len(repeats) - 3} more" if len(repeats) > 3 else ""
+        raise UserError(f"{path}: {len(repeats)} duplicated video{'s' if len(repeats) > 1 else ''} would be "
+                        f"counted twice: {shown}{more}; remove the repeated lines")
+
+
 def _resolve_class_names(path: str, rows: list[tuple], class_names: list[str] | None) -> list[str] | None:
     if class_names is not None:
         return class_names
-    labels = [label for _, _, label, _ in rows]
-    if all(_is_int(label) for label in labels):
+    ints = [(line, label) for line, _, label, _ in rows if _is_int(label)]
+    if len(ints) == len(rows):
         return None
-    return sorted(set(labels))
+    if ints:                                           # "3" and "cat" in one file: indices or names?
+        name = next((line, label) for line, _, label, _ in rows if not _is_int(label))
+        where = lambda line: f"line {line}" if isinstance(line, int) else str(line)  # noqa: E731
+        raise UserError(f"{path}: mixes class indices ({where(ints[0][0])}: {_short(ints[0][1])}) with class names "
+                        f"({where(name[0])}: {_short(name[1])}); write every label the same way, or pass the "
+                        f"class names")
+    return sorted({label for _, _, label, _ in rows})
 
 
 def _label_index(path: str, line, label: str, class_names: list[str] | None, lookup: dict[str, int]) -> int:
     where = f"{path}:{line}" if isinstance(line, int) else f"{path}: {line}"
     if _is_int(label):
+        if len(label.strip().lstrip("+-")) > 18:
+            raise UserError(f"{where}: label {_short(label)} is out of range")
         index = int(label)
         if index < 0 or (class_names is not None and index >= len(class_names)):
-            limit = f" (0..{len(class_names) - 1})" if class_names is not None else ""
+            limit = f" (0..{len(class_names) - 1})" if class_names is not None else " (labels start at 0)"
             raise UserError(f"{where}: label {index} is out of range{limit}")
+        if class_names is None and index >= MAX_CLASSES:
+            raise UserError(f"{where}: label {index} would mean {index + 1} classes; pass the class names "
+                            f"(data.class_names) or number the classes from 0")
         return index
     if label not in lookup:
-        raise UserError(f"{where}: label {label!r} is not a known class name")
+        close = difflib.get_close_matches(label, list(lookup), n=1, cutoff=0.75)
+        known = f"{len(lookup)} class{'es' if len(lookup) != 1 else ''} known"
+        hint = f" (did you mean {_short(close[0])}?)" if close else f" ({known})"
+        raise UserError(f"{where}: label {_short(label)} is not a known class name{hint}")
     return lookup[label]
 
 
@@ -234,60 +343,138 @@ def _ssv2_labels_next_to(path: str) -> list[str]:
 
 def _class_names_from_json(path: str, text: str) -> list[str]:
     data = _load_json(path, text)
-    if isinstance(data, list) and all(isinstance(x, str) for x in data):
-        return list(data)
+    expected = f"{path}: expected a JSON list of names, {{name: id}} or {{id: name}}"
+    if isinstance(data, list) and data:
+        bad = next((i for i, x in enumerate(data) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise UserError(f"{expected}; item {bad} is a {_json_type(data[bad])} {_short(data[bad])}")
+        return _unique_names(path, [x.strip() for x in data], [f"item {i}" for i in range(len(data))])
     if isinstance(data, dict) and data:
         keys, values = list(data), list(data.values())
         if all(_is_int(v) for v in values):            # {name: id}, as SSv2's labels.json
-            pairs = [(int(v), k) for k, v in data.items()]
+            pairs = [(_id(path, v), k) for k, v in data.items()]
         elif all(_is_int(k) for k in keys):            # {id: name}
-            pairs = [(int(k), str(v)) for k, v in data.items()]
+            bad = next((k for k, v in data.items() if not isinstance(v, str)), None)
+            if bad is not None:
+                raise UserError(f"{expected}; the name of id {bad} is a {_json_type(data[bad])} {_short(data[bad])}")
+            pairs = [(_id(path, k), v) for k, v in data.items()]
         else:
-            raise UserError(f"{path}: expected a JSON list of names, {{name: id}} or {{id: name}}")
-        return _dense(path, pairs)
-    raise UserError(f"{path}: expected a JSON list of names, {{name: id}} or {{id: name}}")
+            raise UserError(f"{expected}; some keys and some values are not integers")
+        names = _dense(path, [(i, name.strip()) for i, name in pairs])
+        return _unique_names(path, names, [f"id {i}" for i in range(len(names))])
+    raise UserError(f"{expected}, got {'an empty ' if not data and isinstance(data, (list, dict)) else 'a '}"
+                    f"JSON {_json_type(data)}")
 
 
 def _class_names_from_csv(path: str, lines: list[tuple[int, str]]) -> list[str]:
-    pairs = []
+    pairs, where = [], {}
     for i, (n, line) in enumerate(lines):
-        fields = next(csv.reader([line]))
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as e:
+            raise UserError(f"{path}:{n}: not a readable CSV line ({e})") from None
         if len(fields) < 2:
-            raise UserError(f"{path}:{n}: expected 'id,name', got {line!r}")
+            raise UserError(f"{path}:{n}: expected 'id,name', got {_short(line)}")
         if i == 0 and not _is_int(fields[0]):
             continue                                   # header row such as "id,name"
         if not _is_int(fields[0]):
-            raise UserError(f"{path}:{n}: class id {fields[0]!r} is not an integer")
-        pairs.append((int(fields[0]), ",".join(fields[1:]).strip()))
-    return _dense(path, pairs)
+            raise UserError(f"{path}:{n}: class id {_short(fields[0])} is not an integer")
+        pairs.append((_id(f"{path}:{n}", fields[0]), ",".join(fields[1:]).strip()))
+        where.setdefault(pairs[-1][0], f"line {n}")
+    names = _dense(path, pairs)
+    return _unique_names(path, names, [where[i] for i in range(len(names))])
 
 
 def _dense(path: str, pairs: list[tuple[int, str]]) -> list[str]:
-    pairs.sort()
-    ids = [i for i, _ in pairs]
-    if ids != list(range(len(ids))):
-        raise UserError(f"{path}: class ids must be 0..{len(ids) - 1} without gaps or repeats")
-    return [name for _, name in pairs]
+    if not pairs:
+        raise UserError(f"{path}: no class names in the file")
+    ids = sorted(i for i, _ in pairs)
+    expected = list(range(len(ids)))
+    if ids != expected:
+        wrong = next(i for i, want in zip(ids, expected) if i != want)
+        what = (f"id {wrong} appears twice" if ids.count(wrong) > 1 else
+                f"id {wrong} is negative" if wrong < 0 else f"id {min(set(expected) - set(ids))} is missing")
+        raise UserError(f"{path}: class ids must be 0..{len(ids) - 1} without gaps or repeats ({what})")
+    return [name for _, name in sorted(pairs)]
+
+
+def _unique_names(path: str, names: list[str], where: list[str] | None = None) -> list[str]:
+    """Class names must be non-empty and distinct: a repeated name makes its label ambiguous. where[i] says
+    where name i was written ("line 3", "item 2")."""
+    where = where or [f"class {i}" for i in range(len(names))]
+    at = lambda i: f"{path}:{where[i][5:]}" if where[i].startswith("line ") else f"{path}: {where[i]}"  # noqa: E731
+    seen = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise UserError(f"{at(i)}: empty class name")
+        if _CONTROL.search(name):
+            raise UserError(f"{at(i)}: class name {_short(name)} holds {_bad_char(name)}; remove it")
+        if name in seen:
+            raise UserError(f"{at(i)}: class name {_short(name)} repeats {where[seen[name]]}; class names must "
+                            f"be distinct")
+        seen[name] = i
+    return names
+
+
+def _id(where: str, value) -> int:
+    """A class id (an int or a string of digits, see `_is_int`) as int; ids past 18 digits are refused."""
+    if len(str(value).strip().lstrip("+-")) > 18:
+        raise UserError(f"{where}: class id {_short(value)} is out of range")
+    return int(value)
 
 
 def _is_int(value) -> bool:
+    """An int, or a string of ASCII digits with an optional sign; never a bool."""
+    if isinstance(value, bool):
+        return False
     if isinstance(value, int):
         return True
-    return isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+    return isinstance(value, str) and _INTEGER.fullmatch(value.strip()) is not None
 
 
 def _read_text(path: str) -> str:
+    """The file as text with `\n` line ends: UTF-8 (a BOM is dropped; UTF-16 with a BOM is decoded too),
+    CRLF and CR line ends read as LF; bad bytes or NUL bytes are a UserError naming the line."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    encoding = "utf-8-sig"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"                            # e.g. Windows Notepad's "Unicode"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as "
+                        f"UTF-8") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise UserError(f"{path}:{line}: holds NUL bytes, so it is not a text annotation file (binary, or "
+                        f"UTF-16 without a byte-order mark? save it as UTF-8)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at `\n` only, so numbers match an editor's (str.splitlines also splits at \x0c, \x85...)."""
+    return text.split("\n")
 
 
 def _load_json(path: str, text: str | None = None):
+    def unique_keys(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise UserError(f"{path}: key {_short(key)} appears twice in one JSON object; keep one")
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        return json.loads(_read_text(path) if text is None else text)
+        return json.loads(_read_text(path) if text is None else text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:                            # e.g. an integer of more than 4300 digits
+        raise UserError(f"{path}: JSON that cannot be read ({str(e).split(';')[0][:120]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be an annotation file") from None

@@ -7,6 +7,10 @@ and at any worker count. The epoch lives in shared memory, so `set_epoch` also r
 workers. Bad files are skipped (training default) or raise `UserError` (evaluation default); each
 item says how many files it skipped and which, and the loader from `build_loader` collects them per
 epoch in the main process (`loader.skipped`).
+
+At test time a bad file is never replaced by another video: under `skip` (and `mark`, which the evaluator
+uses to collect every bad file in one pass) its item carries the reason in `error` and a zero video, and
+the consumer leaves it out; under `error` it raises.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ila.errors import UserError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("skip", "error")
+POLICIES = ("skip", "error", "mark")
 
 
 class VideoDataset(Dataset):
@@ -35,7 +39,8 @@ class VideoDataset(Dataset):
     An item is a dict: `video` float (T, 3, S, S) in training or (V, T, 3, S, S) at test, V = clips *
     crops (clip-major), always with the V axis; `label` int; `index` the requested index; `sample_index`
     the sample actually used (differs after a skip); `skipped` the number of bad files skipped for this
-    item; `skipped_files` those files as "path<TAB>reason" lines ("" when none).
+    item; `skipped_files` those files as "path<TAB>reason" lines ("" when none). Test items also carry
+    `error`: "" for a readable video, else why it could not be read (then `video` is zeros: leave it out).
     """
 
     def __init__(self, samples: list[Sample], root: str, num_frames: int, input_size: int, train: bool,
@@ -79,6 +84,8 @@ class VideoDataset(Dataset):
         return int(self._epoch)
 
     def __getitem__(self, index: int) -> dict:
+        if not self.train:
+            return self._test_item(int(index))
         epoch, current, skipped = self.epoch, int(index), []
         for attempt in range(self.max_retries + 1):
             rng = item_rng(self.seed, epoch, index, attempt)
@@ -97,6 +104,22 @@ class VideoDataset(Dataset):
                         skipped=len(skipped), skipped_files="\n".join(skipped))
         raise UserError(f"{len(skipped)} unreadable files in a row while loading item {index} "
                         f"(last: {skipped[-1].replace(chr(9), ': ')}); check the data")
+
+    def _test_item(self, index: int) -> dict:
+        """The test views of video `index`; a bad file raises (`error`) or is marked, never replaced."""
+        sample = self.samples[index]
+        path = self.resolve(sample.path)
+        try:
+            video, label = self._load(path, sample.label, item_rng(self.seed, self.epoch, index, 0))
+            error = ""
+        except VideoReadError as e:
+            if self.bad_file_policy == "error":
+                raise VideoReadError(path, e.reason) from None
+            self._note_bad(path, e.reason)
+            video = torch.zeros(self.clips * self.crops, self.num_frames, 3, self.input_size, self.input_size)
+            label, error = sample.label, e.reason or "unreadable"
+        return dict(video=video, label=label, index=index, sample_index=index, skipped=0, skipped_files="",
+                    error=error)
 
     def resolve(self, path: str) -> str:
         """The file of a sample path: `root` joined unless the path is absolute or already under root."""

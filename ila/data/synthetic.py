@@ -225,14 +225,15 @@ def _check_pairs(pairs) -> None:
 def _check_args(num_train, num_val, size, frames, pairs, motion, object_size, distractors, texture, qp) -> None:
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise UserError(f"need a positive number of clips, got --train {num_train} --val {num_val}")
-    if size < 16 or size % 2:
-        raise UserError(f"--size must be even and at least 16 (H.264 yuv420p), got {size}")
-    if frames < 2:
-        raise UserError(f"--frames must be at least 2 to show motion, got {frames}")
+    if size < 16 or size % 2 or size > 1024:
+        raise UserError(f"--size must be even and in 16..1024 (H.264 yuv420p; a CPU dataset), got {size}")
+    if not 2 <= frames <= 1024:
+        raise UserError(f"--frames must be in 2..1024 (at least 2 to show motion), got {frames}")
     _check_pairs(pairs)
     if not 0 < motion[0] <= motion[1] <= 1:
         raise UserError(f"motion range must satisfy 0 < low <= high <= 1, got {motion}")
     if not 0 < object_size[0] <= object_size[1] <= 0.45:
         raise UserError(f"object_size range must satisfy 0 < low <= high <= 0.45, got {object_size}")
-    if distractors < 0 or texture < 0 or not 0 <= qp <= 51:
-        raise UserError("distractors and texture must be >= 0, qp in 0..51")
+    if not (0 <= distractors <= 64 and 0 <= texture < float("inf") and 0 <= qp <= 51):  # refuses nan too
+        raise UserError(f"--distractors must be in 0..64, --texture a finite number >= 0 and qp in 0..51; got "
+                        f"{distractors}, {texture}, {qp}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ila.config import Config, config_from_dict
+from ila.config import Config, config_from_dict, require_complete
 from ila.engine.atomic import atomic_path
 from ila.errors import UserError
 
@@ -36,13 +36,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_names: list[str] | None,
-                    train_state: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file, then `os.replace`)."""
+                    train_state: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, then `os.replace`); `metrics`: the validation result
+    that made it (`best.pt`: top1, epoch, step)."""
     if getattr(unwrap(model), "fused", ()):
         raise UserError("this model is fused for inference (ila.fuse): its tensors are folded, not the trained ones; "
                         "save the unfused model")
     state = {"format": FORMAT, "config": config.to_dict(), "class_names": list(class_names or []),
              "model": unwrap(model).state_dict(), "train_state": train_state}
+    if metrics is not None:
+        state["metrics"] = dict(metrics)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -52,10 +55,12 @@ def read_checkpoint(path: str | Path) -> dict:
     """The raw dict of an `ila` checkpoint, loaded safely; a UserError for anything else."""
     path = Path(path)
     if path.is_dir():
-        latest = latest_checkpoint(path) or (path / "best.pt" if (path / "best.pt").is_file() else None)
-        if latest is None:
+        found = newest_readable(path)
+        if found is not None:
+            return found[1]
+        if not (path / "best.pt").is_file():
             raise UserError(f"{path} holds no checkpoint (checkpoint-*.pt or best.pt)")
-        path = latest
+        path = path / "best.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -75,6 +80,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
     from ila.models import build_model
 
     state = read_checkpoint(path)
+    require_complete(state.get("config"), str(path))      # never fill a saved model's gaps with defaults
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     model = build_model(config.model)
     load_weights(model, state["model"], path)
@@ -110,6 +116,38 @@ def step_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = step_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_readable(run_dir: str | Path) -> tuple[Path, dict] | None:
+    """(path, state) of the newest `checkpoint-STEP.pt` that loads; each newer one that does not is named on
+    stderr with its reason and skipped. None when the run has no step checkpoint; a UserError when none loads."""
+    import sys
+
+    found = step_checkpoints(run_dir)
+    reasons = []
+    for path in reversed(found):
+        try:
+            state = read_checkpoint(path)
+        except UserError as e:
+            reasons.append(f"{path.name} ({e})")
+            print(f"skipping unreadable checkpoint {path}: {e}", file=sys.stderr)
+            continue
+        return path, state
+    if reasons:
+        raise UserError(f"no checkpoint in {run_dir} can be read: {'; '.join(reasons)[:400]}")
+    return None
+
+
+def best_metrics(run_dir: str | Path) -> dict | None:
+    """The validation result recorded in the run's `best.pt` (top1, epoch, step), or None."""
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        return None
+    try:
+        metrics = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("metrics")
+    except Exception:  # noqa: BLE001 - an unreadable best.pt records nothing; it is rewritten when beaten
+        return None
+    return metrics if isinstance(metrics, dict) and isinstance(metrics.get("top1"), (int, float)) else None
 
 
 def save_step_checkpoint(run_dir: str | Path, step: int, keep_last: int, model: nn.Module, config: Config,

@@ -29,14 +29,29 @@ def class_names_from(spec: str | list[str] | None) -> list[str] | None:
 
 
 def class_list(cfg, saved: list[str], classes: str | list[str] | None = None, overrides=(),
-               source: object = "the checkpoint") -> list[str]:
+               source: object = "the checkpoint", model: nn.Module | None = None) -> list[str]:
     """The class names to score a checkpoint with: `--classes`, else a `--set data.class_names=...`, else the
-    names saved in the checkpoint, else the config's class-name file."""
+    names saved in the checkpoint, else the config's class-name file.
+
+    A classifier (`model` without a text tower) cannot learn new classes by name: a new list must name exactly
+    as many classes as it scores (the saved names, else its outputs); it then renames them, and says so."""
     explicit = any(o.strip().startswith("data.class_names=") for o in overrides)
-    names = (class_names_from(classes) or (class_names_from(cfg.data.class_names) if explicit else None)
-             or list(saved) or class_names_from(cfg.data.class_names))
+    given = class_names_from(classes) or (class_names_from(cfg.data.class_names) if explicit else None)
+    names = given or list(saved) or class_names_from(cfg.data.class_names)
     if not names:
         raise UserError(f"{source} carries no class names; pass them with --classes FILE or a,b,c")
+    if given and model is not None and getattr(model, "text", None) is None:
+        scored = len(saved) or model.cfg.num_classes
+        if len(given) != scored:
+            raise UserError(f"{source} is a classifier of {scored} classes, but --classes names {len(given)}: a "
+                            f"classifier cannot take new classes (text-head models can, zero-shot); pass exactly "
+                            f"{scored} names to rename its classes")
+        if list(given) != list(saved):
+            import sys
+
+            print(f"renaming the classifier's {scored} classes to the given names "
+                  f"({given[0]!r}, ...; was {saved[0]!r}, ...)" if saved else
+                  f"naming the classifier's {scored} outputs with the given names", file=sys.stderr)
     return names
 
 

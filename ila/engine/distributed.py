@@ -67,6 +67,42 @@ def setup(device: str = "auto") -> Env:
     return Env(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
+def stop_with_launcher() -> None:
+    """Under torchrun, end this worker when the launcher dies (even by `kill -9`), instead of letting it run
+    on and write into the run directory. Linux: the kernel sends SIGTERM on the parent's death
+    (`prctl(PR_SET_PDEATHSIG)`); elsewhere a watcher thread notices the parent is gone within a second."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return
+    import signal
+    import sys
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent:
+                print(f"ila: the torchrun launcher (pid {parent}) is gone; stopping worker {os.getpid()}",
+                      file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(1.0)
+
+    if os.getppid() != parent or parent == 1:   # the launcher died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="ila-launcher-watch", daemon=True).start()
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -51,7 +51,7 @@ def deployable(checkpoint, classes=None, overrides=()) -> tuple[Deployable, dict
     from ila.engine.classes import check_class_count, class_list, class_text
 
     model, cfg, saved, _ = load_checkpoint(checkpoint, overrides)
-    names = class_list(cfg, saved, classes, overrides, checkpoint)
+    names = class_list(cfg, saved, classes, overrides, checkpoint, model)
     check_class_count(model, names, "--classes")
     model.fuse()
     text = class_text(model, names, torch.device("cpu"))

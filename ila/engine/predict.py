@@ -48,7 +48,7 @@ class Predictor:
         self.env = dist.Env(device=dist.pick_device(dist.inference_device(self.cfg, overrides)))
         self.model.fuse().to(self.env.device)  # inference only (ila.fuse): same outputs, less work
         self.cfg.data.bad_files = "error"   # never score another video in place of an unreadable one
-        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint)
+        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint, self.model)
         check_class_count(self.model, self.class_names, "--classes")
         self.text = class_text(self.model, self.class_names, self.env.device)
 
@@ -66,8 +66,8 @@ class Predictor:
         dataset = self.dataset(paths)
         data = loader(dataset, self.cfg.eval.batch_size, dist.ShardSampler(len(dataset), self.env),
                       min(self.cfg.data.workers, len(paths) - 1), 0)
-        _, scores, _ = score_videos(self.model, data, self.env, self.text, len(self.class_names),
-                                    progress=len(paths) > 1, desc="predict")
+        scores = score_videos(self.model, data, self.env, self.text, len(self.class_names),
+                                    progress=len(paths) > 1, desc="predict").scores
         return scores
 
     def predict(self, paths: list[str], topk: int = 5) -> list[dict]:

@@ -51,7 +51,10 @@ class Progress:
 class Reporter:
     """Metrics of a run directory: `metrics.jsonl`, TensorBoard events under `tb/`, `curves.png`."""
 
-    def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None,
+                 redo_validation: bool = False):
+        """`resume_step`: cut `metrics.jsonl` back to that step; `redo_validation`: also drop the validation
+        row at that step (its validation runs again)."""
         self.enabled = enabled and run_dir is not None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writer = None
@@ -59,7 +62,8 @@ class Reporter:
             return
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
-            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) < resume_step or
+                    (r.get("step", 0) == resume_step and not (redo_validation and "val_top1" in r))]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         elif self.path.exists():
             self.path.unlink()
@@ -90,10 +94,19 @@ class Reporter:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a `metrics.jsonl`; a line cut short by a killed process is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step", 0), int):
+            rows.append(row)
+    return rows
 
 
 def _figure():

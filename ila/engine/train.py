@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.config import Config, config_from_dict
+from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
@@ -83,16 +83,22 @@ def config_difference(saved: dict, new: dict) -> str | None:
     return None
 
 
+def run_dir_of(cfg: Config) -> Path:
+    """The run directory a config writes to."""
+    return Path(cfg.output or Path("runs") / cfg.name)
+
+
 def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict | None:
     """The checkpoint to continue from: `resume` (a checkpoint or run directory; "" for `run_dir`), else the
-    newest in an existing run directory, whose config must then match `cfg`."""
+    newest readable one in an existing run directory, whose config must then match `cfg`. Newer checkpoints
+    that cannot be read (cut short, corrupted) are named and skipped."""
     if resume is not None:
         state = ckpt.read_checkpoint(resume or run_dir)
     else:
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is None:
+        found = ckpt.newest_readable(run_dir)
+        if found is None:
             return None
-        state = ckpt.read_checkpoint(latest)
+        state = found[1]
         diff = config_difference(state["config"], cfg.to_dict())
         if diff:
             raise UserError(f"{run_dir} holds a run with another config ({diff}); choose a new --output, "
@@ -108,7 +114,7 @@ class Trainer:
     def __init__(self, cfg: Config, env: dist.Env, resume: str | Path | None = None):
         self.cfg, self.env = cfg, env
         t = cfg.train
-        self.run_dir = Path(cfg.output or Path("runs") / cfg.name)
+        self.run_dir = run_dir_of(cfg)
         samples, self.class_names = read_split(cfg, "train")
         if cfg.model.head == "classifier":            # a new classifier has one output per class of the data
             cfg.model.num_classes = len(self.class_names)
@@ -116,6 +122,7 @@ class Trainer:
         self.val_samples = None
         if cfg.data.val_list and t.eval_every_epochs:
             self.val_samples = read_split(cfg, "val", self.class_names)[0]
+        check_files_exist(cfg, {"train": samples, "val": self.val_samples or []})
 
         torch.manual_seed(t.seed)
         model = initial_model(cfg)
@@ -153,6 +160,7 @@ class Trainer:
         self.text = class_text(model, self.class_names, env.device)
 
         self.step, self.epoch, self.batch_in_epoch, self.best_top1 = 0, 0, 0, None
+        self.validation_pending = False    # an epoch ended and was saved, its validation has not finished
         if self.state is not None:
             self._restore(self.state["train_state"])
 
@@ -166,6 +174,10 @@ class Trainer:
         self.scaler.load_state_dict(ts["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
         self.best_top1 = ts.get("best_top1")
+        recorded = ckpt.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
+        if recorded is not None and (self.best_top1 is None or recorded["top1"] > self.best_top1):
+            self.best_top1 = float(recorded["top1"])
+        self.validation_pending = bool(ts.get("validation_pending", False)) and self.val_samples is not None
         self.model.align_delta = ts["align_delta"]
         rngs = ts["rng"]
         ckpt.set_rng_state(rngs[self.env.rank] if len(rngs) == self.env.world else rngs[0])
@@ -174,6 +186,7 @@ class Trainer:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                 "align_delta": self.model.align_delta, "best_top1": self.best_top1,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "validation_pending": self.validation_pending,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": dist.gather(ckpt.rng_state(), self.env), "world": self.env.world}
 
@@ -199,10 +212,13 @@ class Trainer:
                   f"{t.batch_size * env.world * t.accumulation} ({env.world} process(es), {env.device}, "
                   f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
         dist.barrier(env)
-        self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None)
+        self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None,
+                                 redo_validation=self.validation_pending)
         self.progress = Progress(self.total_steps, "train", env.main, initial=self.step)
         self.saved_step = self.step if self.state else -1
         try:
+            if self.validation_pending:               # the run stopped while validating its last epoch
+                self._validate(self.epoch - 1)
             while self.epoch < t.epochs and not self._stop_reached():
                 self._epoch()
             self.progress.close()
@@ -307,12 +323,16 @@ class Trainer:
                                f"stopped without applying it, {kept}")
 
     def _end_epoch(self) -> None:
+        """Save the epoch's checkpoint first, then validate: a validation that fails or is killed loses no
+        training (a resumed run validates that epoch again before it goes on)."""
         t = self.cfg.train
         finished = self.epoch
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        if self.val_samples is not None and (self.epoch % t.eval_every_epochs == 0 or self.epoch == t.epochs):
-            self._validate(finished)
+        self.validation_pending = self.val_samples is not None and (
+            self.epoch % t.eval_every_epochs == 0 or self.epoch == t.epochs)
         self.save()
+        if self.validation_pending:
+            self._validate(finished)
 
     def _validate(self, epoch: int) -> None:
         from ila.engine.evaluate import evaluate_split
@@ -320,17 +340,26 @@ class Trainer:
         if self.env.distributed:                     # rank 0's BatchNorm statistics everywhere, as saved
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
-        metrics = evaluate_split(self.model, self.cfg, self.env, self.class_names, self.text, clips=1, crops=1,
-                                 amp=self.amp, progress=self.env.main)[0]
+        try:
+            metrics, *_, skipped = evaluate_split(self.model, self.cfg, self.env, self.class_names, self.text,
+                                                  clips=1, crops=1, amp=self.amp, progress=self.env.main)
+        except UserError as e:
+            raise UserError(f"validation after epoch {epoch + 1}: {e}; the epoch's training is saved in "
+                            f"{ckpt.latest_checkpoint(self.run_dir)}: fix this, then continue with "
+                            f"--resume {self.run_dir}") from None
         self.reporter.log(self.step, epoch=epoch + 1, val_top1=metrics["top1"], val_top5=metrics["top5"],
                           val_mean_class_acc=metrics["mean_class_acc"])
         if self.env.main:
             print(f"epoch {epoch + 1}: val top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, "
-                  f"mean class {metrics['mean_class_acc']:.2f}%")
+                  f"mean class {metrics['mean_class_acc']:.2f}% ({metrics['videos']} videos"
+                  + (f", {len(skipped)} unreadable skipped)" if skipped else ")"))
         if self.best_top1 is None or metrics["top1"] > self.best_top1:
             self.best_top1 = metrics["top1"]
             if self.env.main:
-                ckpt.save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.class_names)
+                ckpt.save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.class_names,
+                                     metrics={"top1": metrics["top1"], "top5": metrics["top5"],
+                                              "videos": metrics["videos"], "epoch": epoch + 1, "step": self.step})
+        self.validation_pending = False
 
     def _report_bad_files(self) -> None:
         """Bad files the loader skipped in this pass (each process reports its own)."""
@@ -382,12 +411,37 @@ def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     return model
 
 
+def check_files_exist(cfg: Config, splits: dict[str, list]) -> None:
+    """Before any training: every video of the lists must exist. Missing ones are an error (counted, the first
+    few named), or, with `data.bad_files=skip`, a warning (they are skipped when read)."""
+    import os
+
+    for split, samples in splits.items():
+        missing = [s.path for s in samples if not os.path.exists(s.path)]
+        if not missing:
+            continue
+        listed = getattr(cfg.data, f"{split}_list")
+        names = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        what = f"{len(missing)} of {len(samples)} videos of data.{split}_list ({listed}) do not exist ({names})"
+        if cfg.data.bad_files == "skip":
+            print(f"warning: {what}; they will be skipped (data.bad_files=skip)")
+            continue
+        raise UserError(f"{what}; fix data.root or the list, or set data.bad_files=skip to train without them")
+
+
 def train(cfg: Config, resume: str | Path | None = None) -> Path:
-    """Train (or continue) the run described by `cfg`; returns the run directory."""
+    """Train (or continue) the run described by `cfg`; returns the run directory. The main process holds the
+    run directory's lock (`ila.engine.runlock`) for the whole run."""
+    from ila.engine.runlock import RunLock
+
+    dist.stop_with_launcher()
     env = dist.setup(cfg.device)
+    lock = RunLock(run_dir_of(cfg)).acquire() if env.main else None
     try:
         return Trainer(cfg, env, resume).run()
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup()
 
 
@@ -396,6 +450,7 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     from ila.config import load_config
 
     state = ckpt.read_checkpoint(resume)
+    require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)

@@ -10,6 +10,18 @@ Temporal = Literal["ila", "mean", "attention", "joint"]
 Head = Literal["text", "classifier"]
 
 
+# sanity bounds on every number: the lower ones are what the model needs, the upper ones lie far beyond any
+# CLIP model (ViT-bigG: width 1664, 48 layers; the paper: 336 px, 32 frames, 400 classes), so a stray digit
+# is refused before it builds a model that fills the machine's memory
+_RANGES = {"image_resolution": (1, 4096), "vision_patch_size": (1, 4096), "vision_width": (64, 16384),
+           "vision_layers": (1, 256), "embed_dim": (64, 16384), "context_length": (2, 4096),
+           "vocab_size": (1, 1_000_000), "transformer_width": (64, 16384), "transformer_layers": (0, 256),
+           "num_frames": (1, 1024), "align_hidden": (2, 16384), "point_hidden": (4, 16384),
+           "align_delta": (0.0, 1.0), "drop_path": (0.0, 0.99), "num_classes": (1, 100_000),
+           "mit_layers": (0, 64), "prompts_layers": (0, 64), "prompts_alpha": (-1e6, 1e6),
+           "classifier_dropout": (0.0, 0.99)}
+
+
 @dataclass
 class ModelConfig:
     """Geometry and variants of an ILA model; `ila.presets` holds the paper's models as instances."""
@@ -59,13 +71,29 @@ class ModelConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"model.{key}={getattr(self, key)!r} is not allowed; use one of {', '.join(allowed)}")
+        for key, (low, high) in _RANGES.items():
+            value = getattr(self, key)
+            kind = int if isinstance(low, int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or (
+                    kind is int and not isinstance(value, int)) or value != value:
+                what = "an integer" if kind is int else "a number"
+                raise UserError(f"model.{key}={value!r} is not allowed; use {what} in [{low}, {high}]")
+        if self.vision_patch_size > self.image_resolution:
+            raise UserError(f"model.vision_patch_size={self.vision_patch_size} is larger than "
+                            f"model.image_resolution={self.image_resolution}")
         if self.image_resolution % self.vision_patch_size:
             raise UserError(f"model.image_resolution={self.image_resolution} must be a multiple of "
                             f"model.vision_patch_size={self.vision_patch_size}")
         if self.temporal == "ila" and self.grid < 4:
             raise UserError(f"ILA needs a patch grid of at least 4x4, got {self.grid}x{self.grid}; "
                             f"raise model.image_resolution or lower model.vision_patch_size")
-        if self.num_frames < 1 or (self.temporal != "mean" and self.num_frames < 2):
+        if self.temporal == "ila" and self.align_hidden % 2:
+            raise UserError(f"model.align_hidden={self.align_hidden} must be even (the interactive tokens take "
+                            f"half of its channels)")
+        if self.temporal == "ila" and self.point_hidden % 4:
+            raise UserError(f"model.point_hidden={self.point_hidden} must be a multiple of 4 (two groups of "
+                            f"halved channels predict the points)")
+        if self.temporal != "mean" and self.num_frames < 2:
             raise UserError(f"model.num_frames={self.num_frames}: temporal modelling needs at least 2 frames")
         if self.vision_width % 64 or self.embed_dim % 64 or (self.head == "text" and self.transformer_width % 64):
             raise UserError("widths must be multiples of 64 (attention heads are width // 64)")
@@ -81,4 +109,4 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"unknown model config key(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**d).validate()                  # geometry read from weights is checked like a config
