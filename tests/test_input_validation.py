@@ -306,3 +306,11 @@ def test_control_characters_in_paths_labels_and_class_names_are_refused(tmp_path
     path = write(tmp_path / "train.json", '[{"id": "\\ud800", "template": "A"}]')
     assert refused(load_annotations, path) == \
         f"{path}: entry 1: the path '\\ud800.webm' holds a lone surrogate ('\\ud800'); remove it"
+
+
+def test_a_file_too_large_for_an_annotation_list_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "videos.txt"
+    with open(path, "wb") as f:                         # sparse: no disk or memory is spent
+        f.truncate(3 * 2**30)
+    assert refused(load_annotations, str(path)) == (f"{path}: 3.0 GiB is too large for an annotation or class-name "
+                                                   f"file (at most 2 GiB of text); is it the right file?")

@@ -23,6 +23,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 SSV2_PATTERN = "{id}.webm"
 MAX_CLASSES = 100_000                       # integer labels with no class list may not imply more classes
+_MAX_TEXT_BYTES = 2 * 2**30                 # annotation files are read whole; the largest public ones are ~100 MB
 _HEADER_WORDS = ("path", "video", "file", "filename", "video_path")
 _DIGITS = re.compile(r"[0-9]+")
 _LIST_LINE = re.compile(r"^(.+?\.(?:%s))[\s,]+(.+)$" % "|".join(e[1:] for e in VIDEO_EXTENSIONS), re.IGNORECASE)
@@ -436,6 +437,10 @@ def _read_text(path: str) -> str:
     """The file as text with `\n` line ends: UTF-8 (a BOM is dropped; UTF-16 with a BOM is decoded too),
     CRLF and CR line ends read as LF; bad bytes or NUL bytes are a UserError naming the line."""
     try:
+        size = os.path.getsize(path)
+        if size > _MAX_TEXT_BYTES:                     # e.g. a video archive given as the list
+            raise UserError(f"{path}: {size / 2**30:.1f} GiB is too large for an annotation or class-name file "
+                            f"(at most {_MAX_TEXT_BYTES // 2**30} GiB of text); is it the right file?")
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
