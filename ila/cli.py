@@ -92,8 +92,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
         from ila.hub import export_hub
 
         export_hub(args.checkpoint, args.out, classes=args.classes)
-    else:
-        raise UserError(f"--format {args.format} is not built into this version; use --format hub")
+        return
+    from ila.engine.onnx_export import export
+
+    meta = export(args.checkpoint, args.out, args.format, frames=args.frames, size=args.size, classes=args.classes,
+                  overrides=args.set or [], check=not args.no_check)
+    print(f"wrote {args.out} ({args.format}; {meta['frames']} frames of {meta['size']}px, {len(meta['class_names'])} "
+          f"classes; parity error {meta.get('parity_error', float('nan')):.1e}) and {args.out}.json")
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
@@ -242,11 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", default=None, help="class-name file (default: from the annotation)")
     p.set_defaults(func=_cmd_prepare)
 
-    p = add("export", help="a checkpoint in a form to share: hub (config.json + model.safetensors + card)")
+    p = add("export", help="a checkpoint to share (hub: config.json + model.safetensors + card) or to deploy "
+                           "(onnx, exported: a graph clip -> logits, probs)")
     p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
-    p.add_argument("--format", required=True, choices=["onnx", "hub"])
-    p.add_argument("--out", required=True, metavar="PATH", help="hub: a folder (or a .safetensors file)")
-    p.add_argument("--classes", help="hub: class names to store (a file, a,b,c, kinetics400 or ssv2)")
+    p.add_argument("--format", required=True, choices=["hub", "onnx", "exported"],
+                   help="hub (a shareable folder), onnx (onnxruntime, TensorRT, ...) or exported (torch.export .pt2)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="hub: a folder (or a .safetensors file); onnx/exported: the file (its metadata goes to PATH.json)")
+    p.add_argument("--classes", help="class names to store (a file, a,b,c, kinetics400 or ssv2; text heads: baked "
+                                     "into an onnx/exported graph)")
+    p.add_argument("--frames", type=int, default=None, help="onnx/exported: frames per clip (must be the model's)")
+    p.add_argument("--size", type=int, default=None, help="onnx/exported: frame side in pixels (must be the model's)")
+    p.add_argument("--no-check", action="store_true", help="onnx/exported: skip running the file against PyTorch")
+    _add_set(p)
     p.set_defaults(func=_cmd_export)
 
     p = add("features", help="video (and text) embeddings of a checkpoint, to .safetensors or .npy")

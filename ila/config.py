@@ -228,6 +228,8 @@ def _apply(obj, section: str, values: dict) -> None:
     hints = typing.get_type_hints(type(obj))
     known = [f.name for f in fields(obj)]
     for key, value in values.items():
+        if section == "model" and key == "fast":  # saved before ila.fuse: the fast path is now the one forward
+            continue
         if key not in hints:
             from ila.presets import did_you_mean
 

@@ -17,9 +17,10 @@ from ila.presets import PRESETS, get_preset, preset_name
 
 
 def count_flops(cfg: ModelConfig, text_classes: int | None = None, batch: int = 1) -> int:
-    """FLOPs (2 per multiply-add) of one forward pass on `batch` views, counted on the meta device."""
+    """FLOPs (2 per multiply-add) of one inference pass of the fused model (`ila.fuse`) on `batch` views, counted
+    on the meta device."""
     with torch.device("meta"):
-        model = ILAModel(cfg).eval()
+        model = ILAModel(cfg).fuse()
         video = torch.empty(batch, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
         text = torch.empty(text_classes or cfg.num_classes, cfg.embed_dim) if cfg.head == "text" else None
     counter = FlopCounterMode(display=False)

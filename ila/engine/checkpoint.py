@@ -40,6 +40,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_na
                     train_state: dict | None = None, metrics: dict | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then `os.replace`); `metrics`: the validation result
     that made it (`best.pt`: top1, epoch, step)."""
+    if getattr(unwrap(model), "fused", ()):
+        raise UserError("this model is fused for inference (ila.fuse): its tensors are folded, not the trained ones; "
+                        "save the unfused model")
     state = {"format": FORMAT, "config": config.to_dict(), "class_names": list(class_names or []),
              "model": unwrap(model).state_dict(), "train_state": train_state}
     if metrics is not None:

@@ -196,6 +196,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.runlock import RunLock
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
+    model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])  # inference only (ila.fuse): same outputs
     names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
     check_class_count(model, names)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent

@@ -1,7 +1,7 @@
 """CLIP's image and text towers with CLIP's parameter names, and reading CLIP weights.
 
-Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention` on the
-fast path (ila.models.fast). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
+Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention`.
+`ila.models.fuse` rewrites a trained model for inference (folded weights, oneDNN kernels). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
 open_clip state dict, or a pretrained name fetched through open_clip when online.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.fast import OFF, cached, linear
 
 
 class QuickGELU(nn.Module):
@@ -24,28 +23,29 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, fused: bool) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d) [+ causal mask]) V over `(..., L, d)` heads; `fused`: one SDPA kernel."""
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if causal:
-        future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+class Linear(nn.Linear):
+    """`nn.Linear` that adds an optional `residual` to its output: residual + x W^T + b. (`ila.fuse` turns it into a
+    oneDNN matmul with the add fused in.)"""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return out if residual is None else residual + out
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) [+ causal mask]) V over `(..., L, d)` heads, as one fused SDPA kernel."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with `nn.MultiheadAttention`'s parameter layout (`in_proj_weight`, `out_proj`)."""
-
-    fast = OFF
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -56,41 +56,28 @@ class Attention(nn.Module):
         n, length, width = x.shape
         heads, w, b = self.heads, self.in_proj_weight, self.in_proj_bias
         if queries is None:
-            qkv = linear(x, w, b, self.fast)
+            qkv = F.linear(x, w, b)
             q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q = linear(x[:, :queries], w[:width], b[:width], self.fast).view(n, queries, heads, -1).transpose(1, 2)
-            kv = linear(x, w[width:], b[width:], self.fast)
+            q = F.linear(x[:, :queries], w[:width], b[:width]).view(n, queries, heads, -1).transpose(1, 2)
+            kv = F.linear(x, w[width:], b[width:])
             k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
             residual = None if residual is None else residual[:, :queries]
-        out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, q.shape[2], width)
-        return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, residual=residual)
+        out = attend(q, k, v, causal).transpose(1, 2).reshape(n, q.shape[2], width)
+        return self.out_proj(out, residual)
 
 
 class MLP(nn.Sequential):
-    """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given).
-
-    With `fast.fold` and QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702; the 1.702 scales the (narrow) input
-    and the bias, the 1 / 1.702 folds into c_proj's weight (cached), leaving one fused SiLU between the linears.
-    """
-
-    fast = OFF
+    """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given)."""
 
     def __init__(self, width: int, act: Callable[[], nn.Module], ratio: int = 4):
         super().__init__()
-        self.c_fc = nn.Linear(width, width * ratio)
+        self.c_fc = Linear(width, width * ratio)
         self.gelu = act()
-        self.c_proj = nn.Linear(width * ratio, width)
+        self.c_proj = Linear(width * ratio, width)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        fast, fc, proj = self.fast, self.c_fc, self.c_proj
-        if fast.fold and isinstance(self.gelu, QuickGELU):
-            bias = cached(fc, "quick.bias", (fc.bias,), lambda: fc.bias * 1.702)
-            h = linear(x * 1.702, fc.weight, bias, fast, act="silu")
-            weight = cached(proj, "quick.weight", (proj.weight,), lambda: proj.weight / 1.702)
-            return linear(h, weight, proj.bias, fast, residual=residual)
-        h = self.gelu(linear(x, fc.weight, fc.bias, fast))
-        return linear(h, proj.weight, proj.bias, fast, residual=residual)
+        return self.c_proj(self.gelu(self.c_fc(x)), residual)
 
 
 def activation(quick_gelu: bool) -> Callable[[], nn.Module]:
