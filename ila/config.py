@@ -320,8 +320,11 @@ def _absolute(key: str, value, base: Path):
         pathlike = "/" in value or value.endswith(_WEIGHT_SUFFIXES)
         if value in ("auto", "none") or (not exists and (":" in value or not pathlike)):
             return value
-    if key == "class_names" and "," in value and not exists:
-        return value
+    if key == "class_names" and not exists:
+        from ila.labels import BUILTIN
+
+        if "," in value or value.strip().lower() in BUILTIN:    # names, or a shipped list (`kinetics400`)
+            return value
     return os.path.abspath(candidate)
 
 

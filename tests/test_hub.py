@@ -224,7 +224,7 @@ class _Payload:
     (lambda t: (t / "config.json").write_text('{"model_type": "xclip"}'),
      "is not an ila model config: no \"ila_format\": \"ila-pretrained/1\" (it looks like a 'xclip' model of another library)"),
     (_edit_config(lambda m: m["model"].update(num_frames="4")), "config.json: model.num_frames must be an integer, got \"4\""),
-    (_edit_config(lambda m: m["model"].update(fast=1)), "model.fast must be true/false, got 1"),
+    (_edit_config(lambda m: m["model"].update(freeze_clip=1)), "model.freeze_clip must be true/false, got 1"),
     (_edit_config(lambda m: m["model"].update(temporal="lstm")), "model.temporal must be one of ila, mean, attention, joint"),
     (_edit_config(lambda m: m["model"].update(depth=3)), "unknown model key 'depth'"),
     (_edit_config(lambda m: m["model"].pop("temporal")), "the saved config lacks 1 model key(s) (temporal)"),
