@@ -42,6 +42,8 @@ class DataConfig:
     frame_interval: int = 4                 # dense sampling stride
     bad_files: Literal["auto", "skip", "error"] = "auto"  # unreadable videos; auto: skip in training, error in eval
     workers: int = 2                        # loader processes per training process
+    cache: Literal["none", "memory"] = "none"  # memory: decode every video once, serve clips from memory
+    augment: Literal["release", "crop"] = "release"  # training clips: release recipe, or random crops only
 
 
 @dataclass
@@ -50,6 +52,7 @@ class TrainConfig:
 
     init: str = "auto"                      # start weights: auto (the preset's CLIP), none, a CLIP file/name,
                                             # an ila checkpoint or a release checkpoint
+    init_parts: Literal["all", "tower"] = "all"  # tower: take only the image tower from an ila checkpoint
     epochs: int = 30
     batch_size: int = 8                     # clips per process per forward pass
     accumulation: int = 1                   # forward passes per optimizer step

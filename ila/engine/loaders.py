@@ -26,13 +26,23 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
 
 
 def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int = 1):
-    """Training clips (random, per-epoch) or test views (clips x crops, deterministic) of the samples."""
+    """Training clips (random, per-epoch) or test views (clips x crops, deterministic) of the samples;
+    `data.cache=memory` decodes every video once (`ila.data.cache`), `data.augment=crop` trains on random crops."""
     from ila.data.dataset import VideoDataset
 
     policy = None if cfg.data.bad_files == "auto" else cfg.data.bad_files
+    kwargs = {}
+    if train and cfg.data.augment == "crop":
+        from ila.data.transforms import CropTransform
+
+        kwargs["transform"] = CropTransform(cfg.data.input_size)
+    if cfg.data.cache == "memory":
+        from ila.data.cache import MemoryVideoDataset as VideoDataset  # noqa: F811
+
+        kwargs["verbose"] = True
     return VideoDataset(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size,
                         train=train, sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval,
-                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed)
+                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed, **kwargs)
 
 
 def loader(dataset, batch_size: int, sampler: Sampler, workers: int, seed: int):

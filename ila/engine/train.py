@@ -40,7 +40,7 @@ BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-                     "train.eval_every_epochs", "eval.clips", "eval.crops", "eval.batch_size", "eval.release_bn_quirk"}
+                     "train.eval_every_epochs", "data.cache", "eval.clips", "eval.crops", "eval.batch_size", "eval.release_bn_quirk"}
 
 
 class TrainingDiverged(UserError):
@@ -390,6 +390,8 @@ def initial_model(cfg: Config) -> nn.Module:
             state = None
         weights = state.get("model", state) if isinstance(state, dict) else None
         if isinstance(state, dict) and state.get("format") == ckpt.FORMAT:
+            if cfg.train.init_parts == "tower":
+                return _with_tower(build_model(cfg.model), weights, init)
             return _with_weights(build_model(cfg.model), weights, init)
         if weights is None or any(".message_attn." in k for k in weights):
             try:
@@ -408,6 +410,26 @@ def initial_model(cfg: Config) -> nn.Module:
 
 def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     ckpt.load_weights(model, weights, source)
+    return model
+
+
+def _with_tower(model: nn.Module, weights: dict, source: str) -> nn.Module:
+    """`train.init_parts=tower`: the image tower's weights (the `clip` parameter group, e.g. of a model
+    pretrained on single frames) from an ila checkpoint; alignment, skip projections and head stay fresh."""
+    from ila.models.ila import parameter_group
+
+    own = model.state_dict()
+    tower = {k: v for k, v in own.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
+    theirs = {k: v for k, v in weights.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
+    if set(tower) != set(theirs):
+        odd = sorted(set(tower) ^ set(theirs))
+        raise UserError(f"{source}: its image tower does not fit the config ({len(odd)} tensors differ, first "
+                        f"{odd[0]}); train.init_parts=tower needs the same vision geometry")
+    wrong = [k for k in tower if tower[k].shape != theirs[k].shape]
+    if wrong:
+        raise UserError(f"{source}: weights do not fit the config (shape of {wrong[0]} is "
+                        f"{tuple(theirs[wrong[0]].shape)}, the config builds {tuple(tower[wrong[0]].shape)})")
+    model.load_state_dict(theirs, strict=False)
     return model
 
 
