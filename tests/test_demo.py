@@ -140,6 +140,10 @@ def test_tower_init_refuses_another_geometry(tmp_path, motion):
     with pytest.raises(Exception) as e:
         initial_model(cfg)
     assert type(e.value).__name__ == "UserError" and "fit the config" in str(e.value) and "\n" not in str(e.value)
+    for init in ("none", str(motion / "classes.txt")):     # no ila checkpoint to take a tower from
+        cfg.train.init = init
+        with pytest.raises(Exception, match="takes the image tower from an ila checkpoint"):
+            initial_model(cfg)
 
 
 def test_demo_does_not_import_the_cli():

@@ -381,6 +381,9 @@ def initial_model(cfg: Config) -> nn.Module:
         from ila.presets import PRESETS
 
         init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
+    if cfg.train.init_parts == "tower" and not (Path(init).is_file() and _is_ila_checkpoint(init)):
+        raise UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init is "
+                        f"{init or 'none'!r}; set train.init to one (e.g. a pretraining run's checkpoint)")
     if init in ("", "none"):
         return build_model(cfg.model)
     if Path(init).is_file():
@@ -411,6 +414,14 @@ def initial_model(cfg: Config) -> nn.Module:
 def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     ckpt.load_weights(model, weights, source)
     return model
+
+
+def _is_ila_checkpoint(path: str) -> bool:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a torch file at all, or a TorchScript CLIP
+        return False
+    return isinstance(state, dict) and state.get("format") == ckpt.FORMAT
 
 
 def _with_tower(model: nn.Module, weights: dict, source: str) -> nn.Module:
