@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 
 def load_checkpoint(path, overrides=(), device="cpu"):
-    """An `ila` checkpoint -> (model, config, class_names); safe (`weights_only=True`), needs no other input."""
+    """An `ila` checkpoint -> (model, config, class_names); read safely (`ila.safe_load`: no code in the file
+    runs), needs no other input."""
     from ila.engine.checkpoint import load_checkpoint as _load
 
     model, config, class_names, _ = _load(path, overrides, device)

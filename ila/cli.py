@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
-from ila.errors import UserError
+from ila.errors import UserError, one_line, printable
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -150,24 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])|[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def one_line(message: object, limit: int = 2000) -> str:
-    """A message as one printable line: terminal escape codes and control characters removed, line breaks and
-    runs of blanks folded into single spaces, cut at `limit` characters."""
-    text = _ESCAPES.sub(" ", str(message))
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
-        print(f"ila {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"ila {args.command}: error: {printable(e)[:4000]}", file=sys.stderr)   # one line, no escape codes
         return 2
     except KeyboardInterrupt:
         print(f"ila {args.command}: interrupted", file=sys.stderr)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ila import safe_load
 from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
@@ -34,7 +35,7 @@ from ila.engine.classes import class_text
 from ila.engine.loaders import loader, read_split, video_dataset
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
-from ila.errors import UserError
+from ila.errors import UserError, printable
 
 BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
@@ -93,9 +94,9 @@ def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict
     newest readable one in an existing run directory, whose config must then match `cfg`. Newer checkpoints
     that cannot be read (cut short, corrupted) are named and skipped."""
     if resume is not None:
-        state = ckpt.read_checkpoint(resume or run_dir)
+        state = ckpt.read_checkpoint(resume or run_dir, resume=True)
     else:
-        found = ckpt.newest_readable(run_dir)
+        found = ckpt.newest_readable(run_dir, resume=True)
         if found is None:
             return None
         state = found[1]
@@ -381,29 +382,39 @@ def initial_model(cfg: Config) -> nn.Module:
         from ila.presets import PRESETS
 
         init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
-    if cfg.train.init_parts == "tower" and not (Path(init).is_file() and _is_ila_checkpoint(init)):
-        raise UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init is "
-                        f"{init or 'none'!r}; set train.init to one (e.g. a pretraining run's checkpoint)")
+    tower = cfg.train.init_parts == "tower"
+    no_tower = UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init is "
+                         f"{printable(init or 'none')}; set train.init to one (e.g. a pretraining run's checkpoint)")
     if init in ("", "none"):
+        if tower:
+            raise no_tower
         return build_model(cfg.model)
-    if Path(init).is_file():
+    weights = init
+    if Path(init).exists():   # read once, safely (ila.safe_load: no code in the file runs), then told apart
         try:
-            state = torch.load(init, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a release container or a TorchScript CLIP: tried below
-            state = None
-        weights = state.get("model", state) if isinstance(state, dict) else None
-        if isinstance(state, dict) and state.get("format") == ckpt.FORMAT:
-            if cfg.train.init_parts == "tower":
-                return _with_tower(build_model(cfg.model), weights, init)
-            return _with_weights(build_model(cfg.model), weights, init)
-        if weights is None or any(".message_attn." in k for k in weights):
-            try:
-                release = load_release(init, num_frames=cfg.model.num_frames)
-                return _with_weights(build_model(cfg.model), release.state_dict(), init)
-            except UserError:
-                if weights is not None:
-                    raise
-    model = from_clip(init, cfg.model)
+            weights = safe_load.load(init)
+        except UserError:
+            if tower:
+                raise no_tower from None
+            raise
+        if tower and not (isinstance(weights, dict) and weights.get("format") == ckpt.FORMAT):
+            raise no_tower
+        if isinstance(weights, safe_load.ScriptObject):              # OpenAI's CLIP .pt: a TorchScript archive
+            weights = safe_load.script_state_dict(weights)
+        if not isinstance(weights, dict):
+            raise UserError(f"train.init={printable(init)} holds a {type(weights).__name__}, not weights")
+        if weights.get("format") == ckpt.FORMAT:                     # an ila checkpoint
+            ckpt.check_checkpoint(weights, init)
+            if tower:
+                return _with_tower(build_model(cfg.model), weights["model"], init)
+            return _with_weights(build_model(cfg.model), weights["model"], init)
+        inner = weights.get("model") if isinstance(weights.get("model"), dict) else weights
+        if any(isinstance(k, str) and ".message_attn." in k for k in inner):   # an authors' release
+            release = load_release(weights, num_frames=cfg.model.num_frames)
+            return _with_weights(build_model(cfg.model), release.state_dict(), init)
+    if tower:
+        raise no_tower
+    model = from_clip(weights, cfg.model)
     for key, value in cfg.model.to_dict().items():
         if getattr(model.cfg, key) != value:
             raise UserError(f"train.init={init}: the CLIP weights have {key}={getattr(model.cfg, key)!r} but the "
@@ -414,14 +425,6 @@ def initial_model(cfg: Config) -> nn.Module:
 def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     ckpt.load_weights(model, weights, source)
     return model
-
-
-def _is_ila_checkpoint(path: str) -> bool:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a torch file at all, or a TorchScript CLIP
-        return False
-    return isinstance(state, dict) and state.get("format") == ckpt.FORMAT
 
 
 def _with_tower(model: nn.Module, weights: dict, source: str) -> nn.Module:
@@ -482,9 +485,10 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     """The config saved in a checkpoint (or run directory), with `--set` overrides applied."""
     from ila.config import load_config
 
-    state = ckpt.read_checkpoint(resume)
+    state = ckpt.read_checkpoint(resume, resume=True)
     require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
+    safe_load.check_model_fits(cfg.model, state["model"], resume)      # before a model that size is built
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
     return cfg

@@ -7,7 +7,6 @@ open_clip state dict, or a pretrained name fetched through open_clip when online
 from __future__ import annotations
 
 import os
-import zipfile
 from typing import Callable
 
 import torch
@@ -207,6 +206,8 @@ def clip_to_ila_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """CLIP's flat names (`token_embedding.weight`, `visual.*`) -> this package's (`text.*`, `visual.*`)."""
     out = {}
     for key, value in state_dict.items():
+        if key.endswith(".attn_mask"):   # OpenAI's causal mask, a plain tensor attribute in TorchScript archives
+            continue
         if key.startswith("visual.") or key == "logit_scale":
             out[key] = value
         elif key.startswith(TEXT_KEYS):
@@ -238,7 +239,7 @@ def read_clip_weights(source: str | os.PathLike | dict) -> dict[str, torch.Tenso
     pretrained name such as `openai` / `ViT-B-32:openai` fetched through open_clip (needs the internet)."""
     if isinstance(source, dict):
         state = source
-    elif os.path.isfile(source):
+    elif os.path.exists(source):   # a file (a directory or anything else is refused with its reason)
         state = _read_clip_file(os.fspath(source))
     else:
         state = _fetch_pretrained(str(source))
@@ -250,15 +251,22 @@ def read_clip_weights(source: str | os.PathLike | dict) -> dict[str, torch.Tenso
 
 
 def _read_clip_file(path: str) -> dict:
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
-        if is_script:  # OpenAI's released .pt files are TorchScript archives: no pickled Python code runs
-            return torch.jit.load(path, map_location="cpu").state_dict()
+    """A CLIP weights file read without running anything in it: OpenAI's `.pt` files are TorchScript archives,
+    whose parameters and buffers are taken from the archive's data (`ila.safe_load`), never through
+    `torch.jit.load`; plain and open_clip files are read by the same restricted reader."""
+    from ila.safe_load import FileRefused, FileUnreadable, ScriptObject, load, script_state_dict
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read CLIP weights from {path}: {str(e).splitlines()[0]}") from None
+        state = load(path)
+    except FileRefused:
+        raise
+    except FileUnreadable as e:
+        raise UserError(f"cannot read CLIP weights from {e.path}: {e.reason}") from None
+    if isinstance(state, ScriptObject):
+        return script_state_dict(state)
+    if not isinstance(state, dict):
+        raise UserError(f"cannot read CLIP weights from {path}: it holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def _fetch_pretrained(name: str) -> dict:

@@ -221,7 +221,11 @@ def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
     base = (cfg or ModelConfig()).to_dict()
     base.update(clip_geometry(state))
     base.update(overrides)
-    model = ILAModel(ModelConfig.from_dict(base))
+    cfg = ModelConfig.from_dict(base)
+    from ila.safe_load import check_model_fits
+
+    check_model_fits(cfg, state, weights if not isinstance(weights, dict) else "the CLIP weights")
+    model = ILAModel(cfg)
     mapped = clip_to_ila_keys(state)
     if model.text is None:
         mapped = {k: v for k, v in mapped.items() if not k.startswith("text.") and k != "logit_scale"}

@@ -1,83 +1,43 @@
 """The authors' released checkpoints: safe reading, variant detection and key mapping.
 
 Release checkpoints are `{'model', 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}` with a
-pickled yacs `CfgNode` inside. They are read with a restricted unpickler: only tensors, storages and plain
-containers are rebuilt, `CfgNode` becomes a plain dict (yacs is not needed), anything else is refused, so no
-pickled code ever runs.
+pickled yacs `CfgNode` inside. They are read by `ila.safe_load`'s restricted unpickler: only tensors, storages and
+plain containers are rebuilt, `CfgNode` becomes a plain dict (yacs is not needed), anything else is refused, so
+no pickled code ever runs.
 """
 from __future__ import annotations
 
-import functools
 import os
-import pickle
 import re
-import types
 
 import torch
 
-from ila.errors import UserError
+from ila.errors import UserError, one_line, printable
 from ila.models.clip import TEXT_KEYS, clip_geometry, clip_to_ila_keys
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel
-
-
-class _ConfigNode(dict):
-    """Stands in for yacs' CfgNode when unpickling (a dict subclass that rebuilds from its items)."""
-
-    def __setstate__(self, state):  # CfgNode pickles its attributes as state
-        self.__dict__.update(state if isinstance(state, dict) else {})
-
-
-_STANDINS = {("yacs.config", "CfgNode"): _ConfigNode}
-
-
-@functools.lru_cache(maxsize=1)
-def _allowed_globals() -> dict[str, object]:
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    allowed = dict(_get_allowed_globals())
-    allowed.update({"builtins.set": set, "__builtin__.set": set, "builtins.frozenset": frozenset,
-                    "collections.OrderedDict": __import__("collections").OrderedDict})
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _STANDINS:
-            return _STANDINS[(module, name)]
-        found = _allowed_globals().get(f"{module}.{name}")
-        if found is None:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        return found
-
-
-def _restricted_load(file, **kwargs):
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-# Both entry points torch.load uses (zip archives: Unpickler; legacy files: load) are restricted.
-_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=_restricted_load,
-                                           __name__="ila_restricted_pickle")
+from ila.safe_load import check_model_fits
 
 
 def safe_load(path: str | os.PathLike) -> dict:
-    """Load a `.pth`/`.pt` file without executing pickled code; release containers included."""
+    """Load a `.pth`/`.pt` file without executing pickled code (`ila.safe_load`); release containers included."""
+    from ila.safe_load import FileRefused, FileUnreadable, ScriptObject, load
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint not found: {printable(path)}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # not plain weights: try the restricted unpickler that knows release containers
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read {path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"refusing to load {path}: it holds pickled code or objects ({e}); only tensors and "
-                        f"plain containers are accepted") from None
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        state = load(path)
+    except FileRefused:
+        raise
+    except FileUnreadable as e:
+        raise UserError(f"cannot read {e.path}: not a readable PyTorch checkpoint ({e.reason})") from None
+    if isinstance(state, ScriptObject):
+        raise UserError(f"{printable(path)} is a TorchScript archive (CLIP weights?), not a release checkpoint; "
+                        f"start from CLIP weights with ila.from_clip or train.init")
+    if not isinstance(state, dict):
+        raise UserError(f"{printable(path)} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
 
 
 # ------------------------------------------------------------------ key mapping release -> ila
@@ -188,14 +148,19 @@ def load_release(source: str | os.PathLike | dict, num_frames: int | None = None
     state = safe_load(source) if not isinstance(source, dict) else source
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
     variant = variant or detect_variant(state)
     if variant not in ("k400", "ssv2"):
         raise UserError(f"variant={variant!r}: use 'k400' or 'ssv2'")
-    cfg = release_config(state, num_frames, variant)
-    model = ILAModel(cfg)
-    mapped = release_to_ila(state, cfg.interactive_block)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    try:
+        cfg = release_config(state, num_frames, variant)
+        check_model_fits(cfg, state, source if not isinstance(source, dict) else "the release weights")
+        model = ILAModel(cfg)
+        mapped = release_to_ila(state, cfg.interactive_block)
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:   # UserError passes through
+        raise UserError(f"the weights do not have the keys and shapes of an ILA release checkpoint "
+                        f"({type(e).__name__}: {one_line(e, 120)})") from None
     if unexpected:
         raise UserError(f"release weights have keys this model does not know: {', '.join(unexpected[:5])}")
     allowed_missing = ("text.", "logit_scale") if cfg.head == "classifier" else ()
