@@ -150,3 +150,17 @@ def test_demo_does_not_import_the_cli():
     code = "import sys, ila.demo; print('ila.cli' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_appearance_overrides_leave_the_motion_clips_unchanged():
+    """render_clip's shape/colour overrides draw nothing when unused: a clip with distractors is byte for byte the
+    one the generator wrote before they existed (sha256 of that version's output)."""
+    import hashlib
+
+    import numpy as np
+
+    from ila.data.synthetic import render_clip
+
+    clip = render_clip(3, 32, 8, np.random.default_rng([0, 0, 3]), distractors=2, texture=0.5)
+    assert hashlib.sha256(clip.tobytes()).hexdigest() == \
+        "38692857baf0017bcdf2eb4000795fa1b8c1f43b8ba9f3535d4f529a6fc607d1"

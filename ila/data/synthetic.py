@@ -136,10 +136,10 @@ def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pa
     kind = pairs[label // 2]
     background = _background(size, rng, texture)
     for _ in range(distractors):
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        other = SHAPES[int(rng.integers(len(SHAPES)))]
         r = rng.uniform(*object_size) * size * 0.8
         cx, cy = rng.uniform(0, size, 2)
-        _draw(background, shape, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
+        _draw(background, other, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
     if colour is None:
         colour = _contrasting_colour(background.reshape(-1, 3).mean(0), min_contrast, rng)
     if shape is None:
