@@ -3,7 +3,7 @@
     python benchmarks/cost_growth.py --preset ila-b32-8f-k400 --frames 8 16 32
 
 GFLOPs: torch.utils.flop_counter (2 per multiply-add), one view, eval, 3 cached class-name features.
-Time: median of `--iters` eval forward passes of one clip (fast path), float32, on this machine's CPU threads,
+Time: median of `--iters` inference passes of one clip (the fused model, `ila.fuse`), float32, on this machine's CPU threads,
 measured in one run so the variants share the machine's state.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ VARIANTS = ("ila", "mean", "attention", "joint")
 
 
 def seconds_per_clip(cfg, iters: int) -> float:
-    model = ILAModel(cfg).eval()
+    model = ILAModel(cfg).fuse()
     video = torch.randn(1, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
     text = torch.randn(3, cfg.embed_dim) if cfg.head == "text" else None
     times = []

@@ -1,27 +1,38 @@
-"""Model speed: the straightforward and fast paths (and options) side by side, measured in one run.
+"""Model speed: the training model and the fused inference model (`ila.fuse`) side by side, measured in one run.
 
     python benchmarks/model_speed.py --preset ila-b32-8f-k400 ila-b16-8f-k400 --batch 2 1 --memory
     python benchmarks/model_speed.py --preset ila-b16-8f-k400 --batch 1 --ablation --skip-train
+    python benchmarks/model_speed.py --preset ila-b32-8f-k400 --release-src ../ILA      # + the authors' code
     python benchmarks/model_speed.py --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile --grad-checkpointing
 
-Rows: `straight` (FastPath.off(): every equation written out), `fast` (FastPath.on()); with --ablation also the
-fast path without each idea and the straightforward path with each idea alone; with --amp the fast path under
-autocast; with --compile the fast path through torch.compile. Every row reports ms/clip and clips/s of inference
-(eval, no autograd) and of a training step (forward + backward + AdamW step, the release's freezing), the speed
-ratio against `straight`, peak memory, and how far its logits are from the straightforward path's (max |diff| /
-max |straight|; fp32 rows are the same function, so this is rounding).
+Rows: `unfused` (the one training/evaluation forward, in eval mode for inference; the training step), `fused`
+(`ila.fuse(model)`, inference only); with --ablation also the fused model without each rewrite (`fused -X`) and
+with each rewrite alone (`fused only X`); with --amp the unfused model under autocast; with --compile the unfused
+model through torch.compile; with --baseline-src DIR ila's model from another checkout (today's main, say) on the same weights; with
+--release-src DIR the authors' published model (their `models/xclip.py`, from a
+checkout of github.com/Francis-Rings/ILA in DIR; it needs einops, ftfy and regex) on identical weights, in eval
+mode with their alignment's `is_training` flag off for inference (their forward switches itself to train mode
+after caching the text features, so the row sets eval mode before each pass) and with ila's freezing for its training step. Every row reports ms/clip and
+clips/s of inference (no autograd) and of a training step (forward + backward + AdamW step, the release's
+freezing), the speed ratio against `unfused`, peak memory, and how far its logits are from the unfused model's
+(max |diff| / max |unfused|; fp32 rows compute the same function, so this is rounding).
 
 Timing: each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
-timing is the median of `--iters` calls after `--warmup`; the best of the repeats is reported. Peak memory: on CUDA
-torch.cuda.max_memory_allocated per row; on CPU (with --memory) the resident high-water mark of a fresh process
-that builds the model and runs just that row (so rows do not share caches), counted from after the model is built. Random weights, with the zero-initialised
-alignment outputs given small random values so that the alignment branch reaches the logits; text features cached.
+timing is the median of `--iters` calls after `--warmup`; the best of the repeats is reported. Compare rows
+within one run: on a shared machine absolute times move between runs far more than ratios within one. Peak memory:
+on CUDA torch.cuda.max_memory_allocated per row; on CPU (with --memory) the resident high-water mark of a fresh
+process that builds the model and runs just that row (so rows do not share caches), counted from after the model
+is built. Random weights, with the zero-initialised alignment outputs given small random values so that the
+alignment branch reaches the logits; text features cached.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
+import logging
+import os
 import resource
 import subprocess
 import sys
@@ -31,41 +42,106 @@ from dataclasses import dataclass
 import torch
 
 from ila.engine.precision import autocast
-from ila.models.fast import FastPath
+from ila.models.fuse import FUSIONS
 from ila.models.ila import ILAModel
+from ila.models.release import ila_to_release
 from ila.presets import get_preset
 
 
 @dataclass
 class Row:
     name: str
-    fast: FastPath
+    fused: tuple[str, ...] | None = None  # None: the unfused model; else the fusions left out (ablation)
     amp: torch.dtype | None = None
     compile: bool = False
     checkpointing: bool = False  # gradient checkpointing (training rows only)
+    release: bool = False        # the authors' model (--release-src)
+    baseline: bool = False       # ila's model from another checkout (--baseline-src)
+
+    @property
+    def trains(self) -> bool:
+        return self.fused is None
+
+    @property
+    def other(self) -> bool:
+        return self.release or self.baseline
 
 
 def rows_for(args) -> list[Row]:
-    rows = [Row("straight", FastPath.off()), Row("fast", FastPath.on())]
+    rows = [Row("unfused"), Row("fused", ())]
     if args.ablation:
-        rows += [Row(f"fast -{idea}", FastPath.parse(f"on,-{idea}")) for idea in FastPath.ideas()]
-        rows += [Row(f"straight +{idea}", FastPath.parse(idea)) for idea in FastPath.ideas()]
+        rows += [Row(f"fused -{name}", (name,)) for name in FUSIONS]
+        rows += [Row(f"fused only {name}", tuple(n for n in FUSIONS if n != name)) for name in FUSIONS]
+    if args.release_src:
+        rows.append(Row("authors' code", release=True))
+    if args.baseline_src:
+        rows.append(Row("baseline checkout", baseline=True))
     if args.amp:
-        rows.append(Row(f"fast {args.amp} autocast", FastPath.on(), getattr(torch, {"bf16": "bfloat16",
-                                                                                  "fp16": "float16"}[args.amp])))
+        rows.append(Row(f"unfused {args.amp} autocast", None, getattr(torch, {"bf16": "bfloat16",
+                                                                            "fp16": "float16"}[args.amp])))
     if args.compile:
-        rows.append(Row("fast compiled", FastPath.on(), compile=True))
+        rows.append(Row("unfused compiled", compile=True))
         if args.amp:
-            rows.append(Row(f"fast {args.amp} compiled", FastPath.on(), rows[-2].amp, compile=True))
+            rows.append(Row(f"unfused {args.amp} compiled", None, rows[-2].amp, compile=True))
     if args.grad_checkpointing:
-        rows += [Row(f"{row.name} + checkpointing", row.fast, row.amp, row.compile, True) for row in rows
-                 if row.name in ("fast", f"fast {args.amp} autocast")]
+        rows += [Row(f"{row.name} + checkpointing", row.fused, row.amp, row.compile, True) for row in rows
+                 if row.name in ("unfused", f"unfused {args.amp} autocast")]
     if args.rows:
         unknown = set(args.rows) - {row.name for row in rows}
         if unknown:
             raise SystemExit(f"--rows: no row named {sorted(unknown)}; rows here: {[row.name for row in rows]}")
-        rows = [row for row in rows if row.name == "straight" or row.name in args.rows]
+        rows = [row for row in rows if row.name == "unfused" or row.name in args.rows]
     return rows
+
+
+def baseline_model(args, model: ILAModel) -> torch.nn.Module:
+    """`model`'s weights in the ILAModel of another ila checkout (e.g. a worktree of an older commit), imported
+    beside this one: its `ila` modules are loaded under their usual names, kept by the model, then unlisted."""
+    src = os.path.abspath(args.baseline_src)
+    if not os.path.isfile(os.path.join(src, "ila", "models", "ila.py")):
+        raise SystemExit(f"--baseline-src {src}: no ila/models/ila.py there (an ila checkout)")
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "ila" or k.startswith("ila.")}
+    sys.path.insert(0, src)
+    try:
+        from ila.models.config import ModelConfig as BaselineConfig
+        from ila.models.ila import ILAModel as Baseline
+        other = Baseline(BaselineConfig.from_dict(model.cfg.to_dict()))
+    finally:
+        sys.path.remove(src)
+        for k in [k for k in sys.modules if k == "ila" or k.startswith("ila.")]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    other.load_state_dict(model.state_dict())
+    for (_, p), q in zip(model.named_parameters(), other.parameters()):
+        q.requires_grad = p.requires_grad
+    return other
+
+
+def release_model(args, cfg, model: ILAModel, text: torch.Tensor | None):
+    """The authors' model from their source folder, with `model`'s weights and freezing."""
+    if cfg.head != "text" or cfg.temporal != "ila":
+        raise SystemExit("--release-src: the authors' Kinetics model has a text head and temporal=ila")
+    src = os.path.abspath(args.release_src)
+    if not os.path.isfile(os.path.join(src, "models", "xclip.py")):
+        raise SystemExit(f"--release-src {src}: no models/xclip.py there (a checkout of Francis-Rings/ILA)")
+    sys.path.insert(0, src)
+    try:
+        import clip  # noqa: F401  (their package order: clip first, it imports models.xclip)
+        from models.xclip import build_model as build_release
+    finally:
+        sys.path.remove(src)
+    state = ila_to_release(model.state_dict(), cfg.interactive_block)
+    release = build_release({k: v.clone() for k, v in state.items()}, T=cfg.num_frames,
+                            logger=logging.getLogger("release"), prompts_alpha=cfg.prompts_alpha,
+                            prompts_layers=cfg.prompts_layers, mit_layers=cfg.mit_layers)
+    missing = set(state) - set(release.state_dict())
+    if missing:
+        raise SystemExit(f"--release-src: the authors' model lacks {sorted(missing)[:3]}")
+    trainable = ila_to_release({n: p.requires_grad for n, p in model.named_parameters()}, cfg.interactive_block)
+    for name, p in release.named_parameters():
+        p.requires_grad = trainable.get(name, False)
+    release.cache_text_features = text
+    return release
 
 
 def build(args, device):
@@ -79,6 +155,7 @@ def build(args, device):
         for name, p in model.named_parameters():
             if ".temporal_skip" in name or "point_head.temporal.2" in name:
                 p.normal_(0, 0.02)
+    model.set_trainable(full_finetune=not cfg.freeze_clip)
     video = torch.randn(args.batch, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution, device=device)
     text = torch.randn(args.classes, cfg.embed_dim, device=device) if cfg.head == "text" else None
     return cfg, model, video, text
@@ -104,49 +181,71 @@ def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
 
 
 class Runner:
-    """Inference and training-step closures for each row, sharing one model (compiled copies cached per row)."""
+    """Inference and training-step closures for each row: one unfused model, fused copies and the authors' model
+    built from its weights (compiled copies cached per row)."""
 
-    def __init__(self, args, device):
+    def __init__(self, args, device, rows: list[Row]):
         self.args, self.device = args, device
         self.cfg, self.model, self.video, self.text = build(args, device)
+        self.fused = {row.fused: copy.deepcopy(self.model).fuse(row.fused) for row in rows if row.fused is not None}
+        self.release = next((release_model(args, self.cfg, self.model, self.text).to(device)
+                             for row in rows if row.release), None)
+        self.baseline = next((baseline_model(args, self.model).to(device) for row in rows if row.baseline), None)
         self.compiled = {}
-        self.opt = None
+        self.opts = {}
 
     def forward(self, row: Row):
-        model = self.model
-        model.fast = row.fast
+        if row.release:
+            return self.release(self.video, None)[0]
+        model = self.baseline if row.baseline else self.model if row.fused is None else self.fused[row.fused]
         if row.compile:
             if row.name not in self.compiled:
                 self.compiled[row.name] = torch.compile(model)
             model = self.compiled[row.name]
         with autocast(row.amp, self.device):
-            return model(self.video, text_features=self.text)
+            return model(self.video, text_features=self.text).logits
+
+    def set_release_mode(self, training: bool) -> None:
+        """The authors' alignment takes its nine disturbed points from its own `is_training` flag, not from
+        `train()`/`eval()` (their evaluation sets it; the golden fixtures were made that way)."""
+        self.release.train(training)
+        for m in self.release.modules():
+            if hasattr(m, "is_training"):
+                m.is_training = training
 
     def inference(self, row: Row):
-        self.model.eval()
-
         def run():
+            self.set_release_mode(False) if row.release else self.other_or_model(row).eval()
             with torch.inference_mode() if not row.compile else torch.no_grad():
-                return self.forward(row).logits.float()
+                return self.forward(row).float()
         return run
 
+    def other_or_model(self, row: Row) -> torch.nn.Module:
+        return self.release if row.release else self.baseline if row.baseline else self.model
+
     def train_step(self, row: Row):
-        model = self.model
-        if self.opt is None:
-            model.train()
-            model.set_trainable(full_finetune=not self.cfg.freeze_clip)
-            self.opt = torch.optim.AdamW(model.param_groups(), lr=1e-6)
+        model = self.other_or_model(row)
+        key = "release" if row.release else "baseline" if row.baseline else "ila"
+        if key not in self.opts:
+            self.opts[key] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        if not hasattr(self, "target"):
             classes = self.text.shape[0] if self.text is not None else self.cfg.num_classes
             self.target = torch.randint(0, classes, (self.args.batch,), device=self.device)
+        opt = self.opts[key]
 
         def step():
-            model.train()
-            model.visual.transformer.grad_checkpointing = row.checkpointing
-            out = self.forward(row)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), self.target) + out.align_losses.sum()
-            self.opt.zero_grad(set_to_none=True)
+            self.set_release_mode(True) if row.release else model.train()
+            if not row.release:
+                model.visual.transformer.grad_checkpointing = row.checkpointing
+                out = model(self.video, text_features=self.text)
+                logits, align = out.logits, out.align_losses.sum()
+            else:
+                logits, losses = model(self.video, None)
+                align = sum(losses)
+            loss = torch.nn.functional.cross_entropy(logits.float(), self.target) + align
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt.step()
+            opt.step()
         return step
 
 
@@ -180,6 +279,8 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--amp", args.amp] if args.amp else []
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
+    argv += ["--release-src", args.release_src] if args.release_src else []
+    argv += ["--baseline-src", args.baseline_src] if args.baseline_src else []
     argv += ["--grad-checkpointing"] * args.grad_checkpointing
     argv += ["--rows", *args.rows] if args.rows else []
     out = subprocess.run([sys.executable, __file__, *argv, "--device", args.device, "--_memory-of", row, phase],
@@ -189,7 +290,7 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
 
 def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[str, dict]:
     make = runner.inference if phase == "inference" else runner.train_step
-    rows = [row for row in rows if phase == "train" or not row.checkpointing]
+    rows = [row for row in rows if (phase == "train" and row.trains) or (phase == "inference" and not row.checkpointing)]
     fns = {row.name: make(row) for row in rows}
     times = {row.name: [] for row in rows}
     iters = args.iters if phase == "inference" else max(1, args.iters // 2)
@@ -211,18 +312,18 @@ def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[s
 
 
 def deviations(runner: Runner, rows: list[Row]) -> dict[str, float]:
-    """max |logits - straight logits| / max |straight logits|, eval mode."""
+    """max |logits - unfused logits| / max |unfused logits|, eval mode."""
     ref = runner.inference(rows[0])()
     return {row.name: ((runner.inference(row)() - ref).abs().max() / ref.abs().max()).item() for row in rows}
 
 
 def report(phase, rows, results, dev, batch) -> list[dict]:
-    base = results["straight"]["sec"]
+    base = results["unfused"]["sec"]
     print(f"\n{phase}:")
-    print(f"| row | ms/clip | clips/s | vs straight | peak MiB | logits deviation |")
+    print(f"| row | ms/clip | clips/s | vs unfused | peak MiB | logits deviation |")
     print("|---|---|---|---|---|---|")
     out = []
-    for row in rows:
+    for row in (row for row in rows if row.name in results):
         r = results[row.name]
         name = row.name.removesuffix(" + checkpointing")
         line = dict(phase=phase, row=row.name, ms_per_clip=r["sec"] / batch * 1000, clips_per_s=batch / r["sec"],
@@ -247,11 +348,15 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each row (best is reported)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--ablation", action="store_true", help="also each idea off in the fast path / alone")
-    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the fast path under autocast")
-    p.add_argument("--compile", action="store_true", help="also the fast path through torch.compile")
+    p.add_argument("--ablation", action="store_true", help="also the fused model without each rewrite / with it alone")
+    p.add_argument("--release-src", default=None, metavar="DIR",
+                   help="also the authors' model, from a checkout of github.com/Francis-Rings/ILA")
+    p.add_argument("--baseline-src", default=None, metavar="DIR",
+                   help="also ila's model from another checkout (e.g. `git worktree add DIR main`), same weights")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the unfused model under autocast")
+    p.add_argument("--compile", action="store_true", help="also the unfused model through torch.compile")
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
-    p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `straight`, the reference)")
+    p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `unfused`, the reference)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-inference", action="store_true", help="training steps only (no logits deviation column)")
     p.add_argument("--memory", action="store_true", help="CPU: peak RSS per row, each in a fresh process")
@@ -274,27 +379,31 @@ def main(argv=None) -> None:
 
 
 def run_preset(args, rows: list[Row], device: torch.device) -> list[dict]:
-    runner = Runner(args, device)
     if args._memory_of:  # child process of --memory: run one row's phase, print the peak
         name, phase = args._memory_of
         row = next(r for r in rows if r.name == name)
+        runner = Runner(args, device, [row])
         fn = runner.inference(row) if phase == "inference" else runner.train_step(row)
         reset_peak()
         for _ in range(args.warmup + 1):
             fn()
         print(peak_mib(device))
         return []
+    runner = Runner(args, device, rows)
     print(f"\n## {args.model}: temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
           f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
     inference_rows = [row for row in rows if not row.checkpointing]
+    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} before the run")
     lines, dev = [], {}
     if not args.skip_inference:
         dev = deviations(runner, inference_rows)
         lines = report("inference", inference_rows, measure(runner, rows, "inference", args, device), dev,
                        args.batch)
     if not args.skip_train:
-        lines += report("training step", rows, measure(runner, rows, "train", args, device), dev, args.batch)
+        lines += report("training step", [row for row in rows if row.trains], measure(runner, rows, "train", args,
+                                                                                        device), dev, args.batch)
     return [dict(preset=args.model, **line) for line in lines]
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
         raise UserError(f"--motion {args.motion!r}: give a range LOW,HIGH of fractions, e.g. 0.7,1.0") from None
     make_dataset(args.out_dir, num_train=args.train, num_val=args.val, size=args.size,
                  frames=args.frames, seed=args.seed, motion=motion, distractors=args.distractors,
-                 texture=args.texture)
+                 texture=args.texture, layout=args.layout)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -47,6 +47,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def _cmd_config(args: argparse.Namespace) -> None:
+    from ila.config import load_config
+
+    print(load_config(args.config, args.set or []).to_yaml(), end="")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ila.engine.evaluate import run_eval
 
@@ -56,14 +62,50 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from ila.engine.predict import run_predict
 
-    run_predict(args.checkpoint, args.videos, topk=args.topk, as_json=args.json, classes=args.classes,
-                visualize=args.visualize, block=args.block, overrides=args.set or [])
+    return run_predict(args.checkpoint, args.videos, topk=args.topk, as_json=args.json, classes=args.classes,
+                       visualize=args.visualize, block=args.block, overrides=args.set or [], window=args.window,
+                       stride=args.stride, csv_out=args.csv, timeline=args.timeline)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
     from ila.engine.convert import convert_release
 
     convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ila.data.prepare import prepare
+
+    r = prepare(args.src, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
+                frames_jpeg=args.frames_jpeg, workers=args.workers, root=args.root, fmt=args.format,
+                class_names=args.class_names)
+    print(f"{r.written} written, {r.skipped} already done (verified), {len(r.bad)} unreadable"
+          + (f" (listed in {os.path.join(args.out, 'bad_inputs.tsv')})" if r.bad else ""))
+    sets = f"data.root={args.out} data.train_list={r.annotation}"
+    sets += f" data.class_names={r.class_names}" if r.class_names else ""
+    sets += " data.format=frames" if args.frames_jpeg else ""
+    print(f"annotations: {r.annotation}; train on the copy with --set {sets}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "hub":
+        from ila.hub import export_hub
+
+        export_hub(args.checkpoint, args.out, classes=args.classes)
+        return
+    from ila.engine.onnx_export import export
+
+    meta = export(args.checkpoint, args.out, args.format, frames=args.frames, size=args.size, classes=args.classes,
+                  overrides=args.set or [], check=not args.no_check)
+    print(f"wrote {args.out} ({args.format}; {meta['frames']} frames of {meta['size']}px, {len(meta['class_names'])} "
+          f"classes; parity error {meta.get('parity_error', float('nan')):.1e}) and {args.out}.json")
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
+    from ila.engine.features import run_features
+
+    run_features(args.checkpoint, args.inputs, args.out, per_frame=args.per_frame, clips=args.clips,
+                 text=args.text, text_file=args.text_file, batch_size=args.batch_size, overrides=args.set or [])
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -78,11 +120,50 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override config keys, e.g. train.lr=1e-3 data.num_frames=16 (see the config key table)")
 
 
+EXAMPLES = {
+    "prepare": ["ila prepare data/k400/train.csv data/k400-320 --root data/k400 --short-side 320 --gop 16",
+                "ila prepare data/ssv2/train.json data/ssv2-frames --frames-jpeg --workers 16"],
+    "info": ["ila info list", "ila info ila-b32-8f-k400", "ila info demo --temporal mean --frames 16"],
+    "make-dataset": ["ila make-dataset data/tiny --train 16 --val 8 --size 32 --frames 8",
+                     "ila make-dataset data/motion --train 2560 --val 320 --size 36 --motion 0.7,1.0 "
+                     "--distractors 0 --texture 0"],
+    "config": ["ila config show demo", "ila config show configs/k400-b32-8f.yaml --set train.lr=1e-5",
+               "ila config show tiny --set data.train_list=my_videos/ data.val_split=0.2"],
+    "train": ["ila train --config demo --set data.train_list=my_videos/ data.val_split=0.2",
+              "ila train --config configs/k400-b32-8f.yaml --set train.batch_size=4 train.accumulation=8",
+              "ila train --resume runs/demo"],
+    "eval": ["ila eval --checkpoint runs/demo", "ila eval --checkpoint runs/demo/best.pt --set eval.clips=4 eval.crops=3",
+             "ila eval --checkpoint runs/demo --set data.val_list=my_test_videos/ data.num_frames=16"],
+    "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
+                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png",
+                "ila predict --checkpoint runs/demo clip.mp4 --visualize pictures/ --block -1"],
+    "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv",
+                "ila convert ssv2_b16_8.pth ssv2_b16_8_ila.pt --variant ssv2 --classes labels.json"],
+    "export": ["ila export --checkpoint runs/demo --format hub --out shared/demo-ila",
+               "ila export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx"],
+    "features": ["ila features --checkpoint runs/demo my_videos/ --out features.safetensors",
+                 "ila features --checkpoint k400_b32_8_ila.pt videos.txt --out emb.npy --clips 4 --text-file kinetics400"],
+    "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1"],
+}
+
+
+def _examples(command: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ila", description="ILA video recognition: train, evaluate, predict.")
+    from ila import __version__
+
+    parser = argparse.ArgumentParser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
+                                     epilog="`ila COMMAND --help` shows each command's options and examples.")
+    parser.add_argument("--version", action="version", version=f"ila {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="parameters and GFLOPs of a preset")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:     # every command's help ends with examples
+        return sub.add_parser(name, epilog=_examples(name), formatter_class=argparse.RawDescriptionHelpFormatter,
+                              **kwargs)
+
+    p = add("info", help="parameters and GFLOPs of a preset")
     p.add_argument("preset", help="preset name (`ila info list` lists them)")
     p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"],
                    help="temporal modelling variant (default: the preset's)")
@@ -91,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class names the prompt generator runs against (text heads; default: the preset's classes)")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("make-dataset", help="write the generated motion dataset (H.264 MP4 + lists)")
+    p = add("make-dataset", help="write the generated motion dataset (H.264 MP4 + lists)")
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=1280, help="number of training videos")
     p.add_argument("--val", type=int, default=320, help="number of validation videos")
@@ -101,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion", default="0.5,0.85", help="motion amplitude range LOW,HIGH (fraction of the largest)")
     p.add_argument("--distractors", type=int, default=2, help="static distractor shapes per clip")
     p.add_argument("--texture", type=float, default=0.5, help="background texture strength (0: flat)")
+    p.add_argument("--layout", choices=["lists", "folders"], default="lists",
+                   help="lists: train.txt/val.txt + classes.txt; folders: train/CLASS/*.mp4, val/CLASS/*.mp4")
     p.set_defaults(func=_cmd_make_dataset)
 
-    p = sub.add_parser("train", help="train a model (also under torchrun for DDP)")
+    p = add("config", help="print the resolved config of a YAML file or preset (`ila config show`)")
+    p.add_argument("action", choices=["show"], help="show: print every key as the run would use it")
+    p.add_argument("config", help="YAML config file or preset name")
+    _add_set(p)
+    p.set_defaults(func=_cmd_config)
+
+    p = add("train", help="train a model (also under torchrun for DDP)")
     p.add_argument("--config", help="YAML config file or preset name")
     _add_set(p)
     p.add_argument("--output", help="run directory (default: runs/NAME); an existing run there is continued")
@@ -111,34 +200,82 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run: its directory or a checkpoint (alone: the --output directory)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="accuracy of a checkpoint on data.val_list (clips x crops views)")
-    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p = add("eval", help="accuracy of a checkpoint on data.val_list (clips x crops views)")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
     _add_set(p)
     p.add_argument("--output", help="where metrics.json, per_class.csv and confusion.csv/png go "
                                      "(default: eval/ beside the checkpoint)")
     p.add_argument("--classes", help="class-name file or comma-separated names (default: the checkpoint's)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of video files or folders")
-    p.add_argument("--checkpoint", required=True, help="an ila checkpoint file or run directory")
+    p = add("predict", help="top-k classes of video files or folders")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--classes", help="class-name file or comma-separated names (text-head models: zero-shot)")
-    p.add_argument("--visualize", metavar="OUT.png", help="draw frame pairs with interactive points and masks")
+    p.add_argument("--visualize", metavar="OUT.png",
+                   help="draw frame pairs with interactive points and masks (format from the suffix: .png, .pdf, "
+                        ".svg, ...); several videos: OUT-VIDEONAME.png each")
     p.add_argument("--block", type=int, default=-1, help="which block's alignment to draw (default: the last)")
+    p.add_argument("--window", type=float, metavar="SECONDS",
+                   help="long videos: score sliding windows of this many seconds (T frames spread over each)")
+    p.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: --window)")
+    p.add_argument("--csv", metavar="OUT.csv", help="also write the predictions as CSV (one row per video/window and rank)")
+    p.add_argument("--timeline", metavar="OUT.png",
+                   help="with --window: plot class probabilities over time (several videos: OUT-VIDEONAME.png each)")
     _add_set(p)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("convert", help="authors' release checkpoint -> ila checkpoint")
+    p = add("convert", help="authors' release checkpoint -> ila checkpoint (.pt), folder or .safetensors")
     p.add_argument("release", metavar="RELEASE.pth")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="OUT.pt: ila checkpoint; a folder or OUT.safetensors: shareable form")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
+    p = add("prepare", help="a training-friendly copy of a dataset: short side, keyframes, H.264 (or JPEG)")
+    p.add_argument("src", metavar="SRC", help="annotation file (list, Kinetics CSV, SSv2 JSON, frame-folder list)")
+    p.add_argument("out", metavar="OUT", help="output folder (a second run skips finished, verified outputs)")
+    p.add_argument("--short-side", type=int, default=320, help="short side in pixels (never enlarged)")
+    p.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default: x264's, 250)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
+    p.add_argument("--frames-jpeg", action="store_true", help="JPEG frame folders instead of H.264 videos")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    p.add_argument("--root", default="", help="folder the annotation's paths are relative to")
+    p.add_argument("--format", default="auto", choices=["auto", "list", "kinetics_csv", "ssv2", "frames"])
+    p.add_argument("--class-names", default=None, help="class-name file (default: from the annotation)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = add("export", help="a checkpoint to share (hub: config.json + model.safetensors + card) or to deploy "
+                           "(onnx, exported: a graph clip -> logits, probs)")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
+    p.add_argument("--format", required=True, choices=["hub", "onnx", "exported"],
+                   help="hub (a shareable folder), onnx (onnxruntime, TensorRT, ...) or exported (torch.export .pt2)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="hub: a folder (or a .safetensors file); onnx/exported: the file (its metadata goes to PATH.json)")
+    p.add_argument("--classes", help="class names to store (a file, a,b,c, kinetics400 or ssv2; text heads: baked "
+                                     "into an onnx/exported graph)")
+    p.add_argument("--frames", type=int, default=None, help="onnx/exported: frames per clip (must be the model's)")
+    p.add_argument("--size", type=int, default=None, help="onnx/exported: frame side in pixels (must be the model's)")
+    p.add_argument("--no-check", action="store_true", help="onnx/exported: skip running the file against PyTorch")
+    _add_set(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = add("features", help="video (and text) embeddings of a checkpoint, to .safetensors or .npy")
+    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
+    p.add_argument("inputs", nargs="*", metavar="VIDEO|DIR|LIST", help="videos, folders of videos, or list files")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.safetensors (features + paths) or FILE.npy")
+    p.add_argument("--per-frame", action="store_true", help="frame embeddings (videos, T, E) instead of (videos, E)")
+    p.add_argument("--clips", type=int, default=1, help="temporal clips per video, embeddings averaged")
+    p.add_argument("--text", help="text embeddings of these comma-separated names (text-head models)")
+    p.add_argument("--text-file", help="text embeddings of the names in a class file (or kinetics400 / ssv2)")
+    p.add_argument("--batch-size", type=int, default=None, help="videos per forward pass (default: eval.batch_size)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_features)
+
+    p = add("demo", help="CPU demo: generate the motion set, train ILA / mean / attention, compare")
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
@@ -149,11 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_command(argv: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """A one-line 'did you mean' for a misspelled subcommand, or None."""
+    from ila.presets import did_you_mean
+
+    commands = list(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in commands or argv[0].startswith("-"):
+        return None
+    return f"ila: error: unknown command {first!r}{did_you_mean(first, commands)} (commands: {', '.join(commands)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    unknown = _unknown_command(argv, parser)
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as e:
         print(f"ila {args.command}: error: {printable(e)[:4000]}", file=sys.stderr)   # one line, no escape codes
         return 2
@@ -171,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ila {args.command}: internal error: {type(e).__name__}: {one_line(e, 300)} (this is a bug in ila; "
               f"set ILA_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

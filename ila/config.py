@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import reprlib
 import types
@@ -36,14 +37,18 @@ class DataConfig:
     val_list: str = ""                      # validation annotations (`ila eval`, per-epoch validation)
     class_names: str | list[str] | None = None  # class-name file, or the names as a YAML list
     format: Literal["auto", "list", "kinetics_csv", "ssv2", "frames"] = "auto"  # annotation format
+    val_split: float = 0.0                  # hold out this fraction of a train_list folder for validation
     num_frames: int | None = None           # frames per clip; empty: the model's
     input_size: int | None = None           # crop side in pixels; empty: the model's resolution
     sampling: Literal["segment", "dense"] = "segment"  # release: one frame per equal segment
     frame_interval: int = 4                 # dense sampling stride
     bad_files: Literal["auto", "skip", "error"] = "auto"  # unreadable videos; auto: skip in training, error in eval
     workers: int = 2                        # loader processes per training process
+    grayscale: float = 0.2                  # chance a training clip is turned grey (release recipe: 0.2)
+    augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
+    decoder: Literal["pyav", "torchcodec"] = "pyav"  # video decoder (torchcodec: optional extra, system FFmpeg)
     cache: Literal["none", "memory"] = "none"  # memory: decode every video once, serve clips from memory
-    augment: Literal["release", "crop"] = "release"  # training clips: release recipe, or random crops only
+    recipe: Literal["release", "crop"] = "release"  # training clips: release recipe, or random crops only
 
 
 @dataclass
@@ -75,6 +80,7 @@ class TrainConfig:
     eval_every_epochs: int = 1              # validate on data.val_list every N epochs (0: never)
     log_every_steps: int = 10               # metrics.jsonl / TensorBoard interval
     stop_at_step: int = 0                   # stop (after a checkpoint) at this optimizer step; 0: run all
+    wandb: str = ""                         # Weights & Biases project to log to as well (pip install ila[wandb])
 
 
 @dataclass
@@ -225,8 +231,13 @@ def _apply(obj, section: str, values: dict) -> None:
     hints = typing.get_type_hints(type(obj))
     known = [f.name for f in fields(obj)]
     for key, value in values.items():
+        if section == "model" and key == "fast":  # saved before ila.fuse: the fast path is now the one forward
+            continue
         if key not in hints:
-            raise UserError(f"unknown config key '{section}.{key}'; {section} keys are: {', '.join(known)}")
+            from ila.presets import did_you_mean
+
+            raise UserError(f"unknown config key '{section}.{key}'; {section} keys are: {', '.join(known)}"
+                            + did_you_mean(key, known).replace("'", f"'{section}.", 1))
         setattr(obj, key, coerce(f"{section}.{key}", value, hints[key]))
 
 
@@ -242,8 +253,11 @@ def _set_dotted(raw: dict, assignment: str) -> None:
         raw[parts[0]] = value
         return
     if len(parts) != 2 or parts[0] not in _SECTIONS:
+        from ila.presets import did_you_mean
+
+        every = [row[0] for row in config_keys()]
         raise UserError(f"unknown config key '{key}'; keys look like section.key with section one of "
-                        f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)})")
+                        f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)}){did_you_mean(key.strip(), every)}")
     section = raw.setdefault(parts[0], {}) or {}
     if not isinstance(section, dict):
         raise UserError(f"--set {key.strip()}: config section '{parts[0]}' must be a mapping of keys to values, "
@@ -280,13 +294,49 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval), "
                             f"not {_a(raw)}")
-        return raw, path.stem
-    from ila.presets import PRESETS
+        return _absolute_paths(raw, path.resolve().parent), path.stem
+    from ila.presets import PRESETS, did_you_mean, preset_name
 
-    if str(source) not in PRESETS:
+    name = preset_name(str(source))
+    if name is None:
         raise UserError(f"--config {_shown(str(source))} is neither a YAML file nor a preset; presets: "
-                        f"{', '.join(PRESETS)}")
-    return {"model": {"preset": str(source)}}, str(source)
+                        f"{', '.join(PRESETS)}" + did_you_mean(source, list(PRESETS)))
+    return {"model": {"preset": name}}, name
+
+
+# paths a config may hold: in a YAML file they are relative to the file's folder, in --set to the current one
+_PATH_KEYS = {"data": ("root", "train_list", "val_list", "class_names"), "train": ("init",)}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _absolute(key: str, value, base: Path):
+    """`value` of path key `key` made absolute against `base`; names that are not paths stay as they are
+    (train.init auto/none/open_clip names, class names written as `a,b,c`)."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    candidate = Path(base) / os.path.expanduser(value.strip())
+    try:
+        exists = candidate.exists()
+    except (OSError, ValueError):                  # a name too long for the system, a NUL byte: not a file here
+        exists = False
+    if key == "init":
+        pathlike = "/" in value or value.endswith(_WEIGHT_SUFFIXES)
+        if value in ("auto", "none") or (not exists and (":" in value or not pathlike)):
+            return value
+    if key == "class_names" and "," in value and not exists:
+        return value
+    return os.path.abspath(candidate)
+
+
+def _absolute_paths(raw: dict, base: Path) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, keys in _PATH_KEYS.items():
+        values = raw.get(section)
+        if isinstance(values, dict):
+            for key in keys:
+                if key in values:
+                    values[key] = _absolute(key, values[key], base)
+    return raw
 
 
 def require_complete(raw: Any, source: str | None = None) -> None:
@@ -331,14 +381,19 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
     cfg = Config()
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.pop("preset", None)
+    recipe: dict = {}
     if preset not in (None, "", "none", "None"):
-        from ila.presets import PRESETS, get_preset
+        from ila.presets import PRESETS, did_you_mean, get_preset, preset_name
 
-        if not isinstance(preset, str) or preset not in PRESETS:
-            raise UserError(f"model.preset={_shown(preset)} is not allowed; use one of {', '.join(PRESETS)}")
+        if not isinstance(preset, str) or preset_name(preset) is None:
+            raise UserError(f"model.preset={_shown(preset)} is not allowed; use one of {', '.join(PRESETS)}"
+                            + (did_you_mean(preset, list(PRESETS)) if isinstance(preset, str) else ""))
+        preset = preset_name(preset)
         cfg.model = get_preset(preset)
         cfg.preset = str(preset)
+        recipe = PRESETS[preset].recipe            # the preset's own training recipe under what is given
     _apply(cfg.model, "model", model_raw)
+    _apply(cfg.train, "train", {k: v for k, v in recipe.items() if k not in (raw.get("train") or {})})
     for section in ("data", "train", "eval"):
         _apply(getattr(cfg, section), section, raw.get(section) or {})
     hints = typing.get_type_hints(Config)
@@ -369,9 +424,29 @@ def load_config(source: str | Path | dict | None = None, overrides: Sequence[str
     if complete:
         require_complete(raw)
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    given: dict = {}
     for assignment in overrides:
-        _set_dotted(raw, assignment)
-    return config_from_dict(raw, name)
+        _set_dotted(given, assignment)
+    for section, values in given.items():
+        if isinstance(values, dict):
+            values = _absolute_paths({section: values}, Path.cwd())[section]
+            present = raw.get(section) or {}
+            if not isinstance(present, dict):
+                raise UserError(f"--set {section}.{next(iter(values))}: config section '{section}' must be a mapping "
+                                f"of keys to values, not {_a(present)}")
+            raw[section] = {**present, **values}
+        else:
+            raw[section] = values
+    # a new data.num_frames / data.input_size given alone also sets the model's (e.g. an 8-frame checkpoint
+    # evaluated at 16 frames: the position embeddings are resampled when the weights are loaded)
+    for data_key, model_key in (("num_frames", "num_frames"), ("input_size", "image_resolution")):
+        if data_key in (given.get("data") or {}) and model_key not in (given.get("model") or {}) \
+                and isinstance(raw.get("model"), dict) and model_key in raw["model"]:
+            raw["model"] = {**raw["model"], model_key: given["data"][data_key]}
+    cfg = config_from_dict(raw, name)
+    if not isinstance(source, dict) and not cfg.data.root and (cfg.data.train_list or cfg.data.val_list):
+        cfg.data.root = os.getcwd()   # relative entries of a list are read from here: saved as an absolute path
+    return cfg
 
 
 def _link_data_to_model(cfg: Config, explicit: set[str]) -> None:
@@ -428,8 +503,10 @@ def validate(cfg: Config) -> Config:
                        ("train.save_every_steps", t.save_every_steps), ("train.stop_at_step", t.stop_at_step),
                        ("train.eval_every_epochs", t.eval_every_epochs)):
         _check(value >= 0, key, value, "a number >= 0")
-    for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob)):
+    for key, value in (("train.label_smoothing", t.label_smoothing), ("train.mixup_switch_prob", t.mixup_switch_prob),
+                       ("data.grayscale", cfg.data.grayscale)):
         _check(0 <= value <= 1, key, value, "a number in [0, 1]")
+    _check(0 <= d.val_split < 1, "data.val_split", d.val_split, "a fraction in [0, 1), e.g. 0.2")
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
     _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range
     _check(d.workers <= 256, "data.workers", d.workers, "an integer in [0, 256]")

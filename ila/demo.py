@@ -118,7 +118,7 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
         "model": model,
         "data": {"root": str(data), "train_list": str(data / "train.txt"), "val_list": str(data / "val.txt"),
                  "class_names": str(data / "classes.txt"), "num_frames": frames, "input_size": 32,
-                 "cache": "memory", "augment": "crop", "workers": 0},
+                 "cache": "memory", "recipe": "crop", "workers": 0},
         "train": train,
         "eval": {"clips": budget.eval_clips if setting != "pretrain" else 1, "crops": 1, "batch_size": 32},
         "name": f"demo-{setting}-{variant}", "output": str(run), "device": "cpu"})

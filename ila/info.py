@@ -13,13 +13,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from ila.errors import UserError
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel
-from ila.presets import PRESETS, get_preset
+from ila.presets import PRESETS, get_preset, preset_name
 
 
 def count_flops(cfg: ModelConfig, text_classes: int | None = None, batch: int = 1) -> int:
-    """FLOPs (2 per multiply-add) of one forward pass on `batch` views, counted on the meta device."""
+    """FLOPs (2 per multiply-add) of one inference pass of the fused model (`ila.fuse`) on `batch` views, counted
+    on the meta device."""
     with torch.device("meta"):
-        model = ILAModel(cfg).eval()
+        model = ILAModel(cfg).fuse()
         video = torch.empty(batch, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
         text = torch.empty(text_classes or cfg.num_classes, cfg.embed_dim) if cfg.head == "text" else None
     counter = FlopCounterMode(display=False)
@@ -49,6 +50,7 @@ def print_info(name: str, temporal: str | None = None, frames: int | None = None
             print(preset)
         return
     cfg = get_preset(name)
+    name = preset_name(name)
     if temporal:
         cfg.temporal = temporal
     if frames is not None:                       # 0 is a value to refuse, not "no flag"
@@ -73,6 +75,8 @@ def print_info(name: str, temporal: str | None = None, frames: int | None = None
     print(f"compute per view: {d['gflops']:.2f} GFLOPs ({d['gmacs']:.2f} GMACs; torch.utils.flop_counter, "
           f"2 FLOPs per multiply-add, eval mode, text features cached"
           + (f", prompts for {text_classes or cfg.num_classes} class names)" if cfg.head == "text" else ")"))
-    if preset.paper_top1 is not None:
+    # the paper's accuracy belongs to the preset's own model: another frame count or temporal variant has none
+    unchanged = all(getattr(cfg, key) == getattr(preset.model, key) for key in ("temporal", "num_frames"))
+    if preset.paper_top1 is not None and unchanged:
         flops = f", {preset.paper_gflops} GFLOPs/view" if preset.paper_gflops else ""
         print(f"paper: {preset.paper_top1} % top-1 on {preset.dataset}{flops}")

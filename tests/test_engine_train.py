@@ -21,6 +21,8 @@ def tiny(data, out, *sets):
                                 "data.workers=0", "device=cpu", "train.init=none", "train.lr=1e-3",
                                 "train.optimizer_groups=uniform", "train.warmup_epochs=1", "train.epochs=2",
                                 "train.batch_size=2", "train.eval_every_epochs=0", "eval.batch_size=4",
+                                # the release's regularisation, not the tiny preset's own recipe: mixup/cutmix on
+                                "train.weight_decay=3e-3", "train.mixup=0.8", "train.cutmix=1.0",
                                 f"output={out}", *sets])
 
 
@@ -172,7 +174,10 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
     every step, and weights within 5 % of one AdamW step (lr) of eager's. (Parameters whose gradient is zero or
     nearly so, such as conv biases before a BatchNorm or attention queries and keys over near-identical tokens,
     get AdamW steps of rounding noise normalised to about lr, so fusion's different rounding shows there.)"""
-    common = ("train.mixup=0", "train.cutmix=0", "train.epochs=1", "train.warmup_epochs=0", "train.log_every_steps=1")
+    # grey clips (R = G = B) leave some alignment-conv weights with near-zero gradients, whose AdamW steps are
+    # rounding noise normalised to about lr (see above): this test's clips stay in colour
+    common = ("train.mixup=0", "train.cutmix=0", "train.epochs=1", "train.warmup_epochs=0", "train.log_every_steps=1",
+              "data.grayscale=0")
     runs = [train(tiny(motion, tmp_path / name, *common, f"train.compile={name == 'compiled'}"))
             for name in ("eager", "compiled")]
     losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -185,3 +190,16 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
             assert (eager[k].chunk(3)[1] - compiled[k].chunk(3)[1]).abs().max() <= 4 * 1e-3, k
             eager[k], compiled[k] = eager[k].chunk(3)[::2], compiled[k].chunk(3)[::2]
         torch.testing.assert_close(eager[k], compiled[k], rtol=0, atol=0.05 * 1e-3, msg=k)
+
+
+def test_device_augmentation_trains_and_resumes_exactly(motion, tmp_path):
+    # data.augment=device: workers return uint8 clips, the recipe runs in the training process from per-step
+    # generators, so a resumed run equals an uninterrupted one here too
+    recipe = ("data.augment=device", "train.mixup=0.8", "train.cutmix=1.0", "train.label_smoothing=0.1")
+    whole = train(tiny(motion, tmp_path / "whole", *recipe, "train.epochs=1"))
+    stopped = train(tiny(motion, tmp_path / "split", *recipe, "train.epochs=1", "train.stop_at_step=2",
+                         "data.workers=1"))
+    train(tiny(motion, tmp_path / "split", *recipe, "train.epochs=1", "data.workers=1"))
+    assert_same_weights(weights(whole), weights(stopped))
+    cpu = train(tiny(motion, tmp_path / "cpu", "train.mixup=0.8", "train.cutmix=1.0", "train.epochs=1"))
+    assert not all(torch.equal(a, b) for a, b in zip(weights(whole).values(), weights(cpu).values()))

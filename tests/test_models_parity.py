@@ -12,16 +12,15 @@ import pytest
 import torch
 
 from ila.models.config import ModelConfig
-from ila.models.fast import FastPath
+from ila.models.fuse import FUSIONS
 from ila.models.ila import ILAModel
 from ila.models.release import ila_to_release, load_release
 from reference_release import reference_forward
 from conftest import FIXTURES
 
 TOL = 1e-5
-# the straightforward path, the fast path, and each fast-path idea on its own
-PATHS = [False, True] + FastPath.ideas()
-PATH_IDS = ["straight", "fast"] + [f"only-{idea}" for idea in FastPath.ideas()]
+# the one forward in train and eval mode; the fused inference model (ila.fuse), with all rewrites and with each alone
+MODES = ["train", "eval", "fused"] + [f"fused-only-{name}" for name in FUSIONS]
 
 
 def rel_err(ours, theirs):
@@ -36,9 +35,14 @@ def set_mode(model, train):
     return model
 
 
-def run(model, video, text, train, delta=0.2, fast=True):
-    model.fast = fast
-    set_mode(model, train)
+def run(model, video, text, mode, delta=0.2):
+    """The model's outputs in `mode` (one of MODES); a fused mode fuses the model (in place)."""
+    train = mode == "train"
+    if mode.startswith("fused"):
+        only = mode.removeprefix("fused-only-")
+        model.fuse(ablation=[n for n in FUSIONS if n != only] if only != mode else ())
+    else:
+        set_mode(model, train)
     model.align_delta = delta
     with torch.no_grad():
         out = model(video, text if model.text is not None else None)
@@ -52,14 +56,13 @@ def fixture_files():
 
 @pytest.mark.parametrize("path", fixture_files() or [pytest.param(None, marks=pytest.mark.skip("no fixtures"))],
                          ids=lambda p: os.path.basename(p) if p else "none")
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("fast", PATHS, ids=PATH_IDS)
-def test_golden_outputs(path, mode, fast):
+@pytest.mark.parametrize("mode", MODES)
+def test_golden_outputs(path, mode):
     fx = torch.load(path, weights_only=True)
     model = load_release(fx["state_dict"])
     assert model.cfg.num_frames == fx["config"]["frames"]
-    out, raw = run(model, fx["video"], fx["text"], mode == "train", fast=fast)
-    expected = fx[mode]
+    out, raw = run(model, fx["video"], fx["text"], mode)
+    expected = fx["train" if mode == "train" else "eval"]
     assert rel_err(out.logits, expected["logits"]) <= TOL
     assert rel_err(out.align_losses, expected["cos_losses"]) <= TOL
     assert rel_err(raw, expected["raw_points"]) <= TOL
@@ -70,7 +73,7 @@ def test_golden_outputs(path, mode, fast):
 def test_release_container_loads_to_the_same_outputs(fixtures_dir, mode):
     fx = torch.load(os.path.join(fixtures_dir, "k400_tiny.pt"), weights_only=True)
     model = load_release(os.path.join(fixtures_dir, "k400_tiny_release.pth"))
-    out, _ = run(model, fx["video"], fx["text"], mode == "train")
+    out, _ = run(model, fx["video"], fx["text"], mode)
     assert rel_err(out.logits, fx[mode]["logits"]) <= TOL
 
 
@@ -114,9 +117,8 @@ GEOMETRIES = [  # grid, width, depth, frames, head
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=["7x7-w64-d3-T3", "5x5-w128-T5-ssv2", "6x6-w192-T2"])
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("fast", PATHS, ids=PATH_IDS)
-def test_other_geometries_match_the_reference(geometry, mode, fast):
+@pytest.mark.parametrize("mode", MODES)
+def test_other_geometries_match_the_reference(geometry, mode):
     cfg = ModelConfig(embed_dim=64, transformer_width=64, transformer_layers=1, align_hidden=32, point_hidden=16,
                       **geometry)
     release_sd = ila_to_release(randomize(ILAModel(cfg)).state_dict(), cfg.interactive_block)
@@ -125,7 +127,7 @@ def test_other_geometries_match_the_reference(geometry, mode, fast):
     video = torch.randn(2, cfg.num_frames, 3, cfg.image_resolution, cfg.image_resolution)
     text = torch.randint(1, 400, (3, 77))
     text[:, 6] = 49407
-    out, raw = run(model, video, text, mode == "train", fast=fast)
+    out, raw = run(model, video, text, mode)
     with torch.no_grad():
         logits, losses, ref_raw, _ = reference_forward(release_sd, video, text, mode == "train")
     assert ref_raw.abs().max() > 0.05  # points really moved: the comparison covers the masks

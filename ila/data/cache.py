@@ -49,20 +49,20 @@ class FramesReader:
         return False
 
 
-def _key(path: str, short_side: int | None) -> tuple:
+def _key(path: str, short_side: int | None, decoder: str = "pyav") -> tuple:
     try:
         st = os.stat(path)
-        return (path, st.st_size, st.st_mtime_ns, short_side)
+        return (path, st.st_size, st.st_mtime_ns, short_side, decoder)
     except OSError:
-        return (path, None, None, short_side)
+        return (path, None, None, short_side, decoder)
 
 
-def decode_all(path: str, short_side: int | None) -> np.ndarray | str:
+def decode_all(path: str, short_side: int | None, decoder: str = "pyav") -> np.ndarray | str:
     """Every frame of a video as uint8 (F, H, W, 3), or why it cannot be read; kept for the process."""
-    key = _key(path, short_side)
+    key = _key(path, short_side, decoder)
     if key not in _DECODED:
         try:
-            with open_video(path) as reader:
+            with open_video(path, decoder=decoder, short_side=short_side) as reader:
                 _DECODED[key] = reader.read(range(reader.num_frames), short_side=short_side)
         except VideoReadError as e:
             _DECODED[key] = e.reason or "unreadable"
@@ -75,12 +75,12 @@ class MemoryVideoDataset(VideoDataset):
     def __init__(self, *args, verbose: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         start = time.perf_counter()
-        new = sum(_key(self.resolve(s.path), self.short_side) not in _DECODED for s in self.samples)
+        new = sum(_key(self.resolve(s.path), self.short_side, self.decoder) not in _DECODED for s in self.samples)
         self._frames: dict[str, np.ndarray | str] = {}
         for s in self.samples:
             path = self.resolve(s.path)
             if path not in self._frames:
-                self._frames[path] = decode_all(path, self.short_side)
+                self._frames[path] = decode_all(path, self.short_side, self.decoder)
         if verbose and new:
             size = sum(f.nbytes for f in self._frames.values() if isinstance(f, np.ndarray))
             print(f"data.cache=memory: decoded {new} videos ({size / 2**20:.0f} MiB) in "
@@ -89,7 +89,7 @@ class MemoryVideoDataset(VideoDataset):
     def open(self, path: str):
         frames = self._frames.get(path)
         if frames is None:
-            frames = decode_all(path, self.short_side)
+            frames = decode_all(path, self.short_side, self.decoder)
         if isinstance(frames, str):
             raise VideoReadError(path, frames)
         return FramesReader(path, frames)

@@ -47,7 +47,7 @@ class VideoDataset(Dataset):
                  sampling: str = "segment", frame_interval: int = 4, clips: int = 1, crops: int = 1,
                  bad_file_policy: str | None = None, seed: int = 0, transform=None, hflip: bool = False,
                  label_swap=None, randaugment: bool = False, max_retries: int = 20,
-                 resize_on_decode: bool = True):
+                 resize_on_decode: bool = True, decoder: str = "pyav"):
         if not samples:
             raise UserError("the dataset has no samples")
         policy = bad_file_policy or ("skip" if train else "error")
@@ -69,6 +69,7 @@ class VideoDataset(Dataset):
             transform = TrainTransform(input_size, randaugment=randaugment) if train else TestTransform(input_size, crops)
         self.transform = transform
         self.short_side = getattr(transform, "short_side", None) if resize_on_decode else None
+        self.decoder = decoder
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._bad: dict[str, str] = {}
 
@@ -148,7 +149,7 @@ class VideoDataset(Dataset):
             if flip:
                 label = self.label_swap.get(label, label)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2**62)))
+                torch.default_generator.manual_seed(int(rng.integers(2**62)))   # CPU only: no lazy CUDA calls
                 return self.transform(clip), label
         views = [self.transform(c) for c in clips]
         views = [v.unsqueeze(0) if v.dim() == 4 else v for v in views]
@@ -156,7 +157,7 @@ class VideoDataset(Dataset):
 
     def open(self, path: str):
         """The reader of a video file (`ila.data.cache` serves decoded frames instead)."""
-        return open_video(path)
+        return open_video(path, decoder=self.decoder, short_side=self.short_side)
 
     def _note_bad(self, path: str, reason: str) -> None:
         """Remember a bad file (later draws skip it without opening it); log it here unless in a loader
@@ -269,14 +270,14 @@ class VideoLoader(DataLoader):
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, sampler=None,
-                 drop_last: bool = False) -> VideoLoader:
+                 drop_last: bool = False, collate_fn=None) -> VideoLoader:
     """A loader with worker processes (persistent when num_workers > 0), pinned memory when a GPU is
     present, a shuffle order from (seed, epoch) unless a sampler is given, and seeded workers."""
     if sampler is None and shuffle:
         sampler = EpochShuffleSampler(dataset, seed)
     return VideoLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                        pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                       drop_last=drop_last, worker_init_fn=seed_worker,
+                       drop_last=drop_last, worker_init_fn=seed_worker, collate_fn=collate_fn,
                        generator=torch.Generator().manual_seed(seed))
 
 

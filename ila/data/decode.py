@@ -32,10 +32,29 @@ class VideoReadError(UserError):
         self.reason = reason if reason is not None else path
 
 
-def open_video(path: str, threads: int = 1):
-    """A reader for a video file or, for a directory, a frame folder."""
+DECODERS = ("pyav", "torchcodec")
+_warned: set[str] = set()
+
+
+def open_video(path: str, threads: int = 1, decoder: str = "pyav", short_side: int | None = None):
+    """A reader for a video file or, for a directory, a frame folder. `decoder="torchcodec"` reads video files
+    with torchcodec where it can be used, else (after one warning) with PyAV; `short_side`, the size reads will
+    ask for, lets torchcodec set up one decoder that resizes."""
     if os.path.isdir(path):
         return FrameFolderReader(path)
+    if decoder == "torchcodec":
+        from ila.data.decode_torchcodec import TorchCodecReader, torchcodec_available
+
+        usable, why = torchcodec_available()
+        if usable:
+            return TorchCodecReader(path, threads=threads, short_side=short_side)
+        if why not in _warned:
+            _warned.add(why)
+            import warnings
+
+            warnings.warn(f"{why}; decoding with PyAV", stacklevel=2)
+    elif decoder != "pyav":
+        raise UserError(f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     return VideoReader(path, threads=threads)
 
 
@@ -44,6 +63,7 @@ class VideoReader:
 
     def __init__(self, path: str, threads: int = 1):
         self.path = path
+        self._reformatter = None
         if not os.path.exists(path):
             raise VideoReadError(path, "file not found")
         if os.path.isdir(path):
@@ -190,7 +210,12 @@ class VideoReader:
         if short_side and short_side != min(w, h):
             scale = short_side / min(w, h)
             w, h = max(1, round(w * scale)), max(1, round(h * scale))
-        rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+        if self._reformatter is None:   # one scaler for the reader: FFmpeg's set-up is not repeated per frame
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(frame, width=w, height=h, format="rgb24",
+                                         interpolation="BILINEAR").to_ndarray()
         return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
 
     def close(self) -> None:

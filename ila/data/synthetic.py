@@ -46,8 +46,9 @@ def hflip_label_swap(pairs=DEFAULT_PAIRS) -> dict[int, int]:
 def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: int = 64, frames: int = 16,
                  seed: int = 0, *, pairs=DEFAULT_PAIRS, fps: int = 16, motion=(0.5, 0.85),
                  object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
-                 min_contrast: float = 120.0, qp: int = 20, verbose: bool = True) -> str:
-    """Write `train/` and `val/` H.264 MP4 clips, `train.txt` / `val.txt` (`path label`) and `classes.txt`.
+                 min_contrast: float = 120.0, qp: int = 20, verbose: bool = True, layout: str = "lists") -> str:
+    """Write `train/` and `val/` H.264 MP4 clips, `train.txt` / `val.txt` (`path label`) and `classes.txt`;
+    with layout="folders", `train/CLASS/` and `val/CLASS/` class folders instead, and no list files.
 
     motion: range of the motion amplitude as a fraction of the largest one (travel across the frame,
     growth, rotation up to 180 degrees, fade ramp speed); object_size: range of the object radius as a
@@ -56,11 +57,14 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
     qp: H.264 quantiser (0 = lossless). Returns out_dir.
     """
     _check_args(num_train, num_val, size, frames, pairs, motion, object_size, distractors, texture, qp)
+    if layout not in ("lists", "folders"):
+        raise UserError(f"layout {layout!r}: use lists or folders")
     start = time.perf_counter()
     names = class_names(pairs)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "classes.txt"), "w") as f:
-        f.write("".join(n + "\n" for n in names))
+    if layout == "lists":
+        with open(os.path.join(out_dir, "classes.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in names))
     params = dict(pairs=tuple(pairs), motion=motion, object_size=object_size, distractors=distractors,
                   texture=texture, min_contrast=min_contrast)
     for split, count in (("train", num_train), ("val", num_val)):
@@ -68,15 +72,18 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
         lines = []
         for i in range(count):
             label = i % len(names)
-            rel = f"{split}/{i:06d}.mp4"
+            rel = f"{split}/{i:06d}.mp4" if layout == "lists" else f"{split}/{names[label]}/{i:06d}.mp4"
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
             clip = render_clip(label, size, frames, np.random.default_rng([seed, _SPLITS[split], i]), **params)
             write_mp4(os.path.join(out_dir, rel), clip, fps=fps, qp=qp)
             lines.append(f"{rel} {label}\n")
-        with open(os.path.join(out_dir, f"{split}.txt"), "w") as f:
-            f.write("".join(lines))
+        if layout == "lists":
+            with open(os.path.join(out_dir, f"{split}.txt"), "w") as f:
+                f.write("".join(lines))
     if verbose:
         print(f"wrote {num_train} train + {num_val} val clips ({len(names)} classes in {len(pairs)} "
-              f"time-reversed pairs, {frames} frames of {size}x{size}) to {out_dir} "
+              f"time-reversed pairs, {frames} frames of {size}x{size}) to {out_dir}"
+              f"{' as class folders' if layout == 'folders' else ''} "
               f"in {time.perf_counter() - start:.1f} s")
     return out_dir
 
@@ -187,6 +194,31 @@ def write_mp4(path: str, clip: np.ndarray, fps: int = 16, qp: int = 20) -> None:
         for frame in clip:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def write_long_video(path: str, labels: list[int], seconds_each: float, size: int | tuple[int, int] = 64,
+                     fps: int = 16, seed: int = 0, keyframe_every: int | None = None, qp: int = 23) -> float:
+    """A long H.264 video of motion segments: segment k shows class `labels[k]` for `seconds_each` seconds.
+    size: a side, or (width, height): the motion is drawn in a centred square of side min(width, height) on a
+    flat grey frame. One segment is drawn at a time and encoded (memory does not grow with the length).
+    keyframe_every: GOP length in frames (default: 2 s), so that reading a window seeks. Returns the duration
+    in seconds."""
+    width, height = (size, size) if isinstance(size, int) else size
+    side = min(width, height)
+    per = max(int(round(seconds_each * fps)), 1)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={
+            "qp": str(qp), "g": str(keyframe_every or 2 * fps), "bframes": "0", "threads": "1", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        canvas = np.full((height, width, 3), 128, np.uint8)
+        for k, label in enumerate(labels):
+            segment = render_clip(int(label), side, per, np.random.default_rng([seed, k]), distractors=0, texture=0.0)
+            for frame in segment:
+                canvas[y0:y0 + side, x0:x0 + side] = frame
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
+        container.mux(stream.encode())
+    return len(labels) * per / fps
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -59,6 +59,17 @@ class MultiScaleCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+class RandomGrayscale(v2.RandomGrayscale):
+    """`v2.RandomGrayscale` that turns videos grey too: torchvision registers its grayscale kernel for images
+    and plain tensors only, so `v2.RandomGrayscale` passes a `tv_tensors.Video` through unchanged."""
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Video):
+            grey = F.rgb_to_grayscale(inpt.as_subclass(torch.Tensor), num_output_channels=params["num_input_channels"])
+            return tv_tensors.wrap(grey, like=inpt)
+        return super().transform(inpt, params)
+
+
 class TrainTransform:
     """The training recipe for one clip: uint8 (T, 3, H, W) -> float (T, 3, S, S)."""
 
@@ -73,7 +84,7 @@ class TrainTransform:
         if color_jitter > 0:
             steps.append(v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=color_jitter))
         if grayscale > 0:
-            steps.append(v2.RandomGrayscale(p=grayscale))
+            steps.append(RandomGrayscale(p=grayscale))
         steps += [v2.ToDtype(torch.float32, scale=False), v2.Normalize(mean, std)]
         if erasing > 0:
             steps.append(v2.RandomErasing(p=erasing, value="random"))

@@ -40,6 +40,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, class_na
                     train_state: dict | None = None, metrics: dict | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then `os.replace`); `metrics`: the validation result
     that made it (`best.pt`: top1, epoch, step)."""
+    if getattr(unwrap(model), "fused", ()):
+        raise UserError("this model is fused for inference (ila.fuse): its tensors are folded, not the trained ones; "
+                        "save the unfused model")
     state = {"format": FORMAT, "config": config.to_dict(), "class_names": list(class_names or []),
              "model": unwrap(model).state_dict(), "train_state": train_state}
     if metrics is not None:
@@ -53,6 +56,11 @@ def read_checkpoint(path: str | Path, resume: bool = False) -> dict:
     """The raw dict of an `ila` checkpoint, read safely (`ila.safe_load`: no pickled code runs) and checked: its
     `config`, `model`, `class_names` and `train_state` have the types `save_checkpoint` writes, and with
     `resume=True` the training state has everything a resume restores. A UserError for anything else."""
+    from ila.hub import read_pretrained
+
+    if (shared := read_pretrained(path)) is not None:  # a shared folder, .safetensors file or Hub repo id
+        check_checkpoint(shared, path, resume)
+        return shared
     path = Path(path)
     if path.is_dir():
         found = newest_readable(path, resume=resume)
@@ -157,7 +165,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple = (), device:
     config = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
     safe_load.check_model_fits(config.model, state["model"], path)
     model = build_model(config.model)
-    load_weights(model, state["model"], path)
+    from ila.models.resample import fit_position_embeddings   # other frame counts / sizes than trained at
+
+    load_weights(model, fit_position_embeddings(state["model"], model), path)
     return model.to(device), config, list(state.get("class_names") or []), state
 
 

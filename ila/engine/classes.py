@@ -16,7 +16,8 @@ from ila.errors import UserError
 
 
 def class_names_from(spec: str | list[str] | None) -> list[str] | None:
-    """Names from a list, a class-name file, or a comma-separated string; None stays None."""
+    """Names from a list, a class-name file, a comma-separated string or a shipped list (`kinetics400`, `ssv2`);
+    None stays None."""
     if spec is None or spec == "" or isinstance(spec, list):
         return list(spec) if spec else None
     if Path(spec).is_file():
@@ -25,7 +26,12 @@ def class_names_from(spec: str | list[str] | None) -> list[str] | None:
         return load_class_names(str(spec))
     if "," in spec:
         return [name.strip() for name in spec.split(",") if name.strip()]
-    raise UserError(f"class names {spec!r}: no such file (give a class-name file or names separated by commas)")
+    from ila.labels import BUILTIN, builtin_class_names
+
+    if (names := builtin_class_names(spec)) is not None:
+        return names
+    raise UserError(f"class names {spec!r}: no such file (give a class-name file, names separated by commas, "
+                    f"or a shipped list: {', '.join(BUILTIN)})")
 
 
 def class_list(cfg, saved: list[str], classes: str | list[str] | None = None, overrides=(),

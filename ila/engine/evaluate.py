@@ -196,10 +196,12 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     from ila.engine.runlock import RunLock
 
     model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
+    model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])  # inference only (ila.fuse): same outputs
     names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
     check_class_count(model, names)
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    out = Path(output) if output else run_dir / "eval"
+    from ila.hub import is_hub_id                          # a Hub id ORG/NAME: eval/ORG--NAME here
+    out = Path(output) if output else Path("eval", str(checkpoint).replace("/", "--")) if is_hub_id(checkpoint) else run_dir / "eval"
     output_dir(out, "--output folder")                 # a bad output path fails before any scoring
     env = dist.setup(dist.inference_device(cfg, overrides))
     lock = RunLock(out, "eval output folder").acquire() if env.main else None   # one writer; stale temporaries go

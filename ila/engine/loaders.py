@@ -1,6 +1,8 @@
 """From the config's `data` section to datasets and loaders (the engine's only door into `ila.data`)."""
 from __future__ import annotations
 
+import os
+
 from torch.utils.data import Sampler
 
 from ila.config import Config
@@ -13,11 +15,22 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
     config's `data.class_names`, or the annotation itself, in that order."""
     from ila.data.annotations import read_annotations
 
-    path = cfg.data.train_list if split == "train" else cfg.data.val_list
+    holdout = cfg.data.val_split > 0 and (split == "train" or not cfg.data.val_list)   # a given val_list wins
+    if holdout and not os.path.isdir(cfg.data.train_list):
+        raise UserError(f"data.val_split={cfg.data.val_split} holds out part of a folder dataset: set data.train_list "
+                        f"to a folder with one subfolder per class (or give data.val_list instead)")
+    path = cfg.data.train_list if split == "train" or holdout else cfg.data.val_list
     if not path:
-        raise UserError(f"data.{split}_list is empty; set it to the {split} annotation file "
-                        f"(--set data.{split}_list=PATH)")
+        raise UserError(f"data.{split}_list is empty; set it to the {split} annotation file or a folder with one "
+                        f"subfolder per class (--set data.{split}_list=PATH)")
     names = class_names or class_names_from(cfg.data.class_names)
+    if os.path.isdir(path):                       # a folder with one subfolder per class
+        from ila.data.folders import read_class_folders, split_holdout
+
+        ann = read_class_folders(path, names)
+        if holdout:
+            ann.samples = split_holdout(ann.samples, cfg.data.val_split, path)[split == "val"]
+        return ann.samples, list(ann.class_names)
     ann = read_annotations(path, root=cfg.data.root, fmt=cfg.data.format, class_names=names)
     names = ann.class_names or names
     if not names:
@@ -27,26 +40,49 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
 
 def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int = 1):
     """Training clips (random, per-epoch) or test views (clips x crops, deterministic) of the samples;
-    `data.cache=memory` decodes every video once (`ila.data.cache`), `data.augment=crop` trains on random crops."""
+    `data.cache=memory` decodes every video once (`ila.data.cache`), `data.recipe=crop` trains on random crops."""
     from ila.data.dataset import VideoDataset
 
     policy = None if cfg.data.bad_files == "auto" else cfg.data.bad_files
-    kwargs = {}
-    if train and cfg.data.augment == "crop":
+    transform, kind = None, VideoDataset
+    if train and cfg.data.recipe == "crop":
+        if cfg.data.augment == "device":
+            raise UserError("data.recipe=crop runs in the loader; set data.augment=cpu")
         from ila.data.transforms import CropTransform
 
-        kwargs["transform"] = CropTransform(cfg.data.input_size)
-    if cfg.data.cache == "memory":
-        from ila.data.cache import MemoryVideoDataset as VideoDataset  # noqa: F811
+        transform = CropTransform(cfg.data.input_size)
+    elif train and cfg.data.augment == "device":       # workers decode only; `device_augment` does the recipe
+        from ila.data.gpu_augment import RawClip
 
-        kwargs["verbose"] = True
-    return VideoDataset(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size,
-                        train=train, sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval,
-                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed, **kwargs)
+        transform = RawClip(cfg.data.input_size)
+    elif train:
+        from ila.data.transforms import TrainTransform
+
+        transform = TrainTransform(cfg.data.input_size, grayscale=cfg.data.grayscale)
+    extra = {}
+    if cfg.data.cache == "memory":
+        from ila.data.cache import MemoryVideoDataset as kind
+
+        extra["verbose"] = True
+    return kind(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size, train=train,
+                sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval, clips=clips, crops=crops,
+                bad_file_policy=policy, seed=cfg.train.seed, transform=transform, decoder=cfg.data.decoder, **extra)
+
+
+def device_augment(cfg: Config):
+    """The batched training recipe for `data.augment=device` (None for `cpu`)."""
+    if cfg.data.augment != "device":
+        return None
+    from ila.data.gpu_augment import DeviceAugment
+
+    return DeviceAugment(cfg.data.input_size, grayscale=cfg.data.grayscale)
 
 
 def loader(dataset, batch_size: int, sampler: Sampler, workers: int, seed: int):
     """A loader reading in the sampler's order (it collects skipped bad files in `.skipped`)."""
     from ila.data.dataset import build_loader
+    from ila.data.gpu_augment import RawClip, pad_collate
 
-    return build_loader(dataset, batch_size, shuffle=False, num_workers=workers, seed=seed, sampler=sampler)
+    collate = pad_collate if isinstance(dataset.transform, RawClip) else None
+    return build_loader(dataset, batch_size, shuffle=False, num_workers=workers, seed=seed, sampler=sampler,
+                        collate_fn=collate)

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ila.engine.atomic import atomic_path, write_text
+from ila.errors import UserError
 
 
 class Progress:
@@ -52,14 +53,16 @@ class Reporter:
     """Metrics of a run directory: `metrics.jsonl`, TensorBoard events under `tb/`, `curves.png`."""
 
     def __init__(self, run_dir: str | Path | None, enabled: bool = True, resume_step: int | None = None,
-                 redo_validation: bool = False):
+                 redo_validation: bool = False, wandb_project: str = "", config: dict | None = None):
         """`resume_step`: cut `metrics.jsonl` back to that step; `redo_validation`: also drop the validation
-        row at that step (its validation runs again)."""
+        row at that step (its validation runs again); `wandb_project`: also log to Weights & Biases."""
         self.enabled = enabled and run_dir is not None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.writer = None
+        self.writer = self.wandb = None
         if not self.enabled:
             return
+        if wandb_project:
+            self.wandb = start_wandb(wandb_project, self.run_dir, config or {})
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
             keep = [r for r in read_metrics(self.path) if r.get("step", 0) < resume_step or
@@ -81,16 +84,48 @@ class Reporter:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
                 self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            import wandb
 
-    def write_curves(self) -> Path | None:
-        """`curves.png`: training loss and learning rate per step, validation accuracy per epoch."""
+            self.wandb.finish()
+            wandb.teardown()          # waits until the run's records are written (offline mode writes them late)
+            self.wandb = None
+
+    def write_curves(self, chance: float | None = None) -> Path | None:
+        """`curves.png`: training loss and learning rate per step, validation accuracy per epoch (with the
+        chance level `chance` in percent as a dashed line)."""
         if not self.enabled:
             return None
-        return plot_curves(read_metrics(self.path), self.run_dir / "curves.png")
+        return plot_curves(read_metrics(self.path), self.run_dir / "curves.png", chance)
+
+
+def start_wandb(project: str, run_dir: Path, config: dict):
+    """A Weights & Biases run logging beside TensorBoard, its files under `run_dir/wandb`. The run's id follows
+    the run directory, so a resumed run continues the same W&B run. `WANDB_MODE=offline` logs without a network
+    (`wandb sync` uploads later)."""
+    import zlib
+
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(f"train.wandb={project}: Weights & Biases is not installed; pip install 'ila[wandb]' "
+                        f"(or pip install wandb), or leave train.wandb empty") from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"{run_dir.name[:40]}-{zlib.crc32(str(run_dir.resolve()).encode()):08x}"
+    run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)
+    try:
+        return wandb.init(project=project, dir=str(run_dir), name=run_dir.name, id=run_id, resume="allow",
+                          config=config, reinit="finish_previous")
+    except Exception as e:  # noqa: BLE001 - login, network or settings: the user's to fix
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"train.wandb={project}: Weights & Biases could not start ({first}); log in with "
+                        f"`wandb login`, or set WANDB_MODE=offline") from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -118,8 +153,10 @@ def _figure():
     return plt
 
 
-def plot_curves(rows: list[dict], out: str | Path) -> Path:
+def plot_curves(rows: list[dict], out: str | Path, chance: float | None = None) -> Path:
     plt = _figure()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_top1" in r]
@@ -134,8 +171,11 @@ def plot_curves(rows: list[dict], out: str | Path) -> Path:
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for key, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
         axes[2].plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
+    if chance is not None:
+        axes[2].axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g}%)")
     axes[2].set(xlabel="epoch", ylabel="%", title="validation accuracy")
-    if val:
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))   # whole epochs only
+    if val or chance is not None:
         axes[2].legend()
     fig.tight_layout()
     with atomic_path(out) as tmp:
@@ -199,3 +239,35 @@ def write_confusion(out_csv: str | Path, out_png: str | Path, class_names: list[
 
 def format_metrics(metrics: dict, keys: Iterable[str] = ("top1", "top5", "mean_class_acc")) -> str:
     return ", ".join(f"{k} {metrics[k]:.2f}%" for k in keys if k in metrics)
+
+
+# ----------------------------------------------------------------------------------------- run summary
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n:,}"
+
+
+def run_header(cfg, model, optimizer, steps_per_epoch: int, weights: str) -> list[str]:
+    """The recipe a run is about to follow, as the first lines it prints: where the weights come from, the
+    parameter counts, the learning rate of every group, the schedule and the augmentation."""
+    t = cfg.train
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    merged: dict[str, list] = {}                 # release groups come in pairs: decayed / not (biases, norms)
+    for i, g in enumerate(optimizer.param_groups):
+        name = str(g.get("name", i)).removesuffix("_no_decay")
+        entry = merged.setdefault(name, [g.get("initial_lr", g["lr"]), 0.0, 0])
+        entry[1] = max(entry[1], g["weight_decay"])
+        entry[2] += sum(p.numel() for p in g["params"])
+    groups = [f"{name} {lr:.3g} (wd {wd:.3g}, {_millions(n)})" for name, (lr, wd, n) in merged.items()]
+    mix = ", ".join(f"{name} {alpha:g}" if alpha else f"{name} off"
+                    for name, alpha in (("mixup", t.mixup), ("cutmix", t.cutmix)))
+    if t.mixup and t.cutmix:
+        mix += f" (cutmix chance {t.mixup_switch_prob:g})"
+    return [f"weights: {weights}",
+            f"parameters: {_millions(trainable)} trainable, {_millions(frozen)} frozen",
+            f"optimizer: AdamW ({t.optimizer_groups} groups; no weight decay on biases, norms and position "
+            f"embeddings), lr per group: " + ", ".join(groups),
+            f"schedule: {t.epochs} epochs x {steps_per_epoch} steps, linear warm-up over {t.warmup_epochs:g} epoch(s) "
+            f"from 0, then per-step cosine to {t.lr / 100:.3g} (base lr {t.lr:.3g})",
+            f"augmentation: {mix}, label smoothing {t.label_smoothing:g}; alignment loss weight {t.align_loss_weight:g}"]

@@ -32,16 +32,17 @@ from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
 from ila.engine.classes import class_text
-from ila.engine.loaders import loader, read_split, video_dataset
+from ila.engine.loaders import device_augment, loader, read_split, video_dataset
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
-from ila.errors import UserError, printable
+from ila.errors import UserError, one_line, printable
 
 BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-                     "train.eval_every_epochs", "data.cache", "eval.clips", "eval.crops", "eval.batch_size", "eval.release_bn_quirk"}
+                     "train.eval_every_epochs", "train.wandb", "data.cache", "eval.clips", "eval.crops",
+                     "eval.batch_size", "eval.release_bn_quirk"}
 
 
 class TrainingDiverged(UserError):
@@ -121,7 +122,7 @@ class Trainer:
             cfg.model.num_classes = len(self.class_names)
         self.state = _resume_state(cfg, self.run_dir, resume)
         self.val_samples = None
-        if cfg.data.val_list and t.eval_every_epochs:
+        if (cfg.data.val_list or cfg.data.val_split) and t.eval_every_epochs:
             self.val_samples = read_split(cfg, "val", self.class_names)[0]
         check_files_exist(cfg, {"train": samples, "val": self.val_samples or []})
 
@@ -148,6 +149,7 @@ class Trainer:
         self.dataset = video_dataset(cfg, samples, train=True)
         self.sampler = dist.TrainSampler(len(self.dataset), t.batch_size, env, seed=t.seed, accumulation=t.accumulation)
         self.loader = loader(self.dataset, t.batch_size, self.sampler, cfg.data.workers, t.seed)
+        self.augment = device_augment(cfg)
         self.steps_per_epoch = self.sampler.batches // t.accumulation
         if self.steps_per_epoch == 0:
             raise UserError(f"{len(self.dataset)} training videos do not fill one optimizer step of "
@@ -160,7 +162,7 @@ class Trainer:
         self.mixup = MixupCutmix(len(self.class_names), t.mixup, t.cutmix, t.mixup_switch_prob, t.label_smoothing)
         self.text = class_text(model, self.class_names, env.device)
 
-        self.step, self.epoch, self.batch_in_epoch, self.best_top1 = 0, 0, 0, None
+        self.step, self.epoch, self.batch_in_epoch, self.best_top1, self.best_epoch = 0, 0, 0, None, None
         self.validation_pending = False    # an epoch ended and was saved, its validation has not finished
         if self.state is not None:
             self._restore(self.state["train_state"])
@@ -171,13 +173,18 @@ class Trainer:
             raise UserError(f"the checkpoint's epochs had {ts['steps_per_epoch']} steps, this config gives "
                             f"{self.steps_per_epoch}: the training list, batch size, accumulation or process count "
                             f"changed, so the run cannot continue exactly")
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scaler.load_state_dict(ts["scaler"])
+        try:
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.scaler.load_state_dict(ts["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"the checkpoint's optimizer state does not fit this run's optimizer ({one_line(e)}): "
+                            f"the parameter groups or trainable parameters changed, so it cannot be resumed "
+                            f"exactly; start a new run with train.init=CHECKPOINT instead") from None
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
-        self.best_top1 = ts.get("best_top1")
+        self.best_top1, self.best_epoch = ts.get("best_top1"), ts.get("best_epoch")
         recorded = ckpt.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
         if recorded is not None and (self.best_top1 is None or recorded["top1"] > self.best_top1):
-            self.best_top1 = float(recorded["top1"])
+            self.best_top1, self.best_epoch = float(recorded["top1"]), recorded.get("epoch")
         self.validation_pending = bool(ts.get("validation_pending", False)) and self.val_samples is not None
         self.model.align_delta = ts["align_delta"]
         rngs = ts["rng"]
@@ -185,7 +192,7 @@ class Trainer:
 
     def _train_state(self) -> dict:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "align_delta": self.model.align_delta, "best_top1": self.best_top1,
+                "align_delta": self.model.align_delta, "best_top1": self.best_top1, "best_epoch": self.best_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
                 "validation_pending": self.validation_pending,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -212,9 +219,14 @@ class Trainer:
                   f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs, global batch "
                   f"{t.batch_size * env.world * t.accumulation} ({env.world} process(es), {env.device}, "
                   f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
+            from ila.engine.report import run_header
+
+            weights = (f"resumed from step {self.step} ({self.run_dir})" if self.state else describe_init(cfg))
+            for line in run_header(cfg, self.model, self.optimizer, self.steps_per_epoch, weights):
+                print(line)
         dist.barrier(env)
         self.reporter = Reporter(self.run_dir, env.main, resume_step=self.step if self.state else None,
-                                 redo_validation=self.validation_pending)
+                                 redo_validation=self.validation_pending, wandb_project=t.wandb, config=cfg.to_dict())
         self.progress = Progress(self.total_steps, "train", env.main, initial=self.step)
         self.saved_step = self.step if self.state else -1
         try:
@@ -224,13 +236,19 @@ class Trainer:
                 self._epoch()
             self.progress.close()
             if env.main:
-                self.reporter.write_curves()
+                self.reporter.write_curves(chance=100.0 / len(self.class_names))
         finally:
             self.progress.close()
             self.reporter.close()
         if env.main:
             print(f"stopped at step {self.step} (train.stop_at_step)" if self.step < self.total_steps
-                  else f"done: {self.step} steps; checkpoints and curves in {self.run_dir}")
+                  else f"done: {self.step} steps; checkpoints and curves in {self.run_dir.resolve()}")
+            if self.best_top1 is not None:
+                print(f"best: top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}, "
+                      f"weights {(self.run_dir / 'best.pt').resolve()}")
+            elif self.val_samples is None:
+                print("no validation (data.val_list empty, or train.eval_every_epochs=0): no best.pt; the last "
+                      f"weights are in {ckpt.latest_checkpoint(self.run_dir) or self.run_dir}")
         return self.run_dir
 
     def _stop_reached(self) -> bool:
@@ -294,6 +312,9 @@ class Trainer:
             batch = next(batches)
             video = batch["video"].to(env.device, non_blocking=True)
             labels = batch["label"].to(env.device, non_blocking=True)
+            if self.augment is not None:    # data.augment=device: uint8 clips, the recipe here (own step generator)
+                video, labels = self.augment(video, batch["size"], labels,
+                                             generator=step_generator(t.seed, self.step, micro, env.rank, 1))
             video, targets = self.mixup(video, labels, generator=step_generator(t.seed, self.step, micro, env.rank))
             last = micro == t.accumulation - 1
             with self.ddp.no_sync() if env.distributed and not last else contextlib.nullcontext():
@@ -355,7 +376,7 @@ class Trainer:
                   f"mean class {metrics['mean_class_acc']:.2f}% ({metrics['videos']} videos"
                   + (f", {len(skipped)} unreadable skipped)" if skipped else ")"))
         if self.best_top1 is None or metrics["top1"] > self.best_top1:
-            self.best_top1 = metrics["top1"]
+            self.best_top1, self.best_epoch = metrics["top1"], epoch + 1
             if self.env.main:
                 ckpt.save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.class_names,
                                      metrics={"top1": metrics["top1"], "top5": metrics["top5"],
@@ -414,7 +435,7 @@ def initial_model(cfg: Config) -> nn.Module:
             return _with_weights(build_model(cfg.model), release.state_dict(), init)
     if tower:
         raise no_tower
-    model = from_clip(weights, cfg.model)
+    model = from_clip(weights, cfg.model, image_resolution=cfg.model.image_resolution)  # another size: resampled
     for key, value in cfg.model.to_dict().items():
         if getattr(model.cfg, key) != value:
             raise UserError(f"train.init={init}: the CLIP weights have {key}={getattr(model.cfg, key)!r} but the "
@@ -422,8 +443,26 @@ def initial_model(cfg: Config) -> nn.Module:
     return model
 
 
+def describe_init(cfg: Config) -> str:
+    """Where `initial_model` takes the weights from, in words (the first line of a run)."""
+    init = cfg.train.init
+    if init == "auto":
+        from ila.presets import PRESETS
+
+        clip = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
+        return (f"CLIP {clip} through open_clip (train.init=auto: preset {cfg.preset}'s)" if clip
+                else "fresh initialisation (train.init=auto: no pretrained weights for this model)")
+    if init in ("", "none"):
+        return "fresh initialisation (train.init=none)"
+    if Path(init).is_file():
+        return f"{Path(init).resolve()} (train.init)"
+    return f"CLIP {init} through open_clip (train.init)"
+
+
 def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
-    ckpt.load_weights(model, weights, source)
+    from ila.models.resample import fit_position_embeddings   # fine-tuning at other frame counts / sizes
+
+    ckpt.load_weights(model, fit_position_embeddings(weights, model), source)
     return model
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.models.fast import OFF, FastPath, cached, fold_linears, linear, run_folded
+from ila.models.clip import Linear
 
 # Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
 MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
@@ -56,12 +56,9 @@ class InteractivePointHead(nn.Module):
         nn.init.zeros_(self.temporal[2].weight)
         nn.init.zeros_(self.temporal[2].bias)
 
-    def forward(self, pair_features: torch.Tensor, batch: int, fast: FastPath = OFF) -> torch.Tensor:
-        """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling); with `fast.fold`
-        in eval mode the BatchNorms are folded into the convolutions."""
-        fold_bn = fast.fold and not self.training
-        spatial = run_folded(self.spatial, pair_features, fast) if fold_bn else self.spatial(pair_features)
-        pooled = spatial.view(batch, -1, self.hidden)
+    def forward(self, pair_features: torch.Tensor, batch: int) -> torch.Tensor:
+        """`(B*P, C, S, S)` -> raw points `(B, P, 4)` in [-1, 1] (before the 0.75 scaling)."""
+        pooled = self.spatial(pair_features).view(batch, -1, self.hidden)
         return self.temporal(pooled.transpose(1, 2)).transpose(1, 2)
 
 
@@ -114,6 +111,7 @@ class Alignment(NamedTuple):
 
     aligned_tokens: torch.Tensor       # (B, T, L, D): masked patch features per frame, message class token first
     interactive_tokens: torch.Tensor   # (B, T, L, D): trunk features per frame after temporal conv and 128->D
+                                       # (fused: already through the block's temporal_skip_fc as well)
     pooled_prev: torch.Tensor          # (B, P, D): sum over cells of m_{t} * z_t   (the MI vectors of a pair)
     pooled_cur: torch.Tensor           # (B, P, D): sum over cells of m_{t+1} * z_{t+1}
     points: torch.Tensor               # (B, P, 4): interactive points, scaled to [-0.75, 0.75]
@@ -127,8 +125,6 @@ class ImplicitAlignment(nn.Module):
     Input: the block's message features A `(B, T, L, D)` (class token first, then S*S patch tokens).
     """
 
-    fast = OFF  # which fast-path rewrites are on (ila.models.fast); set by the model
-
     def __init__(self, dim: int, grid: int, trunk: str = "separable", hidden: int = 256, point_hidden: int = 128):
         super().__init__()
         self.grid = grid
@@ -136,49 +132,34 @@ class ImplicitAlignment(nn.Module):
         self.point_head = InteractivePointHead(hidden, point_hidden)
         half = hidden // 2
         self.token_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))  # temporal conv over frames
-        self.token_proj = nn.Linear(half, dim)
+        self.token_proj = Linear(half, dim)
+        self.class_proj = nn.Identity()  # the interactive class token as it is (`ila.fuse` puts the skip here)
         self.delta = 0.0  # disturbance offset used in training; set by the model
 
-    def forward(self, a: torch.Tensor, skip: nn.Linear | None = None) -> Alignment:
-        """With `skip` (the block's following projection), the interactive tokens come out already projected
-        by it, through one folded Linear (fast path)."""
-        fast = self.fast
+    def forward(self, a: torch.Tensor) -> Alignment:
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
-        if fast.layout:  # tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
-            pairs = torch.cat([patches[:, :-1], patches[:, 1:]], dim=-1)
-            pairs = pairs.view(b * (t - 1), s, s, 2 * dim).permute(0, 3, 1, 2)  # (B*P, 2D, S, S) channels-last
-        else:
-            maps = patches.transpose(2, 3).reshape(b, t, dim, s, s)
-            pairs = torch.cat([maps[:, :-1], maps[:, 1:]], dim=2).flatten(0, 1)  # (B*P, 2D, S, S)
-        fold_bn = fast.fold and not self.training
-        features = run_folded(self.interactive_block, pairs, fast) if fold_bn else self.interactive_block(pairs)
-        points = POINT_RANGE * self.point_head(features, b, fast)         # (B, P, 4)
+        # the tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
+        pairs = torch.cat([patches[:, :-1], patches[:, 1:]], dim=-1)     # (B, P, N, 2D): [P_t ; C_t]
+        pairs = pairs.view(b * (t - 1), s, s, 2 * dim).permute(0, 3, 1, 2)  # (B*P, 2D, S, S) channels-last
+        features = self.interactive_block(pairs)                         # (B*P, C, S, S)
+        points = POINT_RANGE * self.point_head(features, b)              # (B, P, 4)
 
         rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
         masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)
-        if fast.pooling:  # a frame's two masks merged first, one multiply; pooling as one contraction
-            pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
-            pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
-            aligned = patches * merge_pairs(masks[:, :, 0], masks[:, :, 1]).unsqueeze(-1)
-        else:  # as the equations read: P~_t = m_P * P_t, C~_t = m_C * C_t, summed over cells, merged per frame
-            prev, cur = patches[:, :-1] * masks[:, :, 0, :, None], patches[:, 1:] * masks[:, :, 1, :, None]
-            pooled_prev, pooled_cur = prev.sum(2), cur.sum(2)
-            aligned = merge_pairs(prev, cur)
+        # P~_t = m_P * P_t and C~_t = m_C * C_t are never materialised: the MI vectors (their sums over cells) are
+        # one contraction with the masks, and a frame's two masks are merged before one multiply with its tokens
+        pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
+        pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
+        aligned = patches * merge_pairs(masks[:, :, 0], masks[:, :, 1]).unsqueeze(-1)
         aligned = torch.cat([cls, aligned], dim=2)                        # (B, T, L, D)
 
         prev_half, cur_half = features.unflatten(0, (b, t - 1)).chunk(2, dim=2)
         per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
-        if skip is None:
-            interactive = torch.cat([cls, linear(conv, self.token_proj.weight, self.token_proj.bias, fast)], dim=2)
-        else:
-            proj = self.token_proj
-            w, bias = cached(self, "skip_fold", (proj.weight, proj.bias, skip.weight, skip.bias),
-                             lambda: fold_linears(proj, skip))
-            interactive = torch.cat([linear(cls, skip.weight, skip.bias, fast), linear(conv, w, bias, fast)], dim=2)
+        interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

@@ -1,7 +1,7 @@
 """CLIP's image and text towers with CLIP's parameter names, and reading CLIP weights.
 
-Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention` on the
-fast path (ila.models.fast). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
+Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention`.
+`ila.models.fuse` rewrites a trained model for inference (folded weights, oneDNN kernels). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
 open_clip state dict, or a pretrained name fetched through open_clip when online.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.fast import OFF, cached, linear
 
 
 class QuickGELU(nn.Module):
@@ -24,28 +23,29 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, fused: bool) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d) [+ causal mask]) V over `(..., L, d)` heads; `fused`: one SDPA kernel."""
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if causal:
-        future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+class Linear(nn.Linear):
+    """`nn.Linear` that adds an optional `residual` to its output: residual + x W^T + b. (`ila.fuse` turns it into a
+    oneDNN matmul with the add fused in.)"""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return out if residual is None else residual + out
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) [+ causal mask]) V over `(..., L, d)` heads, as one fused SDPA kernel."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with `nn.MultiheadAttention`'s parameter layout (`in_proj_weight`, `out_proj`)."""
-
-    fast = OFF
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -56,41 +56,28 @@ class Attention(nn.Module):
         n, length, width = x.shape
         heads, w, b = self.heads, self.in_proj_weight, self.in_proj_bias
         if queries is None:
-            qkv = linear(x, w, b, self.fast)
+            qkv = F.linear(x, w, b)
             q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q = linear(x[:, :queries], w[:width], b[:width], self.fast).view(n, queries, heads, -1).transpose(1, 2)
-            kv = linear(x, w[width:], b[width:], self.fast)
+            q = F.linear(x[:, :queries], w[:width], b[:width]).view(n, queries, heads, -1).transpose(1, 2)
+            kv = F.linear(x, w[width:], b[width:])
             k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
             residual = None if residual is None else residual[:, :queries]
-        out = attend(q, k, v, causal, self.fast.attention).transpose(1, 2).reshape(n, q.shape[2], width)
-        return linear(out, self.out_proj.weight, self.out_proj.bias, self.fast, residual=residual)
+        out = attend(q, k, v, causal).transpose(1, 2).reshape(n, q.shape[2], width)
+        return self.out_proj(out, residual)
 
 
 class MLP(nn.Sequential):
-    """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given).
-
-    With `fast.fold` and QuickGELU: x sigmoid(1.702 x) = silu(1.702 x) / 1.702; the 1.702 scales the (narrow) input
-    and the bias, the 1 / 1.702 folds into c_proj's weight (cached), leaving one fused SiLU between the linears.
-    """
-
-    fast = OFF
+    """CLIP's feed-forward block: c_fc -> activation -> c_proj (plus `residual` when given)."""
 
     def __init__(self, width: int, act: Callable[[], nn.Module], ratio: int = 4):
         super().__init__()
-        self.c_fc = nn.Linear(width, width * ratio)
+        self.c_fc = Linear(width, width * ratio)
         self.gelu = act()
-        self.c_proj = nn.Linear(width * ratio, width)
+        self.c_proj = Linear(width * ratio, width)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        fast, fc, proj = self.fast, self.c_fc, self.c_proj
-        if fast.fold and isinstance(self.gelu, QuickGELU):
-            bias = cached(fc, "quick.bias", (fc.bias,), lambda: fc.bias * 1.702)
-            h = linear(x * 1.702, fc.weight, bias, fast, act="silu")
-            weight = cached(proj, "quick.weight", (proj.weight,), lambda: proj.weight / 1.702)
-            return linear(h, weight, proj.bias, fast, residual=residual)
-        h = self.gelu(linear(x, fc.weight, fc.bias, fast))
-        return linear(h, proj.weight, proj.bias, fast, residual=residual)
+        return self.c_proj(self.gelu(self.c_fc(x)), residual)
 
 
 def activation(quick_gelu: bool) -> Callable[[], nn.Module]:
@@ -241,6 +228,8 @@ def read_clip_weights(source: str | os.PathLike | dict) -> dict[str, torch.Tenso
         state = source
     elif os.path.exists(source):   # a file (a directory or anything else is refused with its reason)
         state = _read_clip_file(os.fspath(source))
+    elif _looks_like_path(str(source)):
+        raise UserError(f"file not found: {source}")
     else:
         state = _fetch_pretrained(str(source))
     for wrapper in ("state_dict", "model"):
@@ -269,13 +258,61 @@ def _read_clip_file(path: str) -> dict:
     return state
 
 
+def _looks_like_path(source: str) -> bool:
+    """A weights file rather than an open_clip name (`ViT-B-32:openai`, `hf-hub:org/name`)."""
+    if source.startswith("hf-hub:"):
+        return False
+    return os.sep in source or "/" in source or source.lower().endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _online(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (where open_clip fetches weights) can be reached: one connection attempt."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_pretrained(pretrained: dict) -> str | None:
+    """A copy of open_clip pretrained weights already on this machine (Hugging Face cache or ~/.cache/clip)."""
+    repo = (pretrained.get("hf_hub") or "").strip("/")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = pretrained.get("url") or ""
+    legacy = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
+    return legacy if legacy and os.path.isfile(legacy) else None
+
+
 def _fetch_pretrained(name: str) -> dict:
     arch, _, tag = name.rpartition(":")
     arch = arch or "ViT-B-32"
-    try:
-        import open_clip
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
 
-        model = open_clip.create_model(arch, pretrained=tag)
+    pretrained = get_pretrained_cfg(arch, tag)
+    if not pretrained:
+        raise UserError(f"unknown pretrained CLIP {arch}:{tag}; give a weights file, or a name from "
+                        f"open_clip.list_pretrained() written ARCH:TAG, e.g. ViT-B-32:openai")
+    filename = os.path.basename(pretrained.get("url") or "") or "open_clip_pytorch_model.bin"
+    source = tag
+    if not _online():                              # fail at once rather than retrying for a minute
+        source = _cached_pretrained(pretrained)
+        if source is None:
+            raise UserError(f"CLIP weights {arch}:{tag} are not on this machine and there is no network to fetch "
+                            f"them: download {filename} elsewhere and pass the weights file instead, "
+                            f"train.init=PATH/{filename} (Python: ila.from_clip(PATH/{filename}))")
+    try:
+        model = open_clip.create_model(arch, pretrained=source)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"could not fetch pretrained CLIP {arch}:{tag} ({str(e).splitlines()[0][:120]}); offline, "
                         f"pass the weights file instead, e.g. ViT-B-32.pt from OpenAI or open_clip_pytorch_model.bin"

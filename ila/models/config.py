@@ -60,7 +60,6 @@ class ModelConfig:
     freeze_clip: bool = True                # release: CLIP image + text towers frozen
     train_prompts: bool = False             # release builds the prompt generator but never optimises it
     grad_checkpointing: bool = False
-    fast: bool = True                       # the fast path (ila.models.fast: every rewrite on); same outputs
 
     @property
     def grid(self) -> int:
@@ -106,6 +105,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k != "fast"}  # checkpoints before ila.fuse held `fast` (same outputs)
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"unknown model config key(s): {', '.join(unknown)}")

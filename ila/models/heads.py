@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ila.models.clip import QuickGELU, ResidualAttentionBlock, attend
-from ila.models.fast import OFF
 
 
 class MIT(nn.Module):
@@ -36,8 +35,6 @@ class MIT(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head cross-attention with q/k/v projections without bias and an output projection with bias."""
 
-    fast = OFF
-
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -49,7 +46,7 @@ class CrossAttention(nn.Module):
     def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         b, k, dim = q.shape
         split = lambda x: x.view(b, -1, self.heads, dim // self.heads).transpose(1, 2)  # noqa: E731
-        out = attend(split(self.q_proj(q)), split(self.k_proj(kv)), split(self.v_proj(kv)), False, self.fast.attention)
+        out = attend(split(self.q_proj(q)), split(self.k_proj(kv)), split(self.v_proj(kv)))
         return self.proj(out.transpose(1, 2).reshape(b, k, dim))
 
 

@@ -15,7 +15,6 @@ from ila.errors import UserError
 from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_keys, read_clip_weights
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
-from ila.models.fast import FastPath
 from ila.models.ist_block import ISTBlock
 from ila.models.temporal import DividedSTBlock, FrameBlock, JointSTBlock
 
@@ -65,7 +64,7 @@ class ILAModel(nn.Module):
             self.text = None
             self.head = ClassifierHead(cfg)
         self.align_delta = cfg.align_delta
-        self.fast = cfg.fast
+        self.fused: tuple[str, ...] = ()  # the rewrites `fuse` applied (an inference-only model when non-empty)
         self.set_trainable()
 
     # ------------------------------------------------------------------ alignment disturbance
@@ -87,18 +86,20 @@ class ILAModel(nn.Module):
             self.align_delta = self.align_delta * 0.5
         return self.align_delta
 
-    @property
-    def fast(self) -> FastPath:
-        """Which fast-path rewrites are on (ila.models.fast); every setting computes the same outputs.
-        Set it to True (all), False (the straightforward path), a FastPath, or a string such as 'on,-onednn'."""
-        return self._fast
+    # ------------------------------------------------------------------ inference
+    def fuse(self, ablation=()) -> "ILAModel":
+        """Rewrite this model, in place, for inference: same outputs, less work (`ila.models.fuse`). `ablation`:
+        rewrites to leave out (names from `ila.models.fuse.FUSIONS`), to measure each one. Returns the model,
+        which is in eval mode and refuses `train()` from then on."""
+        from ila.models.fuse import fuse
 
-    @fast.setter
-    def fast(self, value: "bool | str | FastPath") -> None:
-        self._fast = FastPath.parse(value)
-        for module in self.modules():
-            if module is not self and isinstance(getattr(module, "fast", None), FastPath):
-                module.fast = self._fast
+        return fuse(self, ablation)
+
+    def train(self, mode: bool = True) -> "ILAModel":
+        if mode and getattr(self, "fused", ()):
+            raise UserError("this model is fused for inference (ila.fuse): its folded weights cannot be trained; "
+                            "load or build an unfused model to train")
+        return super().train(mode)
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, video: torch.Tensor, class_only: bool = False):
@@ -132,7 +133,8 @@ class ILAModel(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor | None = None,
                 text_features: torch.Tensor | None = None) -> ILAOutput:
-        class_only = self.fast.class_token and self.text is None  # the classifier head reads class tokens only
+        class_only = self.text is None  # the classifier head reads the class tokens only: the last block computes no
+        #                                 patch-token outputs (the patch tokens still serve as its keys and values)
         frames, patches, losses, points = self.forward_features(video, class_only)
         logits, video_features = self.forward_head(frames, patches, text, text_features)
         return ILAOutput(logits, losses, points, video_features)
@@ -159,6 +161,12 @@ class ILAModel(nn.Module):
             target.record, target.last = False, None
         masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
         return {"points": al.points, "masks": masks}
+
+    def save_pretrained(self, directory, class_names: list[str] | None = None, **kwargs):
+        """Write a shareable folder (config.json, model.safetensors, README.md); see `ila.hub.save_pretrained`."""
+        from ila.hub import save_pretrained
+
+        return save_pretrained(self, directory, class_names, **kwargs)
 
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, full_finetune: bool | None = None) -> None:
@@ -215,7 +223,8 @@ def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
 
     `weights`: an OpenAI `.pt` (TorchScript or state dict), an open_clip checkpoint, a state dict, or a pretrained
     name such as `ViT-B-32:openai` (fetched through open_clip when online). The geometry is read from the weights;
-    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...).
+    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...); an `image_resolution`
+    override resamples the spatial position embedding (timm's resampler) to the new patch grid.
     """
     state = read_clip_weights(weights)
     base = (cfg or ModelConfig()).to_dict()
@@ -229,6 +238,9 @@ def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
     mapped = clip_to_ila_keys(state)
     if model.text is None:
         mapped = {k: v for k, v in mapped.items() if not k.startswith("text.") and k != "logit_scale"}
+    from ila.models.resample import fit_position_embeddings   # image_resolution=... overrides the weights' size
+
+    mapped = fit_position_embeddings(mapped, model)
     own = model.state_dict()
     wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
     unknown = [k for k in mapped if k not in own]

@@ -15,14 +15,11 @@ from timm.layers import DropPath
 from torch import nn
 
 from ila.models.alignment import ImplicitAlignment, alignment_loss, merge_pairs
-from ila.models.clip import MLP, Attention, activation
-from ila.models.fast import OFF, linear
+from ila.models.clip import MLP, Attention, Linear, activation
 
 
 class ISTBlock(nn.Module):
     """One IST block; `forward` returns the new tokens and stores the block's alignment in `self.last`."""
-
-    fast = OFF  # which fast-path rewrites are on (ila.models.fast); set by the model
 
     def __init__(self, width: int, heads: int, grid: int, frames: int, trunk: str = "separable",
                  hidden: int = 256, point_hidden: int = 128, mi_token: str = "release", drop_path: float = 0.0,
@@ -30,11 +27,11 @@ class ISTBlock(nn.Module):
         super().__init__()
         self.frames = frames
         self.mi_token = mi_token
-        self.message_fc = nn.Linear(width, width)
+        self.message_fc = Linear(width, width)
         self.message_ln = nn.LayerNorm(width)
         self.alignment = ImplicitAlignment(width, grid, trunk, hidden, point_hidden)
-        self.temporal_skip_align_fc = nn.Linear(width, width)
-        self.temporal_skip_fc = nn.Linear(width, width)
+        self.temporal_skip_align_fc = Linear(width, width)
+        self.temporal_skip_fc = Linear(width, width)
         for fc in (self.temporal_skip_align_fc, self.temporal_skip_fc):  # each block starts as the CLIP block
             nn.init.zeros_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -50,20 +47,16 @@ class ISTBlock(nn.Module):
         """Tokens `(B*T, L, D)` -> (tokens, alignment loss `()`, points `(B, T-1, 4)`); with `queries`, only the
         first `queries` tokens come out (the others still enter the attention as keys and values)."""
         bt, length, width = x.shape
-        fast = self.fast
-        a = self.message_ln(linear(x, self.message_fc.weight, self.message_fc.bias, fast))
-        skip, align_fc = self.temporal_skip_fc, self.temporal_skip_align_fc
-        al = self.alignment(a.view(-1, self.frames, length, width), skip if fast.fold else None)
+        a = self.message_ln(self.message_fc(x))
+        al = self.alignment(a.view(-1, self.frames, length, width))
         if self.record:
             self.last = al
-        inter = al.interactive_tokens.view(bt, length, width)
-        if not fast.fold:
-            inter = linear(inter, skip.weight, skip.bias, fast)
-        aligned = al.aligned_tokens.view(bt, length, width)
+        inter = self.temporal_skip_fc(al.interactive_tokens.view(bt, length, width))
+        aligned, align_fc = al.aligned_tokens.view(bt, length, width), self.temporal_skip_align_fc
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # X1 = X + Linear_align(.) + interactive
-            x = linear(aligned, align_fc.weight, align_fc.bias, fast, residual=x + inter)
+            x = align_fc(aligned, residual=x + inter)
         else:
-            x = x + self.drop_path(linear(aligned, align_fc.weight, align_fc.bias, fast))
+            x = x + self.drop_path(align_fc(aligned))
             x = x + self.drop_path(inter)
         if self.mi_token == "paper":
             mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame

@@ -1,0 +1,142 @@
+"""`ila export --format onnx|exported`: a checkpoint as a deployable graph, checked against PyTorch.
+
+The graph maps a normalised float clip `(B, T, 3, S, S)` (batch dynamic; frames sampled and cropped as
+`ila predict` does, pixels on the 0-255 scale normalised with CLIP's mean and std) to `logits (B, K)` and
+`probs (B, K)` (softmax). For a text head the class names' text features are computed once and baked in as a
+constant. The preprocessing and the class names travel with the file: as ONNX metadata (key `ila`, JSON) and in
+a side file `OUT.json`.
+
+    onnx:     torch.onnx.export (the torch.export-based exporter); needs `pip install 'ila[export]'`
+              (onnx, onnxscript; onnxruntime for the parity check)
+    exported: torch.export.export -> torch.export.save (`.pt2`), loaded with torch.export.load(...).module()
+
+The model is fused for inference first (`ila.fuse`; the oneDNN kernels step aside while exporting). After
+writing, the file is run on a random clip and compared with the eager model (onnxruntime / the loaded
+ExportedProgram): the largest difference relative to the largest logit must be below 1e-4.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ila.errors import UserError
+
+FORMATS = ("onnx", "exported")
+TOLERANCE = 1e-4
+
+
+class Deployable(nn.Module):
+    """A model as a function of one tensor: clip `(B, T, 3, S, S)` -> (logits `(B, K)`, probs `(B, K)`).
+    `text_features` `(K, E)`: the class names' text features of a text head (None for a classifier head);
+    `num_classes`: a classifier's outputs kept (the release's SSv2 head has 400 outputs for 174 classes)."""
+
+    def __init__(self, model: nn.Module, text_features: torch.Tensor | None, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.register_buffer("text_features", text_features)
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(video, text_features=self.text_features).logits[:, :self.num_classes]
+        return logits, logits.softmax(dim=-1)
+
+
+def deployable(checkpoint, classes=None, overrides=()) -> tuple[Deployable, dict]:
+    """The fused model of a checkpoint wrapped as a `Deployable`, and its metadata (preprocessing, classes)."""
+    from ila.data.transforms import MEAN, STD
+    from ila.engine.checkpoint import load_checkpoint
+    from ila.engine.classes import check_class_count, class_list, class_text
+
+    model, cfg, saved, _ = load_checkpoint(checkpoint, overrides)
+    names = class_list(cfg, saved, classes, overrides, checkpoint, model)
+    check_class_count(model, names, "--classes")
+    model.fuse()
+    text = class_text(model, names, torch.device("cpu"))
+    meta = {"format": "ila-deployable/1", "input": "video", "outputs": ["logits", "probs"],
+            "frames": model.cfg.num_frames, "size": model.cfg.image_resolution,
+            "layout": "B,T,3,H,W float32, RGB on the 0-255 scale, (x - mean) / std per channel",
+            "mean": list(MEAN), "std": list(STD), "sampling": cfg.data.sampling,
+            "frame_interval": cfg.data.frame_interval, "resize": "short side to size, centre crop size x size",
+            "head": model.cfg.head, "class_names": names}
+    return Deployable(model, text.features, len(names)).eval(), meta
+
+
+def _check_shape(meta: dict, frames: int | None, size: int | None) -> tuple[int, int]:
+    for flag, value, built in (("--frames", frames, meta["frames"]), ("--size", size, meta["size"])):
+        if value is not None and value != built:
+            raise UserError(f"{flag} {value}: this checkpoint's model is built for {meta['frames']} frames of "
+                            f"{meta['size']}x{meta['size']} pixels (its positional embeddings fix both); "
+                            f"drop {flag} or give {built}")
+    return meta["frames"], meta["size"]
+
+
+def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: int | None = None,
+           classes=None, overrides=(), check: bool = True) -> dict:
+    """Write `out` (and `out`.json) from a checkpoint; returns the metadata with the parity check's error."""
+    from ila.engine.atomic import atomic_path, write_text
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: this exporter writes {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / ('model.' + _suffix(fmt))}")
+    if fmt == "onnx":
+        _need("onnx", "onnxscript")
+    wrapper, meta = deployable(checkpoint, classes, overrides)
+    frames, size = _check_shape(meta, frames, size)
+    example = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        expected = wrapper(example)[0]
+    with atomic_path(out) as tmp:
+        if fmt == "onnx":
+            _write_onnx(wrapper, example, batch, tmp, meta)
+        else:
+            program = torch.export.export(wrapper, (example,), dynamic_shapes={"video": {0: batch}})
+            torch.export.save(program, tmp)
+        if check:
+            got = _run_onnx(tmp, example) if fmt == "onnx" else torch.export.load(tmp).module()(example)[0]
+            err = ((got - expected).abs().max() / expected.abs().max()).item()
+            if not err < TOLERANCE:
+                raise UserError(f"the exported graph differs from the model by {err:.1e} of the largest logit "
+                                f"(more than {TOLERANCE:g}); nothing was written")
+            meta["parity_error"] = err
+    write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def _suffix(fmt: str) -> str:
+    return "onnx" if fmt == "onnx" else "pt2"
+
+
+def _need(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'ila[export]'")
+
+
+def _write_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict) -> None:
+    import onnx
+
+    program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=["video"],
+                                output_names=["logits", "probs"], dynamic_shapes={"video": {0: batch}},
+                                verbose=False)
+    program.save(str(path))
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "ila", json.dumps(meta)
+    onnx.save(model, str(path))
+
+
+def _run_onnx(path: Path, video: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("the ONNX parity check needs onnxruntime: pip install 'ila[export]' (or --no-check)") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"video": video.numpy()})[0])
