@@ -55,7 +55,7 @@ def test_two_processes_train_and_evaluate_like_one(motion, tmp_path):
     args = [f"data.root={motion}", f"data.train_list={motion}/train.txt", f"data.val_list={motion}/val.txt",
             f"data.class_names={motion}/classes.txt", "data.workers=0", "device=cpu", "train.init=none",
             "train.lr=1e-3", "train.optimizer_groups=uniform", "train.warmup_epochs=1", "train.epochs=2",
-            "eval.batch_size=4", *sets, "train.batch_size=2"]
+            "eval.batch_size=4", "train.weight_decay=3e-3", *sets, "train.batch_size=2"]   # tiny()'s recipe
     torchrun("train", "--config", "tiny", "--output", str(tmp_path / "ddp"), "--set", *args)
     state = ckpt.read_checkpoint(tmp_path / "ddp")
     assert state["train_state"]["world"] == 2 and len(state["train_state"]["rng"]) == 2
