@@ -111,7 +111,8 @@ def _cmd_features(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs)
+    run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs,
+             settings=[s for s in args.settings.split(",") if s])
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
     p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
+    p.add_argument("--settings", default="scratch", metavar="scratch,frozen",
+                   help="from scratch, and/or frozen-pretrained (tower pretrained on single frames, then frozen)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

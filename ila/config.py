@@ -47,6 +47,8 @@ class DataConfig:
     grayscale: float = 0.2                  # chance a training clip is turned grey (release recipe: 0.2)
     augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
     decoder: Literal["pyav", "torchcodec"] = "pyav"  # video decoder (torchcodec: optional extra, system FFmpeg)
+    cache: Literal["none", "memory"] = "none"  # memory: decode every video once, serve clips from memory
+    recipe: Literal["release", "crop"] = "release"  # training clips: release recipe, or random crops only
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainConfig:
 
     init: str = "auto"                      # start weights: auto (the preset's CLIP), none, a CLIP file/name,
                                             # an ila checkpoint or a release checkpoint
+    init_parts: Literal["all", "tower"] = "all"  # tower: take only the image tower from an ila checkpoint
     epochs: int = 30
     batch_size: int = 8                     # clips per process per forward pass
     accumulation: int = 1                   # forward passes per optimizer step

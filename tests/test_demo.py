@@ -1,45 +1,166 @@
-"""`ila demo --quick`: the whole demo runs end to end on a tiny budget (the accuracy claim needs the full
-budget and is measured, not tested: see the README's demo section)."""
+"""`ila demo --quick`: the whole demo runs end to end through the engine on a tiny budget (the accuracy claim
+needs the full budget and is measured, not tested: see the README's demo section), and each of its models is
+trained again, weight for weight, by `ila train --config` on the YAML the demo wrote. Also: the in-memory clip
+source (`data.cache=memory`) serves exactly the clips of the decoding dataset, and `train.init_parts=tower`
+takes the image tower (and only it) from a pretrained checkpoint."""
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from ila.cli import main
-from ila.demo import QUICK, VARIANTS, prepare_data, eval_views, train_batch
+from ila.data.annotations import read_annotations
+from ila.data.cache import MemoryVideoDataset
+from ila.data.dataset import VideoDataset
+from ila.data.synthetic import SHAPES, appearance_class_names, make_appearance_dataset
+from ila.demo import QUICK, VARIANTS, prepare_data
+from ila.engine.checkpoint import read_checkpoint
+from ila.models.ila import parameter_group
 
 
-def test_quick_demo_writes_table_pictures_and_checkpoints(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "| model" in printed and "top-1 (%)" in printed and "GFLOPs/view" in printed
-    for variant in VARIANTS:
-        assert f"| {variant} " in printed
-    assert "$ ila predict" in printed and f"Outputs in {out}" in printed
-    for name in ("curves.png", "confusion.png", "points.png"):
-        data = (out / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
-    results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == set(VARIANTS)
-    for r in results.values():
-        assert 0 <= r["top1"] <= 100 and r["gflops_per_view"] > 0 and r["train_clips_per_s"] > 0
-        assert os.path.isfile(r["checkpoint"])
-    # ILA costs more than frame averaging; the baselines share its backbone and head
-    assert results["ila"]["gflops_per_view"] > results["mean"]["gflops_per_view"]
+def weights(path):
+    return read_checkpoint(path)["model"]
 
+
+def tower(state):
+    return {k: v for k, v in state.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--settings", "scratch,frozen"]) == 0
+    return out
+
+
+def test_quick_demo_writes_table_configs_pictures_and_checkpoints(demo, capsys):
+    results = json.loads((demo / "results.json").read_text())["results"]
+    assert set(results) == {f"{s}/{v}" for s in ("scratch", "frozen") for v in VARIANTS}
+    table = (demo / "results.md").read_text()
+    assert "| setting | model" in table and "GFLOPs/view" in table and "train s" in table
+    for key, r in results.items():
+        assert 0 <= r["top1"] <= 100 and r["gflops_per_view"] > 0 and r["train_seconds"] > 0
+        run = demo / r["run"]
+        # trained and evaluated by the engine: its run directory, curves and `ila eval` outputs
+        for name in ("metrics.jsonl", "config.yaml", "curves.png", "eval/metrics.json", "eval/confusion.png"):
+            assert (run / name).is_file(), (key, name)
+        assert json.loads((run / "eval/metrics.json").read_text())["top1"] == pytest.approx(r["top1"])
+        assert (demo / r["config"]).is_file()
+    png = (demo / "points.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    # ILA costs more than frame averaging; frozen models train only alignment, skip projections and head
+    assert results["scratch/ila"]["gflops_per_view"] > results["scratch/mean"]["gflops_per_view"]
+    for v in VARIANTS:
+        assert results[f"frozen/{v}"]["trainable_m"] < results[f"scratch/{v}"]["trainable_m"] \
+            == results[f"scratch/{v}"]["params_m"]
     # a second run reuses the generated data
-    prepare_data(out / "data", QUICK, seed=0)
+    prepare_data(demo / "data", QUICK, seed=0)
     assert "reusing" in capsys.readouterr().out
 
 
-def test_clip_sampling_shapes():
-    videos = torch.randint(0, 256, (3, 16, 3, 36, 36), dtype=torch.uint8)
-    clips = train_batch(videos, 8, 32, torch.Generator().manual_seed(0))
-    assert clips.shape == (3, 8, 3, 32, 32) and clips.dtype == torch.float32
-    views = eval_views(videos, 8, 2)
-    assert views.shape == (3, 2, 8, 3, 36, 36)
-    # two segment views of 16 frames take the even and the odd frames
-    assert torch.equal(views[:, 0], videos[:, 0::2]) and torch.equal(views[:, 1], videos[:, 1::2])
+def test_frozen_models_keep_the_pretrained_tower(demo):
+    results = json.loads((demo / "results.json").read_text())["results"]
+    pretrained = tower(weights(demo / "configs" / ".." / "pretrain"))
+    assert len(pretrained) > 10
+    for v in VARIANTS:
+        trained = tower(weights(results[f"frozen/{v}"]["checkpoint"]))
+        assert trained.keys() == pretrained.keys()
+        assert all(torch.equal(trained[k], pretrained[k]) for k in trained), v
+        scratch = tower(weights(results[f"scratch/{v}"]["checkpoint"]))
+        assert not all(torch.equal(scratch[k], pretrained[k]) for k in scratch)
+    # the pretraining saw appearance classes on single frames
+    saved = read_checkpoint(demo / "pretrain")
+    assert saved["config"]["model"]["num_frames"] == 1 and saved["class_names"] == appearance_class_names()
+
+
+@pytest.mark.parametrize("name", ["ila", "frozen-ila"])
+def test_ila_train_on_the_demo_config_gives_the_demo_model(demo, tmp_path, name):
+    results = json.loads((demo / "results.json").read_text())["results"]
+    r = results["scratch/ila" if name == "ila" else "frozen/ila"]
+    assert main(["train", "--config", str(demo / "configs" / f"{name}.yaml"), "--output", str(tmp_path / "again")]) == 0
+    again = sorted((tmp_path / "again").glob("checkpoint-*.pt"))[-1]
+    mine, theirs = weights(again), weights(r["checkpoint"])
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+
+
+def test_memory_cache_serves_the_decoding_datasets_clips(motion):
+    samples = read_annotations(str(motion / "train.txt"), root=str(motion)).samples
+    for train in (True, False):
+        args = dict(num_frames=4, input_size=28, train=train, clips=2, seed=3)
+        plain, cached = VideoDataset(samples, "", **args), MemoryVideoDataset(samples, "", **args)
+        for epoch in (0, 1):
+            plain.set_epoch(epoch)
+            cached.set_epoch(epoch)
+            for i in range(len(samples)):
+                a, b = plain[i], cached[i]
+                assert a["label"] == b["label"] and torch.equal(a["video"], b["video"]), (train, epoch, i)
+
+
+def test_memory_cache_bad_files_follow_the_policy(tmp_path, motion):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    good = read_annotations(str(motion / "val.txt"), root=str(motion)).samples
+    bad = read_annotations_line(tmp_path, "empty.mp4 0")
+    test = MemoryVideoDataset(good + bad, "", num_frames=4, input_size=28, train=False, bad_file_policy="mark")
+    assert test[len(good)]["error"] and not test[0]["error"]
+    train = MemoryVideoDataset(good + bad, "", num_frames=4, input_size=28, train=True)
+    item = train[len(good)]
+    assert item["skipped"] >= 1 and "empty.mp4" in item["skipped_files"] and item["sample_index"] < len(good)
+
+
+def read_annotations_line(root, line):
+    (root / "list.txt").write_text(line + "\n")
+    return read_annotations(str(root / "list.txt"), root=str(root)).samples
+
+
+def test_appearance_set_labels_shape_and_colour(tmp_path):
+    make_appearance_dataset(str(tmp_path), num_train=15, num_val=0, size=32, frames=4, texture=0, distractors=0,
+                            verbose=False)
+    names = (tmp_path / "classes.txt").read_text().split("\n")[:-1]
+    assert names == appearance_class_names() and len(names) == len(SHAPES) * 3
+    labels = [int(line.split()[1]) for line in (tmp_path / "train.txt").read_text().splitlines()]
+    assert labels == list(range(15))
+
+
+def test_tower_init_refuses_another_geometry(tmp_path, motion):
+    """train.init_parts=tower from a checkpoint whose tower has another width: one line, no training."""
+    from ila.config import load_config
+    from ila.engine.train import initial_model
+    from ila.models.ila import build_model
+    from ila.engine.checkpoint import save_checkpoint
+
+    cfg = load_config("tiny", [f"data.train_list={motion}/train.txt", "train.init=none"])
+    other = load_config("tiny", ["model.vision_width=128"])
+    path = save_checkpoint(tmp_path / "other.pt", build_model(other.model), other, [str(i) for i in range(8)])
+    cfg.train.init, cfg.train.init_parts = str(path), "tower"
+    with pytest.raises(Exception) as e:
+        initial_model(cfg)
+    assert type(e.value).__name__ == "UserError" and "fit the config" in str(e.value) and "\n" not in str(e.value)
+    for init in ("none", str(motion / "classes.txt")):     # no ila checkpoint to take a tower from
+        cfg.train.init = init
+        with pytest.raises(Exception, match="takes the image tower from an ila checkpoint"):
+            initial_model(cfg)
+
+
+def test_demo_does_not_import_the_cli():
+    code = "import sys, ila.demo; print('ila.cli' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
+
+
+def test_appearance_overrides_leave_the_motion_clips_unchanged():
+    """render_clip's shape/colour overrides draw nothing when unused: a clip with distractors is byte for byte the
+    one the generator wrote before they existed (sha256 of that version's output)."""
+    import hashlib
+
+    import numpy as np
+
+    from ila.data.synthetic import render_clip
+
+    clip = render_clip(3, 32, 8, np.random.default_rng([0, 0, 3]), distractors=2, texture=0.5)
+    assert hashlib.sha256(clip.tobytes()).hexdigest() == \
+        "38692857baf0017bcdf2eb4000795fa1b8c1f43b8ba9f3535d4f529a6fc607d1"

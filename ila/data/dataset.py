@@ -134,7 +134,7 @@ class VideoDataset(Dataset):
     def _load(self, path: str, label: int, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
         if path in self._bad:
             raise VideoReadError(path, self._bad[path])
-        with open_video(path, decoder=self.decoder, short_side=self.short_side) as reader:
+        with self.open(path) as reader:
             n = reader.num_frames
             if self.train:
                 views = sample_indices(n, self.num_frames, self.sampling, True, rng, self.frame_interval)[None]
@@ -154,6 +154,10 @@ class VideoDataset(Dataset):
         views = [self.transform(c) for c in clips]
         views = [v.unsqueeze(0) if v.dim() == 4 else v for v in views]
         return torch.cat(views), label
+
+    def open(self, path: str):
+        """The reader of a video file (`ila.data.cache` serves decoded frames instead)."""
+        return open_video(path, decoder=self.decoder, short_side=self.short_side)
 
     def _note_bad(self, path: str, reason: str) -> None:
         """Remember a bad file (later draws skip it without opening it); log it here unless in a loader

@@ -88,21 +88,70 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
     return out_dir
 
 
+APPEARANCE_COLOURS = {"red": (225, 35, 35), "green": (35, 200, 50), "blue": (40, 70, 235)}
+
+
+def appearance_class_names() -> list[str]:
+    """Classes of the appearance set: shape x colour family, label = shape index * colours + colour index."""
+    return [f"{colour} {shape}" for shape in SHAPES for colour in APPEARANCE_COLOURS]
+
+
+def make_appearance_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: int = 64,
+                            frames: int = 16, seed: int = 0, *, pairs=DEFAULT_PAIRS, motion=(0.5, 0.85),
+                            distractors: int = 2, texture: float = 0.5, qp: int = 20,
+                            verbose: bool = True) -> str:
+    """Clips of the motion set's distribution (any of its motions except fades, which hide the object) whose
+    label is the object's appearance, not its motion: one of `appearance_class_names()` (shape x colour
+    family, the colour jittered by up to +-25 per channel). For pretraining an image tower on single frames.
+    Same files as `make_dataset`; clip i of a split depends only on (seed, split, i)."""
+    _check_args(num_train, num_val, size, frames, pairs, motion, (0.12, 0.22), distractors, texture, qp)
+    start = time.perf_counter()
+    names = appearance_class_names()
+    motions = [label for label in range(2 * len(pairs)) if pairs[label // 2] != "fade"]
+    if not motions:
+        raise UserError("the appearance set needs a motion pair other than fade")
+    colours = list(APPEARANCE_COLOURS.values())
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "classes.txt"), "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    for split, count in (("train", num_train), ("val", num_val)):
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        lines = []
+        for i in range(count):
+            label = i % len(names)
+            rng = np.random.default_rng([seed, 2 + _SPLITS[split], i])
+            colour = np.clip(np.asarray(colours[label % len(colours)], np.float32) + rng.uniform(-25, 25, 3), 0, 255)
+            clip = render_clip(motions[int(rng.integers(len(motions)))], size, frames, rng, pairs=tuple(pairs),
+                               motion=motion, distractors=distractors, texture=texture,
+                               shape=SHAPES[label // len(colours)], colour=colour)
+            rel = f"{split}/{i:06d}.mp4"
+            write_mp4(os.path.join(out_dir, rel), clip, qp=qp)
+            lines.append(f"{rel} {label}\n")
+        with open(os.path.join(out_dir, f"{split}.txt"), "w") as f:
+            f.write("".join(lines))
+    if verbose:
+        print(f"wrote {num_train} train + {num_val} val appearance clips ({len(names)} shape x colour classes, "
+              f"{frames} frames of {size}x{size}) to {out_dir} in {time.perf_counter() - start:.1f} s")
+    return out_dir
+
+
 def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pairs=DEFAULT_PAIRS,
                 motion=(0.5, 0.85), object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
-                min_contrast: float = 120.0) -> np.ndarray:
+                min_contrast: float = 120.0, shape: str | None = None, colour=None) -> np.ndarray:
     """One clip of class `label` as uint8 (frames, size, size, 3): the forward motion of its pair,
-    played backwards for an odd label."""
+    played backwards for an odd label; `shape` / `colour` (RGB) fix the object's appearance."""
     kind = pairs[label // 2]
     background = _background(size, rng, texture)
     for _ in range(distractors):
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        other = SHAPES[int(rng.integers(len(SHAPES)))]
         r = rng.uniform(*object_size) * size * 0.8
         cx, cy = rng.uniform(0, size, 2)
-        _draw(background, shape, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
-    colour = _contrasting_colour(background.reshape(-1, 3).mean(0), min_contrast, rng)
-    shapes = ROTATION_SHAPES if kind == "rotation" else SHAPES
-    shape = shapes[int(rng.integers(len(shapes)))]
+        _draw(background, other, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
+    if colour is None:
+        colour = _contrasting_colour(background.reshape(-1, 3).mean(0), min_contrast, rng)
+    if shape is None:
+        shapes = ROTATION_SHAPES if kind == "rotation" else SHAPES
+        shape = shapes[int(rng.integers(len(shapes)))]
     r = rng.uniform(*object_size) * size
     m = rng.uniform(*motion)
     t = np.linspace(0.0, 1.0, frames)

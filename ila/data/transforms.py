@@ -97,6 +97,24 @@ class TrainTransform:
         return f"TrainTransform({self.pipeline})"
 
 
+class CropTransform:
+    """A light training recipe for small from-scratch models: one random `size` crop of the clip resized to
+    the short side 256/224*S (the test transform's resize), no scaling or colour changes, normalised:
+    uint8 (T, 3, H, W) -> float (T, 3, S, S)."""
+
+    def __init__(self, size: int, mean=MEAN, std=STD):
+        self.size = size
+        self.short_side = resize_short_side(size)
+        self.pipeline = v2.Compose([v2.Resize(self.short_side, antialias=True), v2.RandomCrop(size),
+                                    v2.ToDtype(torch.float32, scale=False), v2.Normalize(mean, std)])
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.pipeline(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"CropTransform(size={self.size}, short_side={self.short_side})"
+
+
 class TestTransform:
     """The test recipe for one clip: uint8 (T, 3, H, W) -> float (crops, T, 3, S, S); one crop is the
     centre after resizing the short side to 256/224*S, three crops are start / centre / end along the

@@ -39,12 +39,19 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
 
 
 def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int = 1):
-    """Training clips (random, per-epoch) or test views (clips x crops, deterministic) of the samples."""
+    """Training clips (random, per-epoch) or test views (clips x crops, deterministic) of the samples;
+    `data.cache=memory` decodes every video once (`ila.data.cache`), `data.recipe=crop` trains on random crops."""
     from ila.data.dataset import VideoDataset
 
     policy = None if cfg.data.bad_files == "auto" else cfg.data.bad_files
-    transform = None
-    if train and cfg.data.augment == "device":       # workers decode only; `device_augment` does the recipe
+    transform, kind = None, VideoDataset
+    if train and cfg.data.recipe == "crop":
+        if cfg.data.augment == "device":
+            raise UserError("data.recipe=crop runs in the loader; set data.augment=cpu")
+        from ila.data.transforms import CropTransform
+
+        transform = CropTransform(cfg.data.input_size)
+    elif train and cfg.data.augment == "device":       # workers decode only; `device_augment` does the recipe
         from ila.data.gpu_augment import RawClip
 
         transform = RawClip(cfg.data.input_size)
@@ -52,10 +59,14 @@ def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int 
         from ila.data.transforms import TrainTransform
 
         transform = TrainTransform(cfg.data.input_size, grayscale=cfg.data.grayscale)
-    return VideoDataset(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size,
-                        train=train, sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval,
-                        clips=clips, crops=crops, bad_file_policy=policy, seed=cfg.train.seed, transform=transform,
-                        decoder=cfg.data.decoder)
+    extra = {}
+    if cfg.data.cache == "memory":
+        from ila.data.cache import MemoryVideoDataset as kind
+
+        extra["verbose"] = True
+    return kind(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size, train=train,
+                sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval, clips=clips, crops=crops,
+                bad_file_policy=policy, seed=cfg.train.seed, transform=transform, decoder=cfg.data.decoder, **extra)
 
 
 def device_augment(cfg: Config):

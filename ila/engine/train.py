@@ -41,8 +41,8 @@ BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-                     "train.eval_every_epochs", "train.wandb", "eval.clips", "eval.crops", "eval.batch_size",
-                     "eval.release_bn_quirk"}
+                     "train.eval_every_epochs", "train.wandb", "data.cache", "eval.clips", "eval.crops",
+                     "eval.batch_size", "eval.release_bn_quirk"}
 
 
 class TrainingDiverged(UserError):
@@ -403,22 +403,38 @@ def initial_model(cfg: Config) -> nn.Module:
         from ila.presets import PRESETS
 
         init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
+    tower = cfg.train.init_parts == "tower"
+    no_tower = UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init is "
+                         f"{printable(init or 'none')}; set train.init to one (e.g. a pretraining run's checkpoint)")
     if init in ("", "none"):
+        if tower:
+            raise no_tower
         return build_model(cfg.model)
     weights = init
     if Path(init).exists():   # read once, safely (ila.safe_load: no code in the file runs), then told apart
-        weights = safe_load.load(init)
+        try:
+            weights = safe_load.load(init)
+        except UserError:
+            if tower:
+                raise no_tower from None
+            raise
+        if tower and not (isinstance(weights, dict) and weights.get("format") == ckpt.FORMAT):
+            raise no_tower
         if isinstance(weights, safe_load.ScriptObject):              # OpenAI's CLIP .pt: a TorchScript archive
             weights = safe_load.script_state_dict(weights)
         if not isinstance(weights, dict):
             raise UserError(f"train.init={printable(init)} holds a {type(weights).__name__}, not weights")
         if weights.get("format") == ckpt.FORMAT:                     # an ila checkpoint
             ckpt.check_checkpoint(weights, init)
+            if tower:
+                return _with_tower(build_model(cfg.model), weights["model"], init)
             return _with_weights(build_model(cfg.model), weights["model"], init)
         inner = weights.get("model") if isinstance(weights.get("model"), dict) else weights
         if any(isinstance(k, str) and ".message_attn." in k for k in inner):   # an authors' release
             release = load_release(weights, num_frames=cfg.model.num_frames)
             return _with_weights(build_model(cfg.model), release.state_dict(), init)
+    if tower:
+        raise no_tower
     model = from_clip(weights, cfg.model, image_resolution=cfg.model.image_resolution)  # another size: resampled
     for key, value in cfg.model.to_dict().items():
         if getattr(model.cfg, key) != value:
@@ -447,6 +463,26 @@ def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     from ila.models.resample import fit_position_embeddings   # fine-tuning at other frame counts / sizes
 
     ckpt.load_weights(model, fit_position_embeddings(weights, model), source)
+    return model
+
+
+def _with_tower(model: nn.Module, weights: dict, source: str) -> nn.Module:
+    """`train.init_parts=tower`: the image tower's weights (the `clip` parameter group, e.g. of a model
+    pretrained on single frames) from an ila checkpoint; alignment, skip projections and head stay fresh."""
+    from ila.models.ila import parameter_group
+
+    own = model.state_dict()
+    tower = {k: v for k, v in own.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
+    theirs = {k: v for k, v in weights.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
+    if set(tower) != set(theirs):
+        odd = sorted(set(tower) ^ set(theirs))
+        raise UserError(f"{source}: its image tower does not fit the config ({len(odd)} tensors differ, first "
+                        f"{odd[0]}); train.init_parts=tower needs the same vision geometry")
+    wrong = [k for k in tower if tower[k].shape != theirs[k].shape]
+    if wrong:
+        raise UserError(f"{source}: weights do not fit the config (shape of {wrong[0]} is "
+                        f"{tuple(theirs[wrong[0]].shape)}, the config builds {tuple(tower[wrong[0]].shape)})")
+    model.load_state_dict(theirs, strict=False)
     return model
 
 
