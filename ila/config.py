@@ -385,6 +385,7 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.pop("preset", None)
     recipe: dict = {}
+    data_recipe: dict = {}
     if preset not in (None, "", "none", "None"):
         from ila.presets import PRESETS, did_you_mean, get_preset, preset_name
 
@@ -395,8 +396,10 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
         cfg.model = get_preset(preset)
         cfg.preset = str(preset)
         recipe = PRESETS[preset].recipe            # the preset's own training recipe under what is given
+        data_recipe = PRESETS[preset].data_recipe
     _apply(cfg.model, "model", model_raw)
     _apply(cfg.train, "train", {k: v for k, v in recipe.items() if k not in (raw.get("train") or {})})
+    _apply(cfg.data, "data", {k: v for k, v in data_recipe.items() if k not in (raw.get("data") or {})})
     for section in ("data", "train", "eval"):
         _apply(getattr(cfg, section), section, raw.get(section) or {})
     hints = typing.get_type_hints(Config)

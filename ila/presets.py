@@ -28,6 +28,7 @@ class Preset:
     paper_top1: float | None = None  # top-1 (%) in the paper / authors' README, 4x3 views
     paper_gflops: float | None = None  # GFLOPs per view as the paper reports them
     recipe: dict = field(default_factory=dict)  # train.* defaults of this preset (empty: the release's recipe)
+    data_recipe: dict = field(default_factory=dict)  # data.* defaults of this preset (empty: the release's)
 
 
 def _paper(name_geom, frames, head, clip, dataset, top1, gflops):
@@ -35,7 +36,7 @@ def _paper(name_geom, frames, head, clip, dataset, top1, gflops):
 
 
 # From scratch: the recipe measured to learn on the generated motion set (README, "The demo": 85 % top-1 with
-# `demo`); the release's recipe (lr 8e-6 for a pretrained CLIP, mixup/cutmix) leaves a fresh model at chance.
+# `demo`, whose clips are random crops only: the demo preset's data.recipe=crop); the release's recipe (lr 8e-6 for a pretrained CLIP, mixup/cutmix) leaves a fresh model at chance.
 SCRATCH_RECIPE = dict(init="none", epochs=10, batch_size=16, lr=5e-4, weight_decay=0.05, optimizer_groups="uniform",
                       warmup_epochs=1.0, mixup=0.0, cutmix=0.0, label_smoothing=0.1)
 
@@ -57,7 +58,7 @@ PRESETS: dict[str, Preset] = {
                                embed_dim=64, num_frames=8, head="classifier", num_classes=8,
                                interactive_block="separable", align_hidden=64, point_hidden=32,
                                mit_pos_embed=False, classifier_dropout=0.0, freeze_clip=False),
-                   "", "generated motion set", recipe=SCRATCH_RECIPE),
+                   "", "generated motion set", recipe=SCRATCH_RECIPE, data_recipe={"recipe": "crop"}),
     # The smallest working model, for tests.
     "tiny": Preset(ModelConfig(image_resolution=32, vision_patch_size=8, vision_width=64, vision_layers=2,
                                embed_dim=64, transformer_width=64, transformer_layers=1, num_frames=4,

@@ -308,6 +308,10 @@ def test_presets_carry_their_recipe_and_config_show_prints_it(capsys):
     release = load_config("ila-b32-8f-k400").train
     assert (release.lr, release.mixup, release.init) == (8e-6, 0.8, "auto")
     assert load_config("demo", ["train.lr=1e-3"]).train.lr == 1e-3
+    # the demo's clips were random crops only: the preset carries that too, under what is given
+    assert load_config("demo").data.recipe == "crop" and load_config("tiny").data.recipe == "release"
+    assert load_config("demo", ["data.recipe=release"]).data.recipe == "release"
+    assert load_config("ila-b32-8f-k400").data.recipe == "release"
     code, out, _ = run_cli(capsys, "config", "show", str(CONFIGS / "demo.yaml"), "--set", "train.epochs=3")
     shown = yaml.safe_load(out)
     assert code == 0 and shown["train"]["epochs"] == 3 and shown["model"]["preset"] == "demo"
