@@ -58,18 +58,42 @@ def open_video(path: str, threads: int = 1, decoder: str = "pyav", short_side: i
     return VideoReader(path, threads=threads)
 
 
+def check_file(path: str) -> None:
+    """A VideoReadError when `path` cannot hold a video: missing, a directory, or empty."""
+    if not os.path.exists(path):
+        raise VideoReadError(path, "file not found")
+    if os.path.isdir(path):
+        raise VideoReadError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(path, "empty file (0 bytes)")
+
+
+def checked_indices(path: str, indices, num_frames: int) -> list[int]:
+    """`indices` as ints, each in 0..num_frames-1 (else ValueError / IndexError)."""
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError("no frame indices given")
+    bad = [i for i in indices if not 0 <= i < num_frames]
+    if bad:
+        raise IndexError(f"{path}: frame {bad[0]} out of range 0..{num_frames - 1}")
+    return indices
+
+
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so the shorter side is `short_side` (unchanged when None or already so)."""
+    if not short_side or short_side == min(width, height):
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 class VideoReader:
     """Random access to the frames of one video file (use as a context manager, or call `close`)."""
 
     def __init__(self, path: str, threads: int = 1):
         self.path = path
         self._reformatter = None
-        if not os.path.exists(path):
-            raise VideoReadError(path, "file not found")
-        if os.path.isdir(path):
-            raise VideoReadError(path, "is a directory, not a video file")
-        if os.path.getsize(path) == 0:
-            raise VideoReadError(path, "empty file (0 bytes)")
+        check_file(path)
         try:
             self._container = av.open(path, metadata_errors="ignore")
         except av.error.EOFError:
@@ -124,12 +148,7 @@ class VideoReader:
     def read(self, indices, short_side: int | None = None) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed) as uint8 (N, H, W, 3), rotation applied;
         `short_side` resizes during colour conversion so the shorter side has that length."""
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise ValueError("no frame indices given")
-        bad = [i for i in indices if not 0 <= i < self.num_frames]
-        if bad:
-            raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
+        indices = checked_indices(self.path, indices, self.num_frames)
         wanted = sorted(set(indices))
         got: dict[int, np.ndarray] = {}
         try:
@@ -206,10 +225,7 @@ class VideoReader:
     def _to_rgb(self, frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
         """RGB at the stream's size (so a mid-stream size change cannot give mixed sizes), rotated."""
         rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-        w, h = self._size if all(self._size) else (frame.width, frame.height)
-        if short_side and short_side != min(w, h):
-            scale = short_side / min(w, h)
-            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        w, h = scaled_size(*(self._size if all(self._size) else (frame.width, frame.height)), short_side)
         if self._reformatter is None:   # one scaler for the reader: FFmpeg's set-up is not repeated per frame
             from av.video.reformatter import VideoReformatter
 

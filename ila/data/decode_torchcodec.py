@@ -8,11 +8,9 @@ reader does during colour conversion.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ila.data.decode import VideoReadError
+from ila.data.decode import VideoReadError, check_file, checked_indices, scaled_size
 
 _AVAILABLE: tuple[bool, str] | None = None
 
@@ -38,12 +36,7 @@ class TorchCodecReader:
         """`short_side`: the size `read` will be asked for, so the one decoder (its set-up scans the file) resizes
         to it; another size opens a second decoder."""
         self.path, self.threads, self.device = path, threads, device
-        if not os.path.exists(path):
-            raise VideoReadError(path, "file not found")
-        if os.path.isdir(path):
-            raise VideoReadError(path, "is a directory, not a video file")
-        if os.path.getsize(path) == 0:
-            raise VideoReadError(path, "empty file (0 bytes)")
+        check_file(path)
         self._decoders: dict = {}
         self._size = _header_size(path) if short_side else None
         decoder = self._decoder(self._target(short_side))
@@ -73,12 +66,7 @@ class TorchCodecReader:
 
     def read(self, indices, short_side: int | None = None) -> np.ndarray:
         """Frames at `indices` as uint8 (N, H, W, 3); `short_side` as for `VideoReader.read`."""
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise ValueError("no frame indices given")
-        bad = [i for i in indices if not 0 <= i < self.num_frames]
-        if bad:
-            raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
+        indices = checked_indices(self.path, indices, self.num_frames)
         try:
             frames = self._decoder(self._target(short_side)).get_frames_at(indices).data
         except (RuntimeError, ValueError, IndexError) as e:
@@ -89,11 +77,8 @@ class TorchCodecReader:
         """(width, height) with the short side `short_side` (None: the stream's size)."""
         if not short_side or self._size is None:
             return None
-        w, h = self._size
-        if short_side == min(w, h):
-            return None
-        scale = short_side / min(w, h)
-        return max(1, round(w * scale)), max(1, round(h * scale))
+        size = scaled_size(*self._size, short_side)
+        return None if size == tuple(self._size) else size
 
     def close(self) -> None:
         self._decoders.clear()
