@@ -62,26 +62,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--videos", type=int, default=96)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="loader workers (torchcodec-cuda: 0)")
+    parser.add_argument("--decoder", default="pyav", choices=["pyav", "torchcodec", "torchcodec-cuda"],
+                        help="data.decoder; torchcodec-cuda decodes on the GPU in the training process (workers 0)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--amp", default="bf16")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
+    if args.decoder == "torchcodec-cuda":
+        args.workers = 0
+    cores = os.cpu_count() or 1                     # writing and preparing the videos uses every core
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         from multiprocessing import Pool
 
-        with Pool(args.workers) as pool:
+        with Pool(cores) as pool:
             pool.starmap(write_video, [(os.path.join(tmp, f"v{v}.mp4"), 4.0, 30, 340, 256, None, v)
                                        for v in range(args.videos)])
         with open(os.path.join(tmp, "list.txt"), "w") as f:
             f.writelines(f"v{v}.mp4 {v % 4}\n" for v in range(args.videos))
         prep = prepare(os.path.join(tmp, "list.txt"), os.path.join(tmp, "prep"), short_side=256, gop=16,
-                       workers=args.workers, root=tmp, progress=False)
+                       workers=cores, root=tmp, progress=False)
         print(f"{args.videos} videos written and prepared in {time.perf_counter() - start:.0f} s "
               f"({len(prep.bad)} bad)")
         sets = [f"data.root={tmp}/prep", f"data.train_list={prep.annotation}", f"data.workers={args.workers}",
-                "data.augment=device", f"device={args.device}", "train.init=none", f"train.amp={args.amp}",
+                "data.augment=device", f"data.decoder={args.decoder}", f"device={args.device}", "train.init=none", f"train.amp={args.amp}",
                 f"train.compile={not args.no_compile}", f"train.batch_size={args.batch}", "train.eval_every_epochs=0",
                 "train.epochs=100", f"output={tmp}/run"]
         if args.preset != "tiny":
@@ -98,7 +103,8 @@ def main() -> None:
         timed_steps(trainer, itertools.repeat(batch), 2, cuda)
         resident, resident_busy = timed_steps(trainer, itertools.repeat(batch), args.steps, cuda)
         clips = args.batch
-        print(f"{args.preset}, batch {clips}, {args.workers} loader workers, amp {args.amp}, compile {not args.no_compile}")
+        print(f"{args.preset}, batch {clips}, {args.workers} loader workers, decoder {args.decoder}, amp {args.amp}, "
+              f"compile {not args.no_compile}")
         print(f"loader-fed:   {fed * 1000:.1f} ms/step, {clips / fed:.1f} clips/s, device busy {fed_busy:.0%}")
         print(f"in memory:    {resident * 1000:.1f} ms/step, {clips / resident:.1f} clips/s, device busy {resident_busy:.0%}")
         print(f"loader-fed steps are {fed / resident - 1:+.1%} slower than steps on a batch in device memory")
