@@ -168,3 +168,16 @@ def test_no_gpu_message_names_what_to_set():
     with pytest.raises(UserError, match=r"needs a CUDA GPU and none is visible here; set data\.decoder=torchcodec "
                                         r"\(CPU decoding\) or data\.decoder=pyav"):
         check_cuda_decoding()
+
+
+def test_decoder_threads_may_change_when_a_run_continues():
+    """The frames are the same at any thread count, so a run may resume with another one, and a checkpoint
+    saved before the key existed resumes too."""
+    from ila.config import load_config
+    from ila.engine.train import config_difference
+
+    saved = load_config("tiny").to_dict()
+    assert config_difference(saved, load_config("tiny", ["data.decoder_threads=0"]).to_dict()) is None
+    del saved["data"]["decoder_threads"]
+    assert config_difference(saved, load_config("tiny").to_dict()) is None
+    assert config_difference(saved, load_config("tiny", ["data.decoder=torchcodec"]).to_dict()).startswith("data.decoder:")
