@@ -112,6 +112,10 @@ def test_a_class_folder_is_copied_with_its_layout(motion, tmp_path):
             prepare(str(src), str(bad_out), short_side=16, progress=False)
     with pytest.raises(UserError, match="has no class subfolders"):
         prepare(str(src / "jump"), str(tmp_path / "copy2"), progress=False)
+    video = next((src / "jump").iterdir())
+    with pytest.raises(UserError, match="is a video; ila prepare copies a dataset: give its annotation file"):
+        prepare(str(video), str(tmp_path / "copy2"), progress=False)
+    assert not (tmp_path / "copy2").exists()
 
 
 def test_command_line_mistakes_are_one_line_exit_2(source, tmp_path, capsys):

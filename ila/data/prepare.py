@@ -94,6 +94,11 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
         names = load_class_names(class_names) if isinstance(class_names, str) else class_names
         ann, root = read_class_folders(src, names), root or src      # the class/video layout is kept
     else:
+        from ila.data.annotations import VIDEO_EXTENSIONS
+
+        if src.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(src):
+            raise UserError(f"{src} is a video; ila prepare copies a dataset: give its annotation file or a folder "
+                            f"with one subfolder per class")
         ann = read_annotations(src, root=root, fmt=fmt, class_names=class_names)
     names = output_names([s.path for s in ann.samples], frames_jpeg, root)
     if out_dir.resolve() in [Path(s.path).resolve().parent for s in ann.samples[:1]]:
