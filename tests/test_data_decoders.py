@@ -181,3 +181,37 @@ def test_decoder_threads_may_change_when_a_run_continues():
     del saved["data"]["decoder_threads"]
     assert config_difference(saved, load_config("tiny").to_dict()) is None
     assert config_difference(saved, load_config("tiny", ["data.decoder=torchcodec"]).to_dict()).startswith("data.decoder:")
+
+
+def test_tensor_frames_take_the_same_path_as_numpy_frames(motion):
+    """torchcodec-cuda's reader returns torch tensors (on the GPU) where the others return numpy arrays: the
+    training item, pad_collate and the device recipe give the same result for either (here on the CPU, frames
+    served from memory by the library's own FramesReader)."""
+    import torch
+
+    from ila.data.annotations import Sample
+    from ila.data.cache import FramesReader, decode_all
+    from ila.data.dataset import VideoDataset
+    from ila.data.gpu_augment import DeviceAugment, RawClip, pad_collate
+
+    paths = [str(p) for p in sorted((motion / "train").iterdir()) if p.suffix == ".mp4"][:3]
+
+    class Served(VideoDataset):
+        as_tensor = False
+
+        def open(self, path):
+            frames = decode_all(path, self.short_side)
+            return FramesReader(path, torch.from_numpy(frames) if self.as_tensor else frames)
+
+    batches = []
+    for as_tensor in (False, True):
+        ds = Served([Sample(p, i) for i, p in enumerate(paths)], "", num_frames=8, input_size=28, train=True,
+                    transform=RawClip(28), hflip=True)
+        ds.as_tensor = as_tensor
+        batch = pad_collate([ds[i] for i in range(3)])
+        video, _ = DeviceAugment(28)(batch["video"], batch["size"], batch["label"],
+                                     generator=torch.Generator().manual_seed(0))
+        batches.append((batch, video))
+    (a, va), (b, vb) = batches
+    assert a["video"].dtype == torch.uint8 and torch.equal(a["video"], b["video"]) and torch.equal(a["size"], b["size"])
+    assert torch.equal(va, vb) and va.shape == (3, 8, 3, 28, 28)
