@@ -4,7 +4,8 @@ same steps on one batch already in device memory; GPU busy time from CUDA events
     python benchmarks/data_e2e.py                                    # GPU: ILA-B/16 8f, bf16, compiled, batch 32
     python benchmarks/data_e2e.py --preset tiny --device cpu --steps 2 --batch 2 --videos 8 --no-compile   # smoke
 
-Steps: writes `--videos` generated 340x256 H.264 videos, `ila prepare`s them (short side 256, gop 16), builds the
+Steps: writes `--videos` generated 340x256 H.264 videos, `ila prepare`s them (short side 256, gop 16), lists them
+under several names so one epoch covers every timed step (`long_epoch`), builds the
 trainer of `ila train` (random weights: `train.init=none`, nothing downloaded) and times `--steps` optimizer steps
 (a) reading through the loader and (b) repeating one batch that already sits on the device (its augmentation
 included, so both do the same device work). Loader-fed steps should be at most 10 % slower. Numbers only.
@@ -46,6 +47,25 @@ def timed_steps(trainer: Trainer, batches, steps: int, cuda: bool) -> tuple[floa
     return wall / steps, (busy / wall if cuda else float("nan"))
 
 
+def long_epoch(annotation: str, root: str, clips: int) -> str:
+    """A list of at least `clips` entries, the prepared videos under several names (symbolic links), so one epoch
+    spans every timed step. Each loader worker makes whole batches, and an epoch of only a few batches would keep
+    most workers idle and stall at every epoch boundary: not what a training run on a real dataset sees."""
+    lines = [line.split() for line in open(annotation).read().splitlines() if line.strip()]
+    copies = max(1, -(-clips // len(lines)))
+    out = []
+    for r in range(copies):
+        for rel, label in lines:
+            name = rel if r == 0 else f"{os.path.splitext(rel)[0]}_copy{r}.mp4"
+            if r:
+                os.symlink(os.path.join(root, rel), os.path.join(root, name))
+            out.append(f"{name} {label}\n")
+    path = os.path.join(root, "long_epoch.txt")
+    with open(path, "w") as f:
+        f.writelines(out)
+    return path
+
+
 def endless(trainer: Trainer):
     """Batches through the loader, epoch after epoch (every batch read and decoded, none replayed)."""
     for epoch in itertools.count():
@@ -85,7 +105,9 @@ def main() -> None:
                        workers=cores, root=tmp, progress=False)
         print(f"{args.videos} videos written and prepared in {time.perf_counter() - start:.0f} s "
               f"({len(prep.bad)} bad)")
-        sets = [f"data.root={tmp}/prep", f"data.train_list={prep.annotation}", f"data.workers={args.workers}",
+        epoch_list = long_epoch(prep.annotation, os.path.join(tmp, "prep"),
+                                clips=int((args.warmup + args.steps + 4) * args.batch * 1.25))
+        sets = [f"data.root={tmp}/prep", f"data.train_list={epoch_list}", f"data.workers={args.workers}",
                 "data.augment=device", f"data.decoder={args.decoder}", f"device={args.device}", "train.init=none", f"train.amp={args.amp}",
                 f"train.compile={not args.no_compile}", f"train.batch_size={args.batch}", "train.eval_every_epochs=0",
                 "train.epochs=100", f"output={tmp}/run"]
