@@ -1,7 +1,8 @@
 """Reading frames with torchcodec (`data.decoder=torchcodec`): the same interface as `ila.data.decode.VideoReader`.
 
-torchcodec is an optional extra (`pip install ila[torchcodec]`) that needs the system's FFmpeg libraries (4-7;
-Debian/Ubuntu: `apt-get install ffmpeg`). `torchcodec_available()` says whether it can be used; `open_video`
+torchcodec is an optional extra (`pip install ila[torchcodec]`) that needs the system's FFmpeg libraries (the major
+versions torchcodec's README lists; Debian/Ubuntu: `apt-get install ffmpeg`, conda: `conda install -c conda-forge
+ffmpeg`, macOS: `brew install ffmpeg`). `torchcodec_available()` says whether it can be used; `open_video`
 falls back to PyAV with one warning when it cannot. Frame i is the i-th frame in presentation order (torchcodec's
 exact seek mode), as for PyAV. `short_side` resizes in the decoder (FFmpeg's scaler, bilinear), like PyAV's
 reader does during colour conversion.
