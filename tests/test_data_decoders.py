@@ -215,3 +215,36 @@ def test_tensor_frames_take_the_same_path_as_numpy_frames(motion):
     (a, va), (b, vb) = batches
     assert a["video"].dtype == torch.uint8 and torch.equal(a["video"], b["video"]) and torch.equal(a["size"], b["size"])
     assert torch.equal(va, vb) and va.shape == (3, 8, 3, 28, 28)
+
+
+needs_cuda_decoding = pytest.mark.skipif(not (usable and __import__("torch").cuda.is_available()),
+                                         reason="needs torchcodec and a CUDA GPU (benchmarks/gpu_data.sh runs this)")
+
+
+@needs_cuda_decoding
+def test_cuda_decoding_gives_the_cpu_frames_on_the_gpu(bframes):
+    """GPU sessions only: torchcodec-cuda's frames are CUDA uint8 tensors close to the CPU decoder's (NVDEC's
+    colour conversion is not bit-exact), resized on the GPU, and a training batch stays on the GPU."""
+    import torch
+
+    from ila.data.annotations import Sample
+    from ila.data.dataset import VideoDataset, build_loader
+    from ila.data.gpu_augment import DeviceAugment, RawClip, pad_collate
+
+    idx = [30, 3, 17, 47, 0]
+    with open_video(bframes, decoder="torchcodec") as cpu, open_video(bframes, decoder="torchcodec-cuda") as gpu:
+        assert gpu.num_frames == cpu.num_frames == 48
+        full, want = gpu.read(idx), cpu.read(idx).astype(int)
+        assert isinstance(full, torch.Tensor) and full.is_cuda and full.dtype == torch.uint8
+        diff = np.abs(full.cpu().numpy().astype(int) - want)
+        assert full.shape == want.shape and diff.mean() < 3 and diff.mean() < 0.3 * np.abs(want[1:] - want[:-1]).mean()
+        small, want = gpu.read(idx, short_side=64), cpu.read(idx, short_side=64).astype(int)
+        assert small.is_cuda and small.shape == want.shape and np.abs(small.cpu().numpy().astype(int) - want).mean() < 6
+    # (the 160x96 video: the 32x32 motion clips are below NVDEC's smallest H.264 size, 48x16)
+    ds = VideoDataset([Sample(bframes, i) for i in range(4)], "", num_frames=8, input_size=28, train=True,
+                      transform=RawClip(28), decoder="torchcodec-cuda")
+    batch = next(iter(build_loader(ds, 4, shuffle=False, num_workers=0, seed=0, collate_fn=pad_collate)))
+    assert batch["video"].is_cuda and batch["video"].dtype == torch.uint8
+    video, _ = DeviceAugment(28)(batch["video"], batch["size"], batch["label"].cuda(),
+                                 generator=torch.Generator().manual_seed(0))
+    assert video.is_cuda and video.shape == (4, 8, 3, 28, 28) and torch.isfinite(video).all()
