@@ -6,7 +6,9 @@ order, which is exact for variable frame rates. `read` seeks to the keyframe bef
 frame, decodes forward (skipping unwanted frames that no other frame references), converts only the
 wanted frames to RGB, stops after the last one, and seeks again whenever a keyframe lies between two
 wanted frames. Rotation metadata is applied. Any file that
-cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason.
+cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason. `threads`
+(`data.decoder_threads`) sets FFmpeg's decoder threads (frame + slice threading; 0: FFmpeg's choice); the frames
+are the same at any count, and one thread gives the most frames per CPU-second (benchmarks/decoder_threads.py).
 """
 from __future__ import annotations
 
