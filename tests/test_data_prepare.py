@@ -89,6 +89,12 @@ def test_bad_arguments_are_one_line_errors(motion, source, tmp_path):
             prepare(str(listing), str(tmp_path / "o"), **kwargs)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()                                    # refused before anything is written
+    bad_only = tmp_path / "bad_only.txt"
+    bad_only.write_text(f"{tmp_path}/junk.mp4 0\n{tmp_path}/missing.mp4 1\n")
+    with pytest.raises(UserError, match=r"none of the 2 videos of .*bad_only.txt could be read \(first: .*junk.mp4: "
+                                        r"not a readable video .*\); every one is listed in .*bad_inputs.tsv"):
+        prepare(str(bad_only), str(tmp_path / "o2"), progress=False)
+    assert len((tmp_path / "o2" / "bad_inputs.tsv").read_text().splitlines()) == 2
     with pytest.raises(UserError, match="not a folder"):
         prepare(str(listing), str(listing))
     with pytest.raises(UserError, match="annotation file not found"):

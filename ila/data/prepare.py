@@ -137,6 +137,10 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
         if workers > 1 and pool is not None:
             pool.terminate()
     _write_outputs(out_dir, src, ann, names, done, result, frames_jpeg)
+    if not done:                                    # nothing to train on: say so (bad_inputs.tsv lists why)
+        path, why = result.bad[0]
+        raise UserError(f"none of the {len(result.bad)} videos of {src} could be read (first: {path}: {why}); "
+                        f"every one is listed in {out_dir / 'bad_inputs.tsv'}")
     return result
 
 
