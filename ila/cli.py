@@ -112,7 +112,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
     run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs,
-             settings=[s for s in args.settings.split(",") if s])
+             settings=[s for s in args.settings.split(",") if s], seeds=args.seeds, data=args.data)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -143,7 +143,8 @@ EXAMPLES = {
                "ila export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx"],
     "features": ["ila features --checkpoint runs/demo my_videos/ --out features.safetensors",
                  "ila features --checkpoint k400_b32_8_ila.pt videos.txt --out emb.npy --clips 4 --text-file kinetics400"],
-    "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1"],
+    "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1",
+             "ila demo --out demo_textured --data textured --seeds 3"],
 }
 
 
@@ -288,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
     p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
-    p.add_argument("--settings", default="scratch", metavar="scratch,frozen",
+    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (--seed, --seed+1, "
+                   "...) and report mean ± spread")
+    p.add_argument("--data", default="flat", choices=["flat", "textured"],
+                   help="the generated set: flat backgrounds (default) or textured with distractors (make-dataset's "
+                   "defaults)")
+    p.add_argument("--settings", default="scratch,frozen", metavar="scratch,frozen",
                    help="from scratch, and/or frozen-pretrained (tower pretrained on single frames, then frozen)")
     p.set_defaults(func=_cmd_demo)
     return parser
