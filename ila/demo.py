@@ -7,8 +7,8 @@
    `Trainer` of `ila train`) with `data.cache=memory`: every video is decoded once and clips are served
    from memory with the same sampling and transforms, because per-clip decoding costs more than this small
    model on two cores.
-3. From scratch: the `demo` preset is trained for each of `ila`, `mean` and `attention` with one recipe and
-   budget. Frozen-pretrained (`--settings scratch,frozen`): the image tower is first pretrained on single
+3. From scratch: the `demo` preset is trained for each of `ila`, `mean` and `attention` (the registered
+   temporal variants that are not cost references; `--variants` picks others) with one recipe and budget. Frozen-pretrained (`--settings scratch,frozen`): the image tower is first pretrained on single
    frames of an appearance set (shape x colour classes, `ila.data.synthetic.make_appearance_dataset`), then
    `ila`, `mean` and `attention` start from that tower, frozen (`model.freeze_clip=true`,
    `train.init_parts=tower`: alignment, skip projections and head train), with the same budget.
@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from ila.errors import UserError
+from ila.models.registry import temporal_variants
 
-VARIANTS = ("ila", "mean", "attention")
+VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")
 VIDEO_SIZE = 36   # 256/224 x 32: the 32 px crops are taken without resampling
 
@@ -193,9 +194,10 @@ def format_table(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------- demo
 
 def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, data_seed: int = 0,
-             variants=VARIANTS, budget: Budget | None = None, epochs: int | None = None,
+             variants=None, budget: Budget | None = None, epochs: int | None = None,
              settings=("scratch",)) -> dict:
-    """Run the demo; returns {"SETTING/VARIANT": metrics and speeds} (also written to OUT/results.json)."""
+    """Run the demo; returns {"SETTING/VARIANT": metrics and speeds} (also written to OUT/results.json).
+    `variants`: registered temporal variants (default: every one that is not a cost reference)."""
     from ila.engine.atomic import write_text
     from ila.data.synthetic import appearance_class_names
     from ila.engine.predict import run_predict
@@ -204,10 +206,11 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     budget = budget or (QUICK if quick else FULL)
     if epochs:
         budget = replace(budget, epochs=epochs)
-    variants, settings = tuple(variants), tuple(settings)
-    unknown = [v for v in variants if v not in VARIANTS]
+    variants = temporal_variants(references=False) if variants is None else tuple(variants)
+    settings = tuple(settings)
+    unknown = [v for v in variants if v not in temporal_variants()]
     if unknown or not variants:
-        raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(temporal_variants())}")
     wrong = [s for s in settings if s not in SETTINGS]
     if wrong or not settings:
         raise UserError(f"unknown setting(s) {wrong}; choose from {', '.join(SETTINGS)}")
@@ -219,7 +222,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    log(f"ila demo: ILA vs frame averaging vs divided space-time attention on time-reversed motions "
+    log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
         f"({'quick' if quick else 'full'} budget, seed {seed}, settings {', '.join(settings)}, "
         f"{torch.get_num_threads()} CPU thread(s))")
     data = prepare_data(out / "data", budget, data_seed)
