@@ -71,11 +71,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_difference(saved: dict, new: dict) -> str | None:
-    """The first key (other than RESUMABLE_CHANGES) whose value differs, as 'key: old -> new'."""
+    """The first key (other than RESUMABLE_CHANGES) whose value differs, as 'key: old -> new'. A key the saved
+    config lacks (added to ila after the run was saved, e.g. train.schedule) counts as its default, which is
+    what that run used."""
     a, b = _flatten(saved), _flatten(new)
+    defaults = _flatten(Config().to_dict())
     for key in sorted(set(a) | set(b)):
-        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
-            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        old = a[key] if key in a else defaults.get(key)
+        if key not in RESUMABLE_CHANGES and old != b.get(key):
+            return f"{key}: {old!r} -> {b.get(key)!r}"
     return None
 
 
