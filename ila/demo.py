@@ -210,7 +210,8 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     settings = tuple(settings)
     unknown = [v for v in variants if v not in temporal_variants()]
     if unknown or not variants:
-        raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(temporal_variants())}")
+        raise UserError(f"{f'unknown variant(s) {unknown}' if unknown else 'no variant given'}; choose from "
+                        f"{', '.join(temporal_variants())}")
     wrong = [s for s in settings if s not in SETTINGS]
     if wrong or not settings:
         raise UserError(f"unknown setting(s) {wrong}; choose from {', '.join(SETTINGS)}")
