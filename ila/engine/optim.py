@@ -9,7 +9,7 @@ decay (message_* 5e-4 / 1e-2, temporal_* 10 x base / 1e-3, head 4e-4 / base wd, 
 CLIP base / base wd); `uniform` gives every parameter the base lr and weight decay. Biases, 1-D tensors and
 position embeddings get no weight decay in either.
 
-Schedules (`train.schedule`, timm's `create_scheduler_v2`, counted in optimizer steps): a linear warm-up from 0
+Schedules (`train.schedule`, timm's schedulers, counted in optimizer steps): a linear warm-up from 0
 over `train.warmup_epochs`, and then, over the whole run (the warm-up overlaps its start, as in the release):
 `cosine` (the release's) down to train.lr / 100, `linear` down to train.lr / 100, or `constant` at each group's
 lr. The schedule is a function of the step alone: a resumed run sets the lr of its next step like the
@@ -17,7 +17,8 @@ uninterrupted one (the groups' `initial_lr` travel in the optimizer's state).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -67,19 +68,39 @@ def create_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 # ------------------------------------------------------------------------------------------ schedules
 
+def _cosine(optimizer, total: int, warmup: int, floor: float):
+    from timm.scheduler import CosineLRScheduler
+
+    return CosineLRScheduler(optimizer, t_initial=total, lr_min=floor, warmup_t=warmup, warmup_lr_init=0.0,
+                             cycle_limit=1, t_in_epochs=False)
+
+
+def _linear(optimizer, total: int, warmup: int, floor: float):
+    from timm.scheduler import PolyLRScheduler          # a polynomial of power 1
+
+    return PolyLRScheduler(optimizer, t_initial=total, power=1.0, lr_min=floor, warmup_t=warmup, warmup_lr_init=0.0,
+                           cycle_limit=1, t_in_epochs=False)
+
+
+def _constant(optimizer, total: int, warmup: int, floor: float):
+    from timm.scheduler import StepLRScheduler          # a step schedule that never decays
+
+    return StepLRScheduler(optimizer, decay_t=total, decay_rate=1.0, warmup_t=warmup, warmup_lr_init=0.0,
+                           t_in_epochs=False)
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """One `train.schedule` value: the timm scheduler behind it and how the run header describes it."""
+    """One `train.schedule` value: how its timm scheduler is built and how the run header describes it."""
 
-    timm_name: str                      # `sched` of timm.scheduler.create_scheduler_v2
+    build: Callable                     # (optimizer, total steps, warm-up steps, floor lr) -> timm scheduler
     description: str                    # after the warm-up; {floor} is train.lr / 100
-    timm_args: dict = field(default_factory=dict)
 
 
-SCHEDULES: dict[str, Schedule] = {
-    "cosine": Schedule("cosine", "per-step cosine to {floor}"),
-    "linear": Schedule("poly", "per-step linear decay to {floor}", {"decay_rate": 1.0}),  # poly of power 1
-    "constant": Schedule("constant", "constant at each group's lr"),
+SCHEDULES: dict[str, Schedule] = {       # train.schedule's allowed values are these names
+    "cosine": Schedule(_cosine, "per-step cosine to {floor}"),
+    "linear": Schedule(_linear, "per-step linear decay to {floor}"),
+    "constant": Schedule(_constant, "constant at each group's lr"),
 }
 
 
@@ -89,19 +110,12 @@ def warmup_steps(cfg, steps_per_epoch: int) -> int:
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """The `train.schedule` scheduler for `optimizer` (timm's `create_scheduler_v2`, per optimizer step): call
+    """The `train.schedule` scheduler for `optimizer` (a timm scheduler counting optimizer steps): call
     `step_update(step)` before each step. Its `state_dict()` / `load_state_dict()` round-trip, though resuming
     needs neither: the lr is a function of the step."""
-    from timm.scheduler import create_scheduler_v2
-
     t = cfg.train
-    schedule = SCHEDULES[t.schedule]
-    # counted in optimizer steps (one "epoch" of timm's per update), so the warm-up is a whole number of steps
-    scheduler, _ = create_scheduler_v2(optimizer, sched=schedule.timm_name, num_epochs=t.epochs * steps_per_epoch,
-                                       warmup_epochs=warmup_steps(cfg, steps_per_epoch), warmup_lr=0.0,
-                                       min_lr=t.lr / 100, cycle_limit=1, step_on_epochs=False, updates_per_epoch=1,
-                                       **schedule.timm_args)
-    return scheduler
+    return SCHEDULES[t.schedule].build(optimizer, t.epochs * steps_per_epoch, warmup_steps(cfg, steps_per_epoch),
+                                       t.lr / 100)
 
 
 def describe_schedule(cfg, steps_per_epoch: int) -> str:
