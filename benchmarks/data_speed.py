@@ -16,7 +16,10 @@ Methods (all sample frames with the release's segment sampling, from `item_rng`)
   worker. The recipe (`DeviceAugment`, batch 16) is timed separately on this CPU; on a GPU it runs on the device;
 - torchcodec: as new, decoded by torchcodec (`data.decoder=torchcodec`);
 - decord: decord 0.6.0 (the authors' loader) reading the same frames, resized in its decoder; uint8 out, so
-  comparable with new (install it for the benchmark only: `pip install decord==0.6.0`).
+  comparable with new (install it for the benchmark only: `pip install decord==0.6.0`);
+- torchcodec-cuda (only where a GPU and torchcodec are): `data.decoder=torchcodec-cuda`, decoded on the GPU in
+  this process (as training does it: `data.workers=0`), resized there, uint8 CUDA clips out. Its CPU-seconds are
+  this process's (demuxing, seeking, launching); its wall-clock rate is what the one training process gets.
 Numbers only, no assertions. The cores needed to feed a GPU = its clips/s / (clips per CPU-second).
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ila.data.dataset import VideoDataset  # noqa: E402
 from ila.data.gpu_augment import DeviceAugment, RawClip, pad_collate  # noqa: E402
 from ila.data.sampling import item_rng, segment_indices  # noqa: E402
 from ila.data.transforms import resize_short_side  # noqa: E402
+from ila.errors import UserError  # noqa: E402
 
 # H200 training rates, README's GPU table: ILA-B/16 8f, bf16, compiled: 4.5 ms/clip. B/32 has no H200 row; the
 # issue's "about three times faster" is used for it and printed as an estimate.
@@ -102,7 +106,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="input size S of the recipe")
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--clips", type=int, default=24, help="clips timed per method")
-    parser.add_argument("--methods", nargs="+", default=["today", "new", "torchcodec", "decord"])
+    parser.add_argument("--methods", nargs="+", default=["today", "new", "torchcodec", "decord", "torchcodec-cuda"])
     parser.add_argument("--augment-device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the device recipe is timed (wall clock per clip, batch 16)")
     args = parser.parse_args()
@@ -116,7 +120,8 @@ def main() -> None:
         has_decord = False
     print(f"{os.cpu_count()} CPUs (shared), torch threads 1, decoder threads 1, input size {args.size}; "
           f"torch {torch.__version__}, PyAV {av.__version__}; torchcodec: "
-          f"{'yes' if torchcodec_available()[0] else torchcodec_available()[1]}; decord: {'yes' if has_decord else 'no'}")
+          f"{'yes' if torchcodec_available()[0] else torchcodec_available()[1]}; decord: {'yes' if has_decord else 'no'}; "
+          f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no (no torchcodec-cuda row)'}")
     aug = DeviceAugment(args.size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +135,7 @@ def main() -> None:
                     write_video(paths[-1], args.seconds, args.fps, width, height, gop, seed=v)
                 print(f"\n{args.videos} videos {width}x{height}, {args.fps} fps, {args.seconds:g} s, keyframe every "
                       f"{gop} frames (written in {time.perf_counter() - start:.0f} s)")
-                print(f"{'frames':>6}  {'method':<34} {'clips/CPU-s':>11} {'vs today':>9} {'clips/wall-s':>12}")
+                print(f"{'frames':>6}  {'method':<40} {'clips/CPU-s':>11} {'vs today':>9} {'clips/wall-s':>12}")
                 samples = [Sample(p, 0) for p in paths]
                 for t in args.frames:
                     results = {}
@@ -157,21 +162,33 @@ def main() -> None:
                         ds = VideoDataset(samples, "", num_frames=t, input_size=args.size, train=True,
                                           transform=RawClip(args.size), decoder="torchcodec")
                         results["torchcodec (uint8 out)"] = cpu_rate(lambda i: ds[i % len(paths)], args.clips)
+                    if "torchcodec-cuda" in args.methods and torchcodec_available()[0] and torch.cuda.is_available():
+                        ds = VideoDataset(samples, "", num_frames=t, input_size=args.size, train=True,
+                                          transform=RawClip(args.size), decoder="torchcodec-cuda")
+
+                        def on_gpu(i):
+                            clip = ds[i % len(paths)]["video"]
+                            torch.cuda.synchronize()
+                            return clip
+                        try:
+                            results["torchcodec-cuda (GPU decode, 1 process)"] = cpu_rate(on_gpu, args.clips)
+                        except UserError as e:                 # e.g. a torchcodec build without CUDA
+                            print(f"torchcodec-cuda left out: {e}")
                     if "decord" in args.methods and has_decord:
                         results["decord 0.6.0 (uint8 out)"] = cpu_rate(decord_clip(paths, t, args.size), args.clips)
                     base = results.get("today (PyAV + CPU recipe)", (None,))[0]
-                    for name, (per_cpu, per_wall) in results.items():
+                    for name, (per_cpu, per_wall) in sorted(results.items(), key=lambda kv: "cuda" in kv[0]):
                         ratio = f"{per_cpu / base:>8.2f}x" if base else f"{'-':>9}"
-                        print(f"{t:>6}  {name:<34} {per_cpu:>11.1f} {ratio} {per_wall:>12.1f}")
+                        print(f"{t:>6}  {name:<40} {per_cpu:>11.1f} {ratio} {per_wall:>12.1f}")
                         rows.append((size_text, gop, t, name, per_cpu))
                     if "new" in args.methods:
-                        print(f"{t:>6}  {'  device recipe on ' + args.augment_device:<34} {aug_ms:>8.1f} ms/clip "
+                        print(f"{t:>6}  {'  device recipe on ' + args.augment_device:<40} {aug_ms:>8.1f} ms/clip "
                               f"({'wall' if args.augment_device != 'cpu' else 'CPU'}, batch 16; not in the loader's count)")
     print("\nCPU cores needed to feed the GPU (its clips/s / clips per CPU-second), 8 frames:")
     for size_text, gop, t, name, per_cpu in rows:
         if t == 8:
             need = ", ".join(f"{label.split(' (')[0]} {rate / per_cpu:.0f}" for label, rate in GPU_RATES.items())
-            print(f"  {size_text} gop {gop:>3}  {name:<34} {need}")
+            print(f"  {size_text} gop {gop:>3}  {name:<40} {need}")
     print("  rates: " + "; ".join(f"{k} = {v:.0f} clips/s" for k, v in GPU_RATES.items()))
 
 

@@ -152,11 +152,18 @@ def _examples(command: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (a wrong flag or value: the message and where help is, not the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message, 400)} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ila import __version__
     from ila.models.registry import temporal_variants
 
-    parser = argparse.ArgumentParser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
+    parser = _Parser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
                                      epilog="`ila COMMAND --help` shows each command's options and examples.")
     parser.add_argument("--version", action="version", version=f"ila {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = add("prepare", help="a training-friendly copy of a dataset: short side, keyframes, H.264 (or JPEG)")
-    p.add_argument("src", metavar="SRC", help="annotation file (list, Kinetics CSV, SSv2 JSON, frame-folder list)")
+    p.add_argument("src", metavar="SRC", help="annotation file (list, Kinetics CSV, SSv2 JSON, frame-folder list) "
+                                             "or a folder with one subfolder per class")
     p.add_argument("out", metavar="OUT", help="output folder (a second run skips finished, verified outputs)")
     p.add_argument("--short-side", type=int, default=320, help="short side in pixels (never enlarged)")
     p.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default: x264's, 250)")

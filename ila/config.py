@@ -48,7 +48,9 @@ class DataConfig:
     workers: int = 2                        # loader processes per training process
     grayscale: float = 0.2                  # chance a training clip is turned grey (release recipe: 0.2)
     augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
-    decoder: Literal["pyav", "torchcodec"] = "pyav"  # video decoder (torchcodec: optional extra, system FFmpeg)
+    decoder: Literal["pyav", "torchcodec", "torchcodec-cuda"] = "pyav"  # video decoder (torchcodec: optional
+                                            # extra, system FFmpeg; torchcodec-cuda: on the GPU, data.workers=0)
+    decoder_threads: int = 1                # FFmpeg threads per decoder (0: FFmpeg picks); 1 pays best per core
     cache: Literal["none", "memory"] = "none"  # memory: decode every video once, serve clips from memory
     recipe: Literal["release", "crop"] = "release"  # training clips: release recipe, or random crops only
 
@@ -524,6 +526,15 @@ def validate(cfg: Config) -> Config:
     _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, f"at most train.epochs={t.epochs}")
     _check(0 <= t.seed < 2**32, "train.seed", t.seed, "an integer in [0, 4294967295]")  # numpy's seed range
     _check(d.workers <= 256, "data.workers", d.workers, "an integer in [0, 256]")
+    _check(0 <= d.decoder_threads <= 64, "data.decoder_threads", d.decoder_threads,
+           "an integer in [0, 64] (1: one thread per decoder, best with many loader workers; 0: FFmpeg picks)")
+    if d.decoder == "torchcodec-cuda":              # GPU decoding runs in the training process, frames stay there
+        _check(d.workers == 0, "data.workers", d.workers, "0 with data.decoder=torchcodec-cuda (it decodes in the "
+               "training process: CUDA cannot be used in forked loader workers), or data.decoder=torchcodec")
+        _check(d.cache == "none", "data.cache", d.cache, "none with data.decoder=torchcodec-cuda (the memory cache "
+               "holds CPU frames), or data.decoder=torchcodec")
+        _check(cfg.device != "cpu", "device", cfg.device, "auto or cuda with data.decoder=torchcodec-cuda, or "
+               "data.decoder=torchcodec to decode on the CPU")
     # past these, index arithmetic overflows int64 (frame_interval 2**62 sampled frames from the end) or views
     # fill memory; no video has a stride of 10 000 frames or needs 1000 temporal views
     _check(d.frame_interval <= 10_000, "data.frame_interval", d.frame_interval, "an integer in [1, 10000]")

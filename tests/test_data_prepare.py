@@ -1,6 +1,8 @@
 """`ila prepare`: a short-side, keyframe-interval H.264 (or JPEG) copy with its own list; resumable, bad inputs
 listed, half-written outputs never counted."""
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -72,11 +74,71 @@ def test_jpeg_frame_folders_at_a_lower_rate(motion, source, tmp_path):
 
 def test_bad_arguments_are_one_line_errors(motion, source, tmp_path):
     listing, _ = source
-    for kwargs, words in ((dict(short_side=1), "--short-side"), (dict(gop=0), "--gop"), (dict(fps=0), "--fps"),
-                          (dict(workers=0), "--workers")):
-        with pytest.raises(UserError, match=words):
+    cases = [(dict(short_side=1), r"--short-side 1 is not allowed; use pixels in \[2, 8192\]"),
+             (dict(short_side=10**23), r"--short-side 1\d+ is not allowed"),
+             (dict(gop=0), r"--gop 0 is not allowed; use a keyframe interval in \[1, 100000\]"),
+             (dict(gop=99999999999999), r"--gop 99999999999999 is not allowed"),       # was: every video 'bad'
+             (dict(fps=0), r"--fps 0 is not allowed"), (dict(fps=-1.0), r"--fps -1 is not allowed"),
+             (dict(fps=float("inf")), r"--fps inf is not allowed"),                  # was: an endless loop
+             (dict(fps=float("nan")), r"--fps nan is not allowed"), (dict(fps=1e308), r"--fps 1e\+308 is not"),
+             (dict(workers=0), r"--workers 0 is not allowed; use processes in \[1, 256\]"),
+             (dict(workers=100000), r"--workers 100000 is not allowed"),              # was: 100000 processes
+             (dict(root=str(tmp_path / "nowhere")), r"--root .*nowhere: folder not found")]  # was: every video 'bad'
+    for kwargs, words in cases:
+        with pytest.raises(UserError, match=words) as e:
             prepare(str(listing), str(tmp_path / "o"), **kwargs)
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "o").exists()                                    # refused before anything is written
+    bad_only = tmp_path / "bad_only.txt"
+    bad_only.write_text(f"{tmp_path}/junk.mp4 0\n{tmp_path}/missing.mp4 1\n")
+    with pytest.raises(UserError, match=r"none of the 2 videos of .*bad_only.txt could be read \(first: .*junk.mp4: "
+                                        r"not a readable video .*\); every one is listed in .*bad_inputs.tsv"):
+        prepare(str(bad_only), str(tmp_path / "o2"), progress=False)
+    assert len((tmp_path / "o2" / "bad_inputs.tsv").read_text().splitlines()) == 2
     with pytest.raises(UserError, match="not a folder"):
         prepare(str(listing), str(listing))
     with pytest.raises(UserError, match="annotation file not found"):
         prepare(str(tmp_path / "none.txt"), str(tmp_path / "o"))
+
+
+def test_a_class_folder_is_copied_with_its_layout(motion, tmp_path):
+    src = tmp_path / "classes"
+    videos = sorted(p for p in (motion / "train").iterdir() if p.suffix == ".mp4")[:3]
+    for name, video in zip(("jump", "run", "run"), videos):
+        (src / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, src / name / video.name)
+    result = prepare(str(src), str(tmp_path / "copy"), short_side=16, progress=False)
+    assert (result.written, result.bad) == (3, [])
+    assert (tmp_path / "copy" / "classes.txt").read_text().split() == ["jump", "run"]
+    entries = sorted(Path(result.annotation).read_text().splitlines())
+    assert entries == [f"videos/jump/{videos[0].stem}.mp4 0", f"videos/run/{videos[1].stem}.mp4 1",
+                       f"videos/run/{videos[2].stem}.mp4 1"]
+    for bad_out, words in ((src, "is the dataset folder"), (src / "copy", "inside the dataset folder")):
+        with pytest.raises(UserError, match=words):
+            prepare(str(src), str(bad_out), short_side=16, progress=False)
+    with pytest.raises(UserError, match="has no class subfolders"):
+        prepare(str(src / "jump"), str(tmp_path / "copy2"), progress=False)
+    video = next((src / "jump").iterdir())
+    with pytest.raises(UserError, match="is a video; ila prepare copies a dataset: give its annotation file"):
+        prepare(str(video), str(tmp_path / "copy2"), progress=False)
+    assert not (tmp_path / "copy2").exists()
+
+
+def test_command_line_mistakes_are_one_line_exit_2(source, tmp_path, capsys):
+    from ila.cli import main
+
+    listing, _ = source
+    for argv, words in ((["--short-side", "abc"], "argument --short-side: invalid int value: 'abc'"),
+                        (["--format", "bogus"], "argument --format: invalid choice: 'bogus'"),
+                        (["--fps", "inf"], "--fps inf is not allowed")):
+        assert _exit_code(main, ["prepare", str(listing), str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err and err.startswith("ila prepare: error: ")
+
+
+def _exit_code(main, argv) -> int:
+    """main's return value, or the code it exits with (argparse exits)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

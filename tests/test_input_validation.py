@@ -179,6 +179,11 @@ def test_non_utf8_and_binary_lists_are_refused_with_the_line(tmp_path):
     ("train.mixup_switch_prob=-0.5", r"use a number in \[0, 1\]"),
     ("data.workers=-1", r"data\.workers=-1 is not allowed"),
     ("data.workers=100000", r"use an integer in \[0, 256\]"),
+    ("data.decoder_threads=-1", r"data\.decoder_threads=-1 is not allowed; use an integer in \[0, 64\] \(1: one "),
+    ("data.decoder_threads=65", r"data\.decoder_threads=65 is not allowed; use an integer in \[0, 64\]"),
+    ("data.decoder_threads=2.5", r"data\.decoder_threads='2\.5' is not allowed; use an integer"),
+    ("data.decoder_threads=" + "9" * 30, r"use an integer between -2\*\*63 and 2\*\*63 - 1"),
+    ("data.decoder=decord", r"data\.decoder='decord' is not allowed; use one of pyav, torchcodec, torchcodec-cuda"),
     ("data.frame_interval=4611686018427387904", r"data\.frame_interval=4611686018427387904 is not allowed; use an "
                                                 r"integer in \[1, 10000\]"),
     ("eval.clips=100000", r"eval\.clips=100000 is not allowed; use an integer in \[1, 1000\]"),

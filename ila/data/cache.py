@@ -18,6 +18,7 @@ import numpy as np
 
 from ila.data.dataset import VideoDataset
 from ila.data.decode import VideoReadError, open_video
+from ila.errors import UserError
 
 # (path, size, mtime_ns, short_side) -> uint8 (F, H, W, 3) or the reason the file cannot be read
 _DECODED: dict[tuple, np.ndarray | str] = {}
@@ -57,12 +58,13 @@ def _key(path: str, short_side: int | None, decoder: str = "pyav") -> tuple:
         return (path, None, None, short_side, decoder)
 
 
-def decode_all(path: str, short_side: int | None, decoder: str = "pyav") -> np.ndarray | str:
-    """Every frame of a video as uint8 (F, H, W, 3), or why it cannot be read; kept for the process."""
+def decode_all(path: str, short_side: int | None, decoder: str = "pyav", threads: int = 1) -> np.ndarray | str:
+    """Every frame of a video as uint8 (F, H, W, 3), or why it cannot be read; kept for the process (the thread
+    count is not in the key: the frames are the same whatever it is)."""
     key = _key(path, short_side, decoder)
     if key not in _DECODED:
         try:
-            with open_video(path, decoder=decoder, short_side=short_side) as reader:
+            with open_video(path, threads=threads, decoder=decoder, short_side=short_side) as reader:
                 _DECODED[key] = reader.read(range(reader.num_frames), short_side=short_side)
         except VideoReadError as e:
             _DECODED[key] = e.reason or "unreadable"
@@ -74,13 +76,16 @@ class MemoryVideoDataset(VideoDataset):
 
     def __init__(self, *args, verbose: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.decoder == "torchcodec-cuda":
+            raise UserError("data.cache=memory keeps decoded frames in CPU memory; set data.decoder=torchcodec "
+                            "or pyav with it (or data.cache=none to decode on the GPU)")
         start = time.perf_counter()
         new = sum(_key(self.resolve(s.path), self.short_side, self.decoder) not in _DECODED for s in self.samples)
         self._frames: dict[str, np.ndarray | str] = {}
         for s in self.samples:
             path = self.resolve(s.path)
             if path not in self._frames:
-                self._frames[path] = decode_all(path, self.short_side, self.decoder)
+                self._frames[path] = decode_all(path, self.short_side, self.decoder, self.decoder_threads)
         if verbose and new:
             size = sum(f.nbytes for f in self._frames.values() if isinstance(f, np.ndarray))
             print(f"data.cache=memory: decoded {new} videos ({size / 2**20:.0f} MiB) in "
@@ -89,7 +94,7 @@ class MemoryVideoDataset(VideoDataset):
     def open(self, path: str):
         frames = self._frames.get(path)
         if frames is None:
-            frames = decode_all(path, self.short_side, self.decoder)
+            frames = decode_all(path, self.short_side, self.decoder, self.decoder_threads)
         if isinstance(frames, str):
             raise VideoReadError(path, frames)
         return FramesReader(path, frames)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ila.data.annotations import Sample
-from ila.data.decode import VideoReadError, open_video
+from ila.data.decode import VideoReadError, check_threads, open_video
 from ila.data.sampling import item_rng, sample_indices, test_views
 from ila.data.transforms import TestTransform, TrainTransform
 from ila.errors import UserError
@@ -47,7 +47,7 @@ class VideoDataset(Dataset):
                  sampling: str = "segment", frame_interval: int = 4, clips: int = 1, crops: int = 1,
                  bad_file_policy: str | None = None, seed: int = 0, transform=None, hflip: bool = False,
                  label_swap=None, randaugment: bool = False, max_retries: int = 20,
-                 resize_on_decode: bool = True, decoder: str = "pyav"):
+                 resize_on_decode: bool = True, decoder: str = "pyav", decoder_threads: int = 1):
         if not samples:
             raise UserError("the dataset has no samples")
         policy = bad_file_policy or ("skip" if train else "error")
@@ -69,7 +69,7 @@ class VideoDataset(Dataset):
             transform = TrainTransform(input_size, randaugment=randaugment) if train else TestTransform(input_size, crops)
         self.transform = transform
         self.short_side = getattr(transform, "short_side", None) if resize_on_decode else None
-        self.decoder = decoder
+        self.decoder, self.decoder_threads = decoder, check_threads(decoder_threads)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._bad: dict[str, str] = {}
 
@@ -117,7 +117,8 @@ class VideoDataset(Dataset):
             if self.bad_file_policy == "error":
                 raise VideoReadError(path, e.reason) from None
             self._note_bad(path, e.reason)
-            video = torch.zeros(self.clips * self.crops, self.num_frames, 3, self.input_size, self.input_size)
+            video = torch.zeros(self.clips * self.crops, self.num_frames, 3, self.input_size, self.input_size,
+                                device="cuda" if self.decoder == "torchcodec-cuda" else "cpu")   # as the good ones
             label, error = sample.label, e.reason or "unreadable"
         return dict(video=video, label=label, index=index, sample_index=index, skipped=0, skipped_files="",
                     error=error)
@@ -141,7 +142,7 @@ class VideoDataset(Dataset):
             else:
                 views = test_views(n, self.num_frames, self.clips, self.sampling, self.frame_interval)
             frames = reader.read(views.reshape(-1), short_side=self.short_side)
-        clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(views), self.num_frames, 3,
+        clips = torch.as_tensor(frames).permute(0, 3, 1, 2).reshape(len(views), self.num_frames, 3,
                                                                      *frames.shape[1:3])
         if self.train:
             flip = self.hflip and rng.random() < 0.5
@@ -157,7 +158,7 @@ class VideoDataset(Dataset):
 
     def open(self, path: str):
         """The reader of a video file (`ila.data.cache` serves decoded frames instead)."""
-        return open_video(path, decoder=self.decoder, short_side=self.short_side)
+        return open_video(path, threads=self.decoder_threads, decoder=self.decoder, short_side=self.short_side)
 
     def _note_bad(self, path: str, reason: str) -> None:
         """Remember a bad file (later draws skip it without opening it); log it here unless in a loader
@@ -272,11 +273,16 @@ class VideoLoader(DataLoader):
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, sampler=None,
                  drop_last: bool = False, collate_fn=None) -> VideoLoader:
     """A loader with worker processes (persistent when num_workers > 0), pinned memory when a GPU is
-    present, a shuffle order from (seed, epoch) unless a sampler is given, and seeded workers."""
+    present (not for a dataset that decodes on the GPU: its clips are there already), a shuffle order from
+    (seed, epoch) unless a sampler is given, and seeded workers."""
     if sampler is None and shuffle:
         sampler = EpochShuffleSampler(dataset, seed)
+    on_gpu = getattr(dataset, "decoder", None) == "torchcodec-cuda"
+    if on_gpu and num_workers:
+        raise UserError("data.decoder=torchcodec-cuda decodes in the training process (CUDA cannot be used in "
+                        "forked loader workers); set data.workers=0")
     return VideoLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
-                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                       pin_memory=torch.cuda.is_available() and not on_gpu, persistent_workers=num_workers > 0,
                        drop_last=drop_last, worker_init_fn=seed_worker, collate_fn=collate_fn,
                        generator=torch.Generator().manual_seed(seed))
 

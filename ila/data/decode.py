@@ -6,7 +6,9 @@ order, which is exact for variable frame rates. `read` seeks to the keyframe bef
 frame, decodes forward (skipping unwanted frames that no other frame references), converts only the
 wanted frames to RGB, stops after the last one, and seeks again whenever a keyframe lies between two
 wanted frames. Rotation metadata is applied. Any file that
-cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason.
+cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason. `threads`
+(`data.decoder_threads`) sets FFmpeg's decoder threads (frame + slice threading; 0: FFmpeg's choice); the frames
+are the same at any count, and one thread gives the most frames per CPU-second (benchmarks/decoder_threads.py).
 """
 from __future__ import annotations
 
@@ -32,16 +34,32 @@ class VideoReadError(UserError):
         self.reason = reason if reason is not None else path
 
 
-DECODERS = ("pyav", "torchcodec")
+DECODERS = ("pyav", "torchcodec", "torchcodec-cuda")
+MAX_THREADS = 64
 _warned: set[str] = set()
+
+
+def check_threads(threads) -> int:
+    """`threads` as a decoder thread count: 1 single-threaded, N threads, 0 FFmpeg's choice (else UserError)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise UserError(f"data.decoder_threads={threads!r} is not allowed; use an integer in [0, {MAX_THREADS}] "
+                        f"(1: one thread per decoder, best with many loader workers; 0: FFmpeg picks)")
+    return threads
 
 
 def open_video(path: str, threads: int = 1, decoder: str = "pyav", short_side: int | None = None):
     """A reader for a video file or, for a directory, a frame folder. `decoder="torchcodec"` reads video files
     with torchcodec where it can be used, else (after one warning) with PyAV; `short_side`, the size reads will
-    ask for, lets torchcodec set up one decoder that resizes."""
+    ask for, lets torchcodec set up one decoder that resizes. `"torchcodec-cuda"` decodes on the current CUDA
+    device (NVDEC) and reads give CUDA tensors; it raises instead of falling back (`check_cuda_decoding`).
+    `threads`: decoder threads (`check_threads`); the frames are the same whatever the count."""
+    threads = check_threads(threads)
     if os.path.isdir(path):
         return FrameFolderReader(path)
+    if decoder == "torchcodec-cuda":
+        from ila.data.decode_torchcodec import TorchCodecReader, check_cuda_decoding
+
+        return TorchCodecReader(path, threads=threads, device=check_cuda_decoding(), short_side=short_side)
     if decoder == "torchcodec":
         from ila.data.decode_torchcodec import TorchCodecReader, torchcodec_available
 
@@ -105,13 +123,22 @@ class VideoReader:
                 kinds = sorted({s.type for s in self._container.streams})
                 what = f"{', '.join(kinds)} streams only" if kinds else "no streams or frames at all"
                 raise VideoReadError(path, f"no video stream ({what})")
-            self._stream = self._container.streams.video[0]
-            self._threads = self._stream.thread_count = threads
+            self._threads = threads
+            self._stream = self._video_stream()
             self._size = (self._stream.codec_context.width, self._stream.codec_context.height)
             self._index_packets()
         except BaseException:
             self._container.close()
             raise
+
+    def _video_stream(self):
+        """The first video stream, set up for `self._threads` decoder threads. Threads other than one use
+        FFmpeg's frame and slice threading (PyAV's default, slice only, gives nothing on x264's one-slice frames)."""
+        stream = self._container.streams.video[0]
+        stream.thread_count = self._threads
+        if self._threads != 1:
+            stream.thread_type = "AUTO"
+        return stream
 
     def _index_packets(self) -> None:
         pts, keys, timestamps = [], [], True
@@ -200,8 +227,7 @@ class VideoReader:
         """For streams without usable timestamps: count frames from the beginning."""
         self._container.close()
         self._container = av.open(self.path, metadata_errors="ignore")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_count = self._threads
+        self._stream = self._video_stream()
         targets, last = set(wanted), wanted[-1]
         for i, frame in enumerate(self._frames()):
             if i in targets and i not in got:

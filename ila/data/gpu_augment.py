@@ -251,7 +251,8 @@ def pad_collate(items: list[dict]) -> dict:
     if all(v.shape[-2:] == (height, width) for v in videos):
         batch["video"] = torch.stack(videos)
     else:
-        batch["video"] = torch.zeros(len(videos), *videos[0].shape[:-2], height, width, dtype=videos[0].dtype)
+        batch["video"] = torch.zeros(len(videos), *videos[0].shape[:-2], height, width, dtype=videos[0].dtype,
+                                     device=videos[0].device)      # CPU, or the GPU (data.decoder=torchcodec-cuda)
         for i, v in enumerate(videos):
             batch["video"][i, ..., :v.shape[-2], :v.shape[-1]] = v
     batch["size"] = torch.tensor([v.shape[-2:] for v in videos], dtype=torch.int64)

@@ -3,7 +3,7 @@
     prepare(src, out, short_side=320, gop=16)   # every annotated video -> out/videos/<relative path>.mp4
 
 `src` is anything `read_annotations` reads (lists, Kinetics CSV, SSv2 JSON, frame-folder lists, and whatever it
-learns to read later). Videos are decoded once, resized in FFmpeg's scaler so the short side is `short_side`
+learns to read later) or a folder with one subfolder per class (`read_class_folders`; its layout is kept). Videos are decoded once, resized in FFmpeg's scaler so the short side is `short_side`
 (never enlarged), optionally resampled to `fps`, and written as H.264 (yuv420p, a keyframe every `gop` frames:
 seeking then decodes at most `gop` frames) or as JPEG frames (`frames_jpeg`). Work runs in `workers` processes
 with a progress bar. Every output is written under a temporary name, checked (its frames counted), then renamed:
@@ -40,6 +40,9 @@ class PrepareResult:
     class_names: str = ""
 
 
+MAX_SHORT_SIDE, MAX_GOP, MAX_FPS, MAX_WORKERS = 8192, 100_000, 1000, 256
+
+
 def output_names(paths: list[str], frames_jpeg: bool, root: str = "") -> list[str]:
     """Output paths relative to the copy's root: the inputs' paths below `root` (inputs outside it: below their
     common folder, under `outside_root/`), extension replaced (`.mp4`, or none for frame folders); the old
@@ -67,18 +70,36 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
     """Write the copy (see the module); returns what was done."""
     from ila.data.annotations import read_annotations
 
-    if short_side < 2:
-        raise UserError(f"--short-side must be at least 2 pixels, got {short_side}")
-    if gop is not None and gop < 1:
-        raise UserError(f"--gop must be a positive number of frames, got {gop}")
-    if fps is not None and not fps > 0:
-        raise UserError(f"--fps must be positive, got {fps}")
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    if not 2 <= short_side <= MAX_SHORT_SIDE:
+        raise UserError(f"--short-side {short_side} is not allowed; use pixels in [2, {MAX_SHORT_SIDE}]")
+    if gop is not None and not 1 <= gop <= MAX_GOP:
+        raise UserError(f"--gop {gop} is not allowed; use a keyframe interval in [1, {MAX_GOP}] frames")
+    if fps is not None and not 0 < fps <= MAX_FPS:       # also nan, inf (an output instant would never pass the end)
+        raise UserError(f"--fps {fps:g} is not allowed; use frames per second in (0, {MAX_FPS}]")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UserError(f"--workers {workers} is not allowed; use processes in [1, {MAX_WORKERS}]")
+    if root and not os.path.isdir(root):
+        raise UserError(f"--root {root}: folder not found (the annotation's paths are read relative to it)")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another output folder")
-    ann = read_annotations(src, root=root, fmt=fmt, class_names=class_names)
+    if os.path.isdir(src):                          # a folder with one subfolder per class
+        from ila.data.annotations import load_class_names
+        from ila.data.folders import read_class_folders
+
+        same = out_dir.resolve() == Path(src).resolve()
+        if same or Path(src).resolve() in out_dir.resolve().parents:
+            where = "the dataset folder" if same else f"inside the dataset folder {src}"
+            raise UserError(f"{out} is {where}; write the copy to another folder")
+        names = load_class_names(class_names) if isinstance(class_names, str) else class_names
+        ann, root = read_class_folders(src, names), root or src      # the class/video layout is kept
+    else:
+        from ila.data.annotations import VIDEO_EXTENSIONS
+
+        if src.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(src):
+            raise UserError(f"{src} is a video; ila prepare copies a dataset: give its annotation file or a folder "
+                            f"with one subfolder per class")
+        ann = read_annotations(src, root=root, fmt=fmt, class_names=class_names)
     names = output_names([s.path for s in ann.samples], frames_jpeg, root)
     if out_dir.resolve() in [Path(s.path).resolve().parent for s in ann.samples[:1]]:
         raise UserError(f"{out} holds the source videos; write the copy to another folder")
@@ -98,7 +119,7 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn" if os.name == "nt" else "forkserver").Pool(workers)
+            pool = mp.get_context("spawn" if os.name == "nt" else "forkserver").Pool(min(workers, len(tasks)))
             outcomes = pool.imap_unordered(_task, list(enumerate(tasks)), chunksize=1)
         for i, status, info in outcomes:
             if status == "bad":
@@ -116,6 +137,10 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
         if workers > 1 and pool is not None:
             pool.terminate()
     _write_outputs(out_dir, src, ann, names, done, result, frames_jpeg)
+    if not done:                                    # nothing to train on: say so (bad_inputs.tsv lists why)
+        path, why = result.bad[0]
+        raise UserError(f"none of the {len(result.bad)} videos of {src} could be read (first: {path}: {why}); "
+                        f"every one is listed in {out_dir / 'bad_inputs.tsv'}")
     return result
 
 
@@ -127,6 +152,8 @@ def _write_outputs(out_dir: Path, src: str, ann, names, done, result: PrepareRes
         if i in done:
             lines.append(f"{name} {done[i]} {sample.label}" if frames_jpeg else f"{name} {sample.label}")
     stem = Path(src).stem or "annotations"
+    if stem == "classes":                           # a folder or list named so: classes.txt holds the class names
+        stem = "classes_videos"
     result.annotation = str(out_dir / f"{stem}.txt")
     write_text(result.annotation, "\n".join(lines) + ("\n" if lines else ""))
     if ann.class_names:

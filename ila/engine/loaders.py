@@ -45,6 +45,14 @@ def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int 
 
     policy = None if cfg.data.bad_files == "auto" else cfg.data.bad_files
     transform, kind = None, VideoDataset
+    if train and cfg.data.decoder == "torchcodec-cuda" and (cfg.data.recipe == "crop" or cfg.data.augment != "device"):
+        raise UserError("data.decoder=torchcodec-cuda leaves training clips on the GPU, where the release recipe runs "
+                        "batched: set data.augment=device and data.recipe=release (or data.decoder=torchcodec to "
+                        "decode on the CPU)")
+    if cfg.data.decoder == "torchcodec-cuda":         # where it cannot run: one line, before any video is opened
+        from ila.data.decode_torchcodec import check_cuda_decoding
+
+        check_cuda_decoding()
     if train and cfg.data.recipe == "crop":
         if cfg.data.augment == "device":
             raise UserError("data.recipe=crop runs in the loader; set data.augment=cpu")
@@ -66,7 +74,8 @@ def video_dataset(cfg: Config, samples, train: bool, clips: int = 1, crops: int 
         extra["verbose"] = True
     return kind(samples, root="", num_frames=cfg.data.num_frames, input_size=cfg.data.input_size, train=train,
                 sampling=cfg.data.sampling, frame_interval=cfg.data.frame_interval, clips=clips, crops=crops,
-                bad_file_policy=policy, seed=cfg.train.seed, transform=transform, decoder=cfg.data.decoder, **extra)
+                bad_file_policy=policy, seed=cfg.train.seed, transform=transform, decoder=cfg.data.decoder,
+                decoder_threads=cfg.data.decoder_threads, **extra)
 
 
 def device_augment(cfg: Config):

@@ -42,7 +42,7 @@ from ila.errors import UserError, one_line, printable
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
                      "train.eval_every_epochs", "train.wandb", "data.cache", "eval.clips", "eval.crops",
-                     "eval.batch_size", "eval.release_bn_quirk"}
+                     "eval.batch_size", "eval.release_bn_quirk", "data.decoder_threads"}   # same frames at any count
 
 
 class TrainingDiverged(UserError):
