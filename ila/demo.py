@@ -7,8 +7,8 @@
    `Trainer` of `ila train`) with `data.cache=memory`: every video is decoded once and clips are served
    from memory with the same sampling and transforms, because per-clip decoding costs more than this small
    model on two cores.
-3. From scratch: the `demo` preset is trained for each of `ila`, `mean` and `attention` with one recipe and
-   budget. Frozen-pretrained (`--settings scratch,frozen`): the image tower is first pretrained on single
+3. From scratch: the `demo` preset is trained for each of `ila`, `mean` and `attention` (the registered
+   temporal variants that are not cost references; `--variants` picks others) with one recipe and budget. Frozen-pretrained (`--settings scratch,frozen`): the image tower is first pretrained on single
    frames of an appearance set (shape x colour classes, `ila.data.synthetic.make_appearance_dataset`), then
    `ila`, `mean` and `attention` start from that tower, frozen (`model.freeze_clip=true`,
    `train.init_parts=tower`: alignment, skip projections and head train), with the same budget.
@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from ila.errors import UserError
+from ila.models.registry import temporal_variants
 
-VARIANTS = ("ila", "mean", "attention")
+VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")
 VIDEO_SIZE = 36   # 256/224 x 32: the 32 px crops are taken without resampling
 
@@ -219,10 +220,11 @@ def format_table(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------- demo
 
 def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, data_seed: int = 0,
-             variants=VARIANTS, budget: Budget | None = None, epochs: int | None = None,
+             variants=None, budget: Budget | None = None, epochs: int | None = None,
              settings=SETTINGS, seeds: int = 1, data: str = "flat") -> dict:
     """Run the demo for `seeds` training seeds (seed, seed + 1, ...) on the `data` kind of generated set;
-    returns {"SETTING/VARIANT": [metrics and speeds per seed]} (also written to OUT/results.json)."""
+    returns {"SETTING/VARIANT": [metrics and speeds per seed]} (also written to OUT/results.json).
+    `variants`: registered temporal variants (default: every one that is not a cost reference)."""
     from ila.engine.atomic import write_text
     from ila.data.synthetic import appearance_class_names, class_names
     from ila.engine.predict import run_predict
@@ -235,10 +237,12 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     budget = budget or replace(QUICK if quick else FULL, **DATA_KINDS[data])
     if epochs:
         budget = replace(budget, epochs=epochs)
-    variants, settings = tuple(variants), tuple(settings)
-    unknown = [v for v in variants if v not in VARIANTS]
+    variants = temporal_variants(references=False) if variants is None else tuple(variants)
+    settings = tuple(settings)
+    unknown = [v for v in variants if v not in temporal_variants()]
     if unknown or not variants:
-        raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"{f'unknown variant(s) {unknown}' if unknown else 'no variant given'}; choose from "
+                        f"{', '.join(temporal_variants())}")
     wrong = [s for s in settings if s not in SETTINGS]
     if wrong or not settings:
         raise UserError(f"unknown setting(s) {wrong}; choose from {', '.join(SETTINGS)}")
@@ -251,7 +255,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
         print(msg, flush=True)
 
     seed_list = list(range(seed, seed + seeds))
-    log(f"ila demo: ILA vs frame averaging vs divided space-time attention on time-reversed motions "
+    log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
         f"({'quick' if quick else 'full'} budget, {data} set, seed(s) {', '.join(map(str, seed_list))}, settings "
         f"{', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
     motion_data = prepare_data(out / ("data" if data == "flat" else f"data-{data}"), budget, data_seed)
@@ -302,7 +306,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
         checkpoint = results[(first, "ila")][0]["checkpoint"]
         log(f"\n$ ila predict --checkpoint {checkpoint} {motion_data / 'val'}/00000[0-7].mp4 --topk 3 "
             f"--visualize {points}")
-        run_predict(checkpoint, videos, topk=3, visualize=str(points))
+        run_predict(checkpoint, videos, topk=3, visualize=str(points) + "/")
         pictures.append(points)
     elapsed = time.perf_counter() - started
     summary = {f"{st}/{v}": runs for (st, v), runs in results.items()}
