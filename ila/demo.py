@@ -45,13 +45,13 @@ class Budget:
     motion: tuple = (0.7, 1.0)  # generator: motion amplitude range (fraction of the largest)
     distractors: int = 0        # generator: static distractor shapes per clip
     texture: float = 0.0        # generator: background texture strength (0: flat)
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    align_loss_weight: float = 1.0
+    align_loss_weight: float = 0.0   # measured: 1.0 (the release's) holds ILA at 27 % on the textured set, 0 gives 39 %
     eval_clips: int = 2         # temporal test views per video
     val_every: int = 2          # single-view validation for the curves every N epochs (and at the end)
     pretrain_epochs: int = 5    # frozen setting: single-frame appearance pretraining of the tower
