@@ -15,9 +15,10 @@ import torch
 
 from ila.info import count_flops
 from ila.models.ila import ILAModel
+from ila.models.registry import temporal_variants
 from ila.presets import get_preset
 
-VARIANTS = ("ila", "mean", "attention", "joint")
+VARIANTS = temporal_variants()          # every registered temporal variant, cost references included
 
 
 def seconds_per_clip(cfg, iters: int) -> float:

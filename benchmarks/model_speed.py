@@ -45,6 +45,7 @@ import torch
 from ila.engine.precision import autocast
 from ila.models.fuse import FUSIONS
 from ila.models.ila import ILAModel
+from ila.models.registry import temporal_variants
 from ila.models.release import ila_to_release
 from ila.presets import get_preset
 
@@ -344,7 +345,7 @@ def main(argv=None) -> None:
     p.add_argument("--preset", nargs="+", default=["ila-b32-8f-k400"], help="one or more presets, one after another")
     p.add_argument("--batch", type=int, nargs="+", default=[2], help="clips per call (one value, or one per preset)")
     p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"])
+    p.add_argument("--temporal", default=None, choices=temporal_variants())
     p.add_argument("--classes", type=int, default=3, help="text classes for a text head (features cached)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)

@@ -112,7 +112,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ila.demo import run_demo
 
     run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs,
-             settings=[s for s in args.settings.split(",") if s])
+             settings=[s for s in args.settings.split(",") if s], seeds=args.seeds, data=args.data,
+             variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -143,7 +144,8 @@ EXAMPLES = {
                "ila export --checkpoint runs/demo/best.pt --format onnx --out demo.onnx"],
     "features": ["ila features --checkpoint runs/demo my_videos/ --out features.safetensors",
                  "ila features --checkpoint k400_b32_8_ila.pt videos.txt --out emb.npy --clips 4 --text-file kinetics400"],
-    "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1"],
+    "demo": ["ila demo --quick", "ila demo --out demo_out --seed 1",
+             "ila demo --out demo_textured --data textured --seeds 3"],
 }
 
 
@@ -160,6 +162,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from ila import __version__
+    from ila.models.registry import temporal_variants
 
     parser = _Parser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
                                      epilog="`ila COMMAND --help` shows each command's options and examples.")
@@ -172,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", help="parameters and GFLOPs of a preset")
     p.add_argument("preset", help="preset name (`ila info list` lists them)")
-    p.add_argument("--temporal", default=None, choices=["ila", "mean", "attention", "joint"],
+    p.add_argument("--temporal", default=None, choices=temporal_variants(),
                    help="temporal modelling variant (default: the preset's)")
     p.add_argument("--frames", type=int, default=None, help="override the preset's frame count")
     p.add_argument("--classes", type=int, default=None,
@@ -288,8 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
     p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
-    p.add_argument("--settings", default="scratch", metavar="scratch,frozen",
+    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (--seed, --seed+1, "
+                   "...) and report mean ± spread")
+    p.add_argument("--data", default="flat", choices=["flat", "textured"],
+                   help="the generated set: flat backgrounds (default) or textured with distractors (make-dataset's "
+                   "defaults)")
+    p.add_argument("--settings", default="scratch,frozen", metavar="scratch,frozen",
                    help="from scratch, and/or frozen-pretrained (tower pretrained on single frames, then frozen)")
+    p.add_argument("--variants", default=None, metavar=",".join(temporal_variants(references=False)),
+                   help=f"temporal variants to train, comma-separated, from {', '.join(temporal_variants())} "
+                        f"(default: all but the cost references)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -24,8 +24,10 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from ila.engine.optim import SCHEDULES
 from ila.errors import UserError
 from ila.models.config import ModelConfig
+from ila.models.registry import temporal_variants
 
 
 @dataclass
@@ -66,7 +68,8 @@ class TrainConfig:
     lr: float = 8e-6                        # base learning rate (release groups scale from it)
     weight_decay: float = 3e-3              # base weight decay (release: MIT group 3e-3)
     optimizer_groups: Literal["release", "uniform"] = "release"  # uniform: one lr/wd for all (from scratch)
-    warmup_epochs: float = 5.0              # linear warm-up from 0, then per-step cosine to lr / 100
+    schedule: Literal[tuple(SCHEDULES)] = "cosine"  # per-step lr after the warm-up (ila.engine.optim.SCHEDULES)
+    warmup_epochs: float = 5.0              # linear warm-up from 0 (then the schedule; release: cosine to lr / 100)
     mixup: float = 0.8                      # mixup alpha (0: off)
     cutmix: float = 1.0                     # cutmix alpha (0: off)
     mixup_switch_prob: float = 0.5          # chance of cutmix instead of mixup for a batch
@@ -120,6 +123,8 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+# keys whose allowed values are what a registry holds when the config is read (a variant registered later counts)
+REGISTERED_CHOICES = {"model.temporal": temporal_variants}
 _TOP = ("name", "output", "device")
 _INT64 = 2**63
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -240,6 +245,9 @@ def _apply(obj, section: str, values: dict) -> None:
 
             raise UserError(f"unknown config key '{section}.{key}'; {section} keys are: {', '.join(known)}"
                             + did_you_mean(key, known).replace("'", f"'{section}.", 1))
+        registered = REGISTERED_CHOICES.get(f"{section}.{key}")
+        if registered is not None and not (isinstance(value, str) and value in registered()):
+            raise UserError(f"{section}.{key}={_shown(value)} is not allowed; use one of {', '.join(registered())}")
         setattr(obj, key, coerce(f"{section}.{key}", value, hints[key]))
 
 
@@ -549,7 +557,9 @@ def config_keys() -> list[tuple[str, str, str]]:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{section}.{f.name}", _describe(hints[f.name]), str(default)))
+            registered = REGISTERED_CHOICES.get(f"{section}.{f.name}")
+            kind = "one of " + ", ".join(registered()) if registered else _describe(hints[f.name])
+            rows.append((f"{section}.{f.name}", kind, str(default)))
     hints = typing.get_type_hints(Config)
     for key in _TOP:
         rows.append((key, _describe(hints[key]), str(getattr(Config(), key))))

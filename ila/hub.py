@@ -123,11 +123,17 @@ def _check_names(model: nn.Module, names: list[str]) -> None:
         check_class_count(model, names, "class list")
 
 
+def _blocks(model: dict) -> str:
+    """The registered variant's description of the model's video blocks (the bare name if not registered here)."""
+    from ila.models.registry import temporal_variants, temporal_variant
+
+    name = model.get("temporal")
+    return temporal_variant(name).describe(model) if name in temporal_variants() else str(name)
+
+
 def model_card(meta: dict, name: str) -> str:
     """A README.md for the Hub: what the model is, where its weights came from, its results, how to load it."""
     m, p, names = meta["model"], meta["preprocessing"], meta["class_names"]
-    blocks = {"ila": f"IST blocks ({m['interactive_block']} interactive block)", "mean": "plain CLIP blocks, frames "
-              "averaged", "attention": "divided space-time attention blocks", "joint": "joint space-time attention blocks"}
     head = ("video-text head (MIT + video-specific prompts against CLIP text features of the class names)"
             if m["head"] == "text" else f"classifier head ({m['num_classes']} outputs)")
     classes = (f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names
@@ -140,7 +146,7 @@ def model_card(meta: dict, name: str) -> str:
              f"{meta['ila_version']} as `config.json` + `model.safetensors` (loading runs no code).", "",
              "| | |", "|---|---|",
              f"| architecture | CLIP ViT/{m['vision_patch_size']} image tower, width {m['vision_width']}, "
-             f"{m['vision_layers']} {blocks.get(m['temporal'], m['temporal'])}; {head} |",
+             f"{m['vision_layers']} {_blocks(m)}; {head} |",
              f"| preset | {meta['preset'] or 'none (a custom configuration)'} |",
              f"| input | {p['num_frames']} frames x {p['input_size']} x {p['input_size']} px RGB, {p['sampling']} "
              f"sampling; pixels 0-255 normalised with mean {p['mean']} / std {p['std']} |",
@@ -342,8 +348,11 @@ def _is(value: Any, tp) -> bool:
 
 
 def _require(where, key: str, value: Any, tp) -> None:
-    from ila.config import _describe
+    from ila.config import REGISTERED_CHOICES, _describe
 
+    registered = REGISTERED_CHOICES.get(key)          # e.g. model.temporal: a registered variant's name
+    if registered is not None and not (isinstance(value, str) and value in registered()):
+        raise UserError(f"{where}: {key} must be one of {', '.join(registered())}, got {json.dumps(value)[:80]}")
     if not _is(value, tp):
         raise UserError(f"{where}: {key} must be {_describe(tp)}, got {json.dumps(value)[:80]}")
 

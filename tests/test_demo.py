@@ -6,6 +6,7 @@ takes the image tower (and only it) from a pretrained checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def tower(state):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out), "--settings", "scratch,frozen"]) == 0
+    assert main(["demo", "--quick", "--out", str(out)]) == 0     # both settings by default
     return out
 
 
@@ -42,7 +43,10 @@ def test_quick_demo_writes_table_configs_pictures_and_checkpoints(demo, capsys):
     assert set(results) == {f"{s}/{v}" for s in ("scratch", "frozen") for v in VARIANTS}
     table = (demo / "results.md").read_text()
     assert "| setting | model" in table and "GFLOPs/view" in table and "train s" in table
+    results = {key: runs[0] for key, runs in results.items() if len(runs) == 1}   # one seed: one run each
+    assert set(results) == {f"{s}/{v}" for s in ("scratch", "frozen") for v in VARIANTS}
     for key, r in results.items():
+        assert r["seed"] == 0 and r["train_steps"] == QUICK.epochs * QUICK.train_clips // QUICK.batch_size
         assert 0 <= r["top1"] <= 100 and r["gflops_per_view"] > 0 and r["train_seconds"] > 0
         run = demo / r["run"]
         # trained and evaluated by the engine: its run directory, curves and `ila eval` outputs
@@ -50,8 +54,10 @@ def test_quick_demo_writes_table_configs_pictures_and_checkpoints(demo, capsys):
             assert (run / name).is_file(), (key, name)
         assert json.loads((run / "eval/metrics.json").read_text())["top1"] == pytest.approx(r["top1"])
         assert (demo / r["config"]).is_file()
-    png = (demo / "points.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    # where the points land: one validation video of each class (the quick val split has 16 videos, 8 classes)
+    pngs = sorted((demo / "points").glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{k:06d}" for k in range(8)]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in pngs)
     # ILA costs more than frame averaging; frozen models train only alignment, skip projections and head
     assert results["scratch/ila"]["gflops_per_view"] > results["scratch/mean"]["gflops_per_view"]
     for v in VARIANTS:
@@ -67,10 +73,10 @@ def test_frozen_models_keep_the_pretrained_tower(demo):
     pretrained = tower(weights(demo / "configs" / ".." / "pretrain"))
     assert len(pretrained) > 10
     for v in VARIANTS:
-        trained = tower(weights(results[f"frozen/{v}"]["checkpoint"]))
+        trained = tower(weights(results[f"frozen/{v}"][0]["checkpoint"]))
         assert trained.keys() == pretrained.keys()
         assert all(torch.equal(trained[k], pretrained[k]) for k in trained), v
-        scratch = tower(weights(results[f"scratch/{v}"]["checkpoint"]))
+        scratch = tower(weights(results[f"scratch/{v}"][0]["checkpoint"]))
         assert not all(torch.equal(scratch[k], pretrained[k]) for k in scratch)
     # the pretraining saw appearance classes on single frames
     saved = read_checkpoint(demo / "pretrain")
@@ -80,12 +86,44 @@ def test_frozen_models_keep_the_pretrained_tower(demo):
 @pytest.mark.parametrize("name", ["ila", "frozen-ila"])
 def test_ila_train_on_the_demo_config_gives_the_demo_model(demo, tmp_path, name):
     results = json.loads((demo / "results.json").read_text())["results"]
-    r = results["scratch/ila" if name == "ila" else "frozen/ila"]
+    r = results["scratch/ila" if name == "ila" else "frozen/ila"][0]
     assert main(["train", "--config", str(demo / "configs" / f"{name}.yaml"), "--output", str(tmp_path / "again")]) == 0
     again = sorted((tmp_path / "again").glob("checkpoint-*.pt"))[-1]
     mine, theirs = weights(again), weights(r["checkpoint"])
     assert mine.keys() == theirs.keys()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+
+
+def test_seeds_give_mean_and_spread_on_the_textured_set(tmp_path):
+    out = tmp_path / "seeds"
+    assert main(["demo", "--quick", "--out", str(out), "--seeds", "2", "--seed", "3", "--data", "textured",
+                 "--settings", "scratch", "--variants", "ila,mean"]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["seeds"] == [3, 4] and saved["data"] == "textured"
+    assert saved["budget"]["texture"] > 0 and saved["budget"]["distractors"] == 2 and saved["budget"]["size"] == 64
+    for key in ("scratch/ila", "scratch/mean"):
+        runs = saved["results"][key]
+        assert [r["seed"] for r in runs] == [3, 4]
+        assert [Path(r["run"]).parent.name for r in runs] == ["seed-3", "seed-4"]
+        assert all((Path(r["config"]).is_file() for r in runs))
+    # the two seeds train different models
+    a, b = (weights(r["checkpoint"]) for r in saved["results"]["scratch/ila"])
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    table = (out / "results.md").read_text()
+    ila = [line for line in table.splitlines() if "| ila " in line][0]
+    first, second = (r["top1"] for r in saved["results"]["scratch/ila"])
+    assert " ± " in ila and f"{first:.1f} / {second:.1f}" in ila
+    # the generated set is textured (make-dataset's defaults): reused with the same parameters
+    assert json.loads((out / "data-textured" / "demo-dataset.json").read_text())["size"] == 64
+
+
+def test_demo_refuses_bad_seeds_and_data(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "x"), "--seeds", "0"]) == 2
+    assert "--seeds must be a whole number from 1 to 100" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:                   # argparse: one line, exit 2
+        main(["demo", "--quick", "--out", str(tmp_path / "x"), "--data", "noisy"])
+    assert stop.value.code == 2 and "invalid choice: 'noisy'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_memory_cache_serves_the_decoding_datasets_clips(motion):

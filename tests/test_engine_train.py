@@ -9,7 +9,7 @@ import torch
 from ila.config import load_config
 from ila.engine import checkpoint as ckpt
 from ila.engine.classes import class_text
-from ila.engine.train import initial_model, lr_schedule, train
+from ila.engine.train import config_difference, initial_model, lr_schedule, train
 from ila.errors import UserError
 
 
@@ -108,6 +108,31 @@ def test_resume_after_any_step_equals_an_uninterrupted_run(motion, tmp_path):
         assert torch.equal(a["state"][k]["exp_avg_sq"], b["state"][k]["exp_avg_sq"])
     steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 8                # no rows repeated after the resume
+
+
+def test_resume_with_a_linear_schedule_is_exact_and_the_schedule_cannot_change(motion, tmp_path):
+    sets = ("train.schedule=linear", "train.log_every_steps=1")      # 4 steps per epoch, 8 in all, 4 of warm-up
+    whole = train(tiny(motion, tmp_path / "whole", *sets))
+    stopped = train(tiny(motion, tmp_path / "split", *sets, "train.stop_at_step=5"))   # in epoch 2, past the warm-up
+    with pytest.raises(UserError, match=r"holds a run with another config \(train.schedule: 'linear' -> 'cosine'\)"):
+        train(tiny(motion, tmp_path / "split", "train.log_every_steps=1"))
+    train(tiny(motion, tmp_path / "split", *sets))
+    assert_same_weights(weights(whole), weights(stopped))
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (whole, stopped)]
+    lr = [[r["lr"] for r in run if "loss" in r] for run in rows]
+    assert lr[0] == lr[1]                                            # the resumed steps took the same lrs
+    floor = 1e-3 / 100                                               # row of step s: the lr of step s - 1
+    expected = [1e-3 * t / 4 for t in range(4)] + [floor + (1e-3 - floor) * (1 - t / 8) for t in range(4, 8)]
+    assert lr[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_key_added_after_a_run_was_saved_counts_as_its_default():
+    cfg = load_config("tiny")
+    saved = cfg.to_dict()
+    del saved["train"]["schedule"]                                   # a run saved before train.schedule existed
+    assert config_difference(saved, cfg.to_dict()) is None
+    cfg.train.schedule = "constant"
+    assert config_difference(saved, cfg.to_dict()) == "train.schedule: 'cosine' -> 'constant'"
 
 
 def test_disturbance_offset_halves_from_epoch_30_and_survives_resume(motion, tmp_path):

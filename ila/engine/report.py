@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ila.engine.atomic import atomic_path, write_text
+from ila.engine.optim import describe_schedule
 from ila.errors import UserError
 
 
@@ -268,6 +269,5 @@ def run_header(cfg, model, optimizer, steps_per_epoch: int, weights: str) -> lis
             f"parameters: {_millions(trainable)} trainable, {_millions(frozen)} frozen",
             f"optimizer: AdamW ({t.optimizer_groups} groups; no weight decay on biases, norms and position "
             f"embeddings), lr per group: " + ", ".join(groups),
-            f"schedule: {t.epochs} epochs x {steps_per_epoch} steps, linear warm-up over {t.warmup_epochs:g} epoch(s) "
-            f"from 0, then per-step cosine to {t.lr / 100:.3g} (base lr {t.lr:.3g})",
+            f"schedule: {describe_schedule(cfg, steps_per_epoch)}",
             f"augmentation: {mix}, label smoothing {t.label_smoothing:g}; alignment loss weight {t.align_loss_weight:g}"]

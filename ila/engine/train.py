@@ -6,7 +6,7 @@ One optimizer step, as the release takes it:
     out  = model(video, text_features=cached class-name features)
     loss = soft-target cross-entropy(out.logits, targets) + w * sum(out.align_losses)
     AdamW (betas .9/.98, eps 1e-8) on the model's parameter groups; lr per step: linear warm-up from 0
-    over `warmup_epochs`, then cosine down to lr / 100.
+    over `warmup_epochs`, then `train.schedule` (the release's: cosine down to lr / 100); see `ila.engine.optim`.
 
 At the start of every epoch the model halves its alignment disturbance offset from epoch 30 on
 (`decay_align_delta`); the offset is part of the saved training state. A checkpoint after any step
@@ -33,11 +33,11 @@ from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
 from ila.engine.classes import class_text
 from ila.engine.loaders import device_augment, loader, read_split, video_dataset
+from ila.engine.optim import BETAS, EPS, create_optimizer, create_scheduler  # noqa: F401  (BETAS, EPS: re-exported)
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
 from ila.errors import UserError, one_line, printable
 
-BETAS, EPS = (0.9, 0.98), 1e-8
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
                      "train.log_every_steps", "train.save_every_steps", "train.keep_last",
@@ -54,13 +54,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """Per-step cosine with linear warm-up from 0 and a floor of lr / 100 (timm's CosineLRScheduler)."""
-    from timm.scheduler import CosineLRScheduler
-
-    return CosineLRScheduler(optimizer, t_initial=cfg.train.epochs * steps_per_epoch, lr_min=cfg.train.lr / 100,
-                             warmup_lr_init=0.0, warmup_t=round(cfg.train.warmup_epochs * steps_per_epoch),
-                             cycle_limit=1, t_in_epochs=False)
+lr_schedule = create_scheduler    # the name before ila.engine.optim
 
 
 def step_generator(*key: int) -> torch.Generator:
@@ -77,11 +71,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_difference(saved: dict, new: dict) -> str | None:
-    """The first key (other than RESUMABLE_CHANGES) whose value differs, as 'key: old -> new'."""
+    """The first key (other than RESUMABLE_CHANGES) whose value differs, as 'key: old -> new'. A key the saved
+    config lacks (added to ila after the run was saved, e.g. train.schedule) counts as its default, which is
+    what that run used."""
     a, b = _flatten(saved), _flatten(new)
+    defaults = _flatten(Config().to_dict())
     for key in sorted(set(a) | set(b)):
-        if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
-            return f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        old = a[key] if key in a else defaults.get(key)
+        if key not in RESUMABLE_CHANGES and old != b.get(key):
+            return f"{key}: {old!r} -> {b.get(key)!r}"
     return None
 
 
@@ -137,8 +135,7 @@ class Trainer:
                 raise UserError("train.sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU path)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.weight_decay, t.optimizer_groups),
-                                           betas=BETAS, eps=EPS)
+        self.optimizer = create_optimizer(model, cfg)
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
                                                         else None) if env.distributed else model)
         if t.compile:
@@ -156,7 +153,7 @@ class Trainer:
                             f"{t.batch_size * env.world * t.accumulation} clips (train.batch_size x processes x "
                             f"train.accumulation); lower train.batch_size or train.accumulation")
         self.total_steps = t.epochs * self.steps_per_epoch
-        self.scheduler = lr_schedule(self.optimizer, cfg, self.steps_per_epoch)
+        self.scheduler = create_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         from ila.data.transforms import MixupCutmix
 
         self.mixup = MixupCutmix(len(self.class_names), t.mixup, t.cutmix, t.mixup_switch_prob, t.label_smoothing)

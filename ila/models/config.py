@@ -5,8 +5,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ila.errors import UserError
+from ila.models.registry import temporal_variant
 
-Temporal = Literal["ila", "mean", "attention", "joint"]
+Temporal = str  # a registered temporal variant's name (`ila.models.registry.temporal_variants()`)
 Head = Literal["text", "classifier"]
 
 
@@ -40,8 +41,9 @@ class ModelConfig:
     quick_gelu: bool = True                 # OpenAI CLIP: QuickGELU; most open_clip (LAION) weights: GELU
     # video
     num_frames: int = 8
-    temporal: Temporal = "ila"              # "ila" (IST blocks) | "mean" (no temporal modelling) | "attention" (divided
-                                            # ST) | "joint" (joint ST attention: a cost reference)
+    temporal: Temporal = "ila"              # a registered variant (ila.models.registry): "ila" (IST blocks) | "mean" (no
+                                            # temporal modelling) | "attention" (divided ST) | "joint" (joint ST attention:
+                                            # a cost reference)
     interactive_block: Literal["separable", "dense"] = "separable"  # release K400 | release SSv2 trunk
     mi_token: Literal["release", "paper"] = "release"  # paper: pooled MI token joins the spatial attention
     align_hidden: int = 256                 # interactive-block channels (release: 256)
@@ -66,8 +68,9 @@ class ModelConfig:
         return self.image_resolution // self.vision_patch_size
 
     def validate(self) -> "ModelConfig":
-        choices = {"temporal": ("ila", "mean", "attention", "joint"), "interactive_block": ("separable", "dense"),
-                   "mi_token": ("release", "paper"), "head": ("text", "classifier")}
+        variant = temporal_variant(self.temporal)
+        choices = {"interactive_block": ("separable", "dense"), "mi_token": ("release", "paper"),
+                   "head": ("text", "classifier")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"model.{key}={getattr(self, key)!r} is not allowed; use one of {', '.join(allowed)}")
@@ -84,17 +87,11 @@ class ModelConfig:
         if self.image_resolution % self.vision_patch_size:
             raise UserError(f"model.image_resolution={self.image_resolution} must be a multiple of "
                             f"model.vision_patch_size={self.vision_patch_size}")
-        if self.temporal == "ila" and self.grid < 4:
-            raise UserError(f"ILA needs a patch grid of at least 4x4, got {self.grid}x{self.grid}; "
-                            f"raise model.image_resolution or lower model.vision_patch_size")
-        if self.temporal == "ila" and self.align_hidden % 2:
-            raise UserError(f"model.align_hidden={self.align_hidden} must be even (the interactive tokens take "
-                            f"half of its channels)")
-        if self.temporal == "ila" and self.point_hidden % 4:
-            raise UserError(f"model.point_hidden={self.point_hidden} must be a multiple of 4 (two groups of "
-                            f"halved channels predict the points)")
-        if self.temporal != "mean" and self.num_frames < 2:
-            raise UserError(f"model.num_frames={self.num_frames}: temporal modelling needs at least 2 frames")
+        if variant.check is not None:
+            variant.check(self)                 # what the variant's own blocks need (ILA: the alignment's sizes)
+        if self.num_frames < variant.min_frames:
+            raise UserError(f"model.num_frames={self.num_frames}: temporal modelling needs at least "
+                            f"{variant.min_frames} frames")
         if self.vision_width % 64 or self.embed_dim % 64 or (self.head == "text" and self.transformer_width % 64):
             raise UserError("widths must be multiples of 64 (attention heads are width // 64)")
         return self

@@ -16,7 +16,7 @@ from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_k
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
 from ila.models.ist_block import ISTBlock
-from ila.models.temporal import DividedSTBlock, FrameBlock, JointSTBlock
+from ila.models.registry import create_blocks
 
 DELTA_DECAY_START = 30  # the release halves the disturbance offset at the start of every epoch from 30 on
 
@@ -32,18 +32,8 @@ class ILAOutput:
 
 
 def video_blocks(cfg: ModelConfig) -> list[nn.Module]:
-    heads = cfg.vision_width // 64
-    if cfg.temporal == "ila":
-        rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
-        return [ISTBlock(cfg.vision_width, heads, cfg.grid, cfg.num_frames, cfg.interactive_block, cfg.align_hidden,
-                         cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu) for rate in rates]
-    if cfg.temporal == "attention":
-        return [DividedSTBlock(cfg.vision_width, heads, cfg.num_frames, cfg.quick_gelu)
-                for _ in range(cfg.vision_layers)]
-    if cfg.temporal == "joint":
-        return [JointSTBlock(cfg.vision_width, heads, cfg.num_frames, cfg.quick_gelu)
-                for _ in range(cfg.vision_layers)]
-    return [FrameBlock(cfg.vision_width, heads, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
+    """The blocks of the registered temporal variant `cfg.temporal` (`ila.models.registry.create_blocks`)."""
+    return create_blocks(cfg)
 
 
 class ILAModel(nn.Module):
@@ -181,22 +171,11 @@ class ILAModel(nn.Module):
     def param_groups(self, base_lr: float = 8e-6, weight_decay: float = 3e-3, scheme: str = "release") -> list[dict]:
         """AdamW parameter groups of the trainable parameters; no weight decay on 1-D tensors, biases and
         positional embeddings. `release`: message_* 5e-4 / 1e-2, temporal_* 10 x base / 1e-3, head 4e-4 / wd,
-        prompts 10 x base / wd, CLIP base / wd. `uniform`: every parameter at base lr / wd."""
-        release = {"message": (5e-4, 1e-2), "temporal": (10 * base_lr, 1e-3), "head": (4e-4, weight_decay),
-                   "prompts": (10 * base_lr, weight_decay), "clip": (base_lr, weight_decay)}
-        groups: dict[tuple[str, bool], dict] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            group = parameter_group(name)
-            lr, wd = release[group] if scheme == "release" else (base_lr, weight_decay)
-            no_decay = p.ndim <= 1 or name.endswith(".bias") or "positional_embedding" in name
-            key = (group, no_decay)
-            if key not in groups:
-                groups[key] = {"name": f"{group}{'_no_decay' if no_decay else ''}", "params": [], "lr": lr,
-                               "weight_decay": 0.0 if no_decay else wd}
-            groups[key]["params"].append(p)
-        return list(groups.values())
+        prompts 10 x base / wd, CLIP base / wd. `uniform`: every parameter at base lr / wd.
+        (`ila.engine.optim.param_groups`, which the training engine's `create_optimizer` uses.)"""
+        from ila.engine.optim import param_groups
+
+        return param_groups(self, base_lr, weight_decay, scheme)
 
 
 def parameter_group(name: str) -> str:

@@ -14,8 +14,10 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from ila.errors import UserError
 from ila.models.alignment import ImplicitAlignment, alignment_loss, merge_pairs
 from ila.models.clip import MLP, Attention, Linear, activation
+from ila.models.registry import register_temporal
 
 
 class ISTBlock(nn.Module):
@@ -66,3 +68,25 @@ class ISTBlock(nn.Module):
             x = self.attn(self.ln_1(x), residual=x, queries=queries)
         x = self.mlp(self.ln_2(x), residual=x)
         return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points
+
+
+def _check_alignment_sizes(cfg) -> None:
+    """What the alignment needs of a config: a 4x4 patch grid at least, channel counts it can halve."""
+    if cfg.grid < 4:
+        raise UserError(f"ILA needs a patch grid of at least 4x4, got {cfg.grid}x{cfg.grid}; "
+                        f"raise model.image_resolution or lower model.vision_patch_size")
+    if cfg.align_hidden % 2:
+        raise UserError(f"model.align_hidden={cfg.align_hidden} must be even (the interactive tokens take "
+                        f"half of its channels)")
+    if cfg.point_hidden % 4:
+        raise UserError(f"model.point_hidden={cfg.point_hidden} must be a multiple of 4 (two groups of "
+                        f"halved channels predict the points)")
+
+
+@register_temporal("ila", description="IST blocks ({interactive_block} interactive block)",
+                   check=_check_alignment_sizes)
+def ist_blocks(cfg, block_fn=ISTBlock) -> list[nn.Module]:
+    """`ila`: one IST block per layer; drop-path rates rise linearly from 0 to `cfg.drop_path`."""
+    rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
+    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.grid, cfg.num_frames, cfg.interactive_block,
+                     cfg.align_hidden, cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu) for rate in rates]

@@ -1,7 +1,8 @@
-"""The baselines that share ILA's backbone and head: no temporal modelling, and divided space-time attention.
+"""The baselines that share ILA's backbone and head: no temporal modelling, divided and joint space-time attention.
 
 Every video block maps tokens `(B*T, L, D)` -> (tokens, alignment loss, points) so the backbone treats all
-variants alike; the baselines return a zero loss and no points.
+variants alike; the baselines return a zero loss and no points. Each variant is registered once
+(`ila.models.registry`) by the function that builds its blocks.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ila.models.clip import Attention, ResidualAttentionBlock
+from ila.models.registry import register_temporal
 
 
 class FrameBlock(ResidualAttentionBlock):
@@ -61,3 +63,23 @@ class JointSTBlock(ResidualAttentionBlock):
         bt, length, width = x.shape
         x = super().forward(x.reshape(bt // self.frames, self.frames * length, width))
         return x.reshape(bt, length, width)[:, :queries], x.new_zeros(()), None
+
+
+@register_temporal("mean", description="plain CLIP blocks, frames averaged", min_frames=1)
+def frame_blocks(cfg, block_fn=FrameBlock) -> list[nn.Module]:
+    """`mean`: one plain CLIP block per layer."""
+    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
+
+
+@register_temporal("attention", description="divided space-time attention blocks")
+def divided_st_blocks(cfg, block_fn=DividedSTBlock) -> list[nn.Module]:
+    """`attention`: one divided space-time attention block per layer."""
+    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.num_frames, cfg.quick_gelu)
+            for _ in range(cfg.vision_layers)]
+
+
+@register_temporal("joint", description="joint space-time attention blocks", reference=True)
+def joint_st_blocks(cfg, block_fn=JointSTBlock) -> list[nn.Module]:
+    """`joint`: one joint space-time attention block per layer (a cost reference)."""
+    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.num_frames, cfg.quick_gelu)
+            for _ in range(cfg.vision_layers)]

@@ -1,0 +1,108 @@
+"""The temporal variants: each one is registered once, and everything that names variants asks here.
+
+A variant is a function that builds a model's video blocks from its config, with the block class passed in
+(`block_fn`), decorated once:
+
+    @register_temporal("mean", description="plain CLIP blocks, frames averaged", min_frames=1)
+    def frame_blocks(cfg: ModelConfig, block_fn=FrameBlock) -> list[nn.Module]:
+        return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
+
+Every block maps tokens `(B*T, L, D)` -> (tokens, alignment loss, points or None) (see `ila.models.temporal`).
+`temporal_variants()` lists the names (the config's allowed `model.temporal` values, the CLI's `--temporal`
+choices, the demo and the benchmarks read it); `create_blocks(cfg)` builds `cfg.temporal`'s blocks. A new
+variant is one module with one registration, imported before the config that names it is validated.
+"""
+from __future__ import annotations
+
+import importlib
+import reprlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ila.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ila.models.config import ModelConfig
+
+# the modules that register ila's own variants, imported on the first look-up (they import torch and the blocks)
+BUILTIN_MODULES = ("ila.models.ist_block", "ila.models.temporal")
+
+
+@dataclass(frozen=True)
+class TemporalVariant:
+    """One registered variant: how its blocks are built and what the rest of ila needs to know about it."""
+
+    name: str
+    build: Callable[..., list]          # (cfg, block_fn=<its block class>) -> one block per vision layer
+    description: str                    # what the blocks are, for model cards and help; may name model keys as
+    #                                     {key} (e.g. "{interactive_block}"), filled from the model's config
+    min_frames: int = 2                 # frames per clip the variant needs (1: no temporal modelling)
+    reference: bool = False             # a cost reference rather than a baseline: left out of comparisons
+    check: Callable | None = None       # (cfg) -> None: raises UserError for a config the variant cannot build
+
+    def describe(self, model: dict) -> str:
+        """The description with the model's config values filled in."""
+        try:
+            return self.description.format_map(model)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            return self.description
+
+
+_VARIANTS: dict[str, TemporalVariant] = {}
+_builtin_loaded = False
+_REPR = reprlib.Repr()                  # a bounded repr of a refused value (it may be anything a config held)
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def register_temporal(name: str, *, description: str, min_frames: int = 2, reference: bool = False,
+                      check: Callable | None = None):
+    """Decorator: register the decorated block builder as temporal variant `name` (returned unchanged)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a temporal variant's name is a short identifier, not {name!r}")
+
+    def decorate(build):
+        if name in _VARIANTS and _VARIANTS[name].build is not build:
+            raise ValueError(f"temporal variant {name!r} is already registered (by {_VARIANTS[name].build.__module__})")
+        _VARIANTS[name] = TemporalVariant(name, build, description, min_frames, reference, check)
+        return build
+
+    return decorate
+
+
+def unregister_temporal(name: str) -> TemporalVariant:
+    """Remove variant `name` (and return it), e.g. a variant a test registered for itself."""
+    _load_builtin()
+    return _VARIANTS.pop(name)
+
+
+def _load_builtin() -> None:
+    global _builtin_loaded
+    if not _builtin_loaded:
+        _builtin_loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def temporal_variants(references: bool = True) -> tuple[str, ...]:
+    """The registered variant names, in registration order; `references=False` leaves out cost references
+    (`joint`): the variants a comparison (the demo) trains by default."""
+    _load_builtin()
+    return tuple(name for name, v in _VARIANTS.items() if references or not v.reference)
+
+
+def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
+    """The registered variant `name`; a one-line UserError naming `key` and the registered names otherwise."""
+    _load_builtin()
+    variant = _VARIANTS.get(name) if isinstance(name, str) else None
+    if variant is None:
+        raise UserError(f"{key}={_REPR.repr(name)} is not allowed; use one of {', '.join(_VARIANTS)}")
+    return variant
+
+
+def create_blocks(cfg: ModelConfig, block_fn: Callable | None = None) -> list[nn.Module]:
+    """The video blocks of `cfg.temporal` for `cfg`, one per vision layer; `block_fn` replaces the variant's
+    block class (same constructor arguments), e.g. a subclass to experiment with."""
+    variant = temporal_variant(cfg.temporal)
+    return variant.build(cfg) if block_fn is None else variant.build(cfg, block_fn=block_fn)
