@@ -17,7 +17,8 @@ clips/s of inference (no autograd) and of a training step (forward + backward + 
 freezing), the speed ratio against `unfused`, peak memory, and how far its logits are from the unfused model's
 (max |diff| / max |unfused|; fp32 rows compute the same function, so this is rounding).
 
-Timing: each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
+Timing (`--timer cpu`: process CPU time instead of wall time, for a loaded machine; use it with --threads 1, where
+no OpenMP thread spins while it waits): each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
 timing is the median of `--iters` calls after `--warmup`; the best of the repeats is reported. Compare rows
 within one run: on a shared machine absolute times move between runs far more than ratios within one. Peak memory:
 on CUDA torch.cuda.max_memory_allocated per row; on CPU (with --memory) the resident high-water mark of a fresh
@@ -167,17 +168,17 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, warmup: int, iters: int, device: torch.device) -> float:
-    """Median seconds per call."""
+def timed(fn, warmup: int, iters: int, device: torch.device, clock=time.perf_counter) -> float:
+    """Median seconds per call (`clock`: wall time, or process CPU time with --timer cpu)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return sorted(times)[len(times) // 2]
 
 
@@ -278,6 +279,7 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--frames", str(args.frames)] if args.frames else []
     argv += ["--temporal", args.temporal] if args.temporal else []
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--timer", args.timer]
     argv += ["--amp", args.amp] if args.amp else []
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
     argv += ["--release-src", args.release_src] if args.release_src else []
@@ -297,7 +299,8 @@ def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[s
     iters = args.iters if phase == "inference" else max(1, args.iters // 2)
     for _ in range(args.repeats):
         for row in rows:
-            times[row.name].append(timed(fns[row.name], args.warmup, iters, device))
+            times[row.name].append(timed(fns[row.name], args.warmup, iters, device,
+                                         time.process_time if args.timer == "cpu" else time.perf_counter))
     results = {}
     for row in rows:
         if device.type == "cuda":
@@ -348,6 +351,9 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each row (best is reported)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                   help="cpu: CPU time this process used (CPU device), which other jobs on the machine hardly move; "
+                        "with --threads 1 it is the work done, without OpenMP spin-waiting")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ablation", action="store_true", help="also the fused model without each rewrite / with it alone")
     p.add_argument("--release-src", default=None, metavar="DIR",
@@ -393,7 +399,7 @@ def run_preset(args, rows: list[Row], device: torch.device) -> list[dict]:
     runner = Runner(args, device, rows)
     print(f"\n## {args.model}: temporal={runner.cfg.temporal} frames={runner.cfg.num_frames} batch={args.batch} "
           f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}) "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+          f"threads={torch.get_num_threads()} torch={torch.__version__} timer={args.timer}")
     inference_rows = [row for row in rows if not row.checkpointing]
     print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} before the run")

@@ -10,7 +10,8 @@ import ila
 from ila.engine.checkpoint import save_checkpoint
 from ila.config import Config
 from ila.errors import UserError
-from ila.models.fuse import FUSIONS, FusedConvReLU, FusedLinear, parse_ablation
+from ila.models.clip import Attention
+from ila.models.fuse import FUSIONS, FusedConvReLU, FusedLinear, GroupedPointwise, parse_ablation
 from ila.models.ila import ILAModel
 from ila.presets import get_preset
 
@@ -46,6 +47,27 @@ def logits(model, video, grad=False):
         return model(video, text_features=text).logits
 
 
+def test_layer_norm_fold_and_grouped_pointwise_are_exact_alone():
+    """The two new algebraic rewrites against the modules they replace, on random weights and inputs."""
+    from ila.models.fuse import fold_layer_norm
+
+    torch.manual_seed(3)
+    ln, fc = nn.LayerNorm(16), nn.Linear(16, 8)
+    nn.init.normal_(ln.weight, 1.0, 0.3)
+    nn.init.normal_(ln.bias, 0.0, 0.3)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        want = fc(ln(x))
+        plain = fold_layer_norm(ln, fc, "weight", "bias")
+        assert rel_err(fc(plain(x)), want) < 1e-6 and not plain.elementwise_affine and plain.eps == ln.eps
+    seq = nn.Sequential(nn.Conv1d(8, 4, 1, groups=2), nn.ReLU(True), nn.Conv1d(4, 4, 1, groups=2), nn.Tanh())
+    x = torch.randn(3, 8, 5)
+    with torch.inference_mode():
+        assert rel_err(GroupedPointwise(seq)(x), seq(x)) < 1e-6
+    with pytest.raises(ValueError, match="1x1"):
+        GroupedPointwise(nn.Sequential(nn.Conv1d(8, 4, 3)))
+
+
 def test_parse_ablation():
     assert parse_ablation(None) == parse_ablation(()) == ()
     assert parse_ablation("onednn, bn") == ("bn", "onednn")  # in FUSIONS order
@@ -68,8 +90,13 @@ def test_fused_model_gives_the_same_outputs(kw):
     assert rel_err(logits(model, video), before) < 1e-5
     kinds = {type(m) for m in model.modules()}
     assert nn.Linear not in kinds and nn.BatchNorm2d not in kinds and FusedLinear in kinds
+    assert Attention not in kinds  # every attention's q/k/v projection on oneDNN (a FusedAttention)
+    blocks = model.visual.transformer.resblocks
+    assert all(not b.ln_1.elementwise_affine and not b.ln_2.elementwise_affine for b in blocks)  # folded
     if kw.get("temporal", "ila") == "ila":
-        assert FusedConvReLU in kinds
+        assert FusedConvReLU in kinds and GroupedPointwise in kinds and nn.Conv1d not in kinds
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for m in model.modules()
+                   if isinstance(m, FusedConvReLU) for w in [m.weight])
         assert all(isinstance(b.temporal_skip_fc, nn.Identity) for b in model.visual.transformer.resblocks)
     assert sum(p.numel() for p in model.parameters()) <= params  # folded weights replace, never copy
     assert not any(p.requires_grad for p in model.parameters())
@@ -85,6 +112,9 @@ def test_each_fusion_alone_gives_the_same_outputs(keep):
     assert rel_err(logits(model, video), before) < 1e-5
     kinds = {type(m) for m in model.modules()}
     assert (nn.BatchNorm2d in kinds) == (keep != "bn") and (nn.Linear in kinds) == (keep != "onednn")
+    assert (Attention in kinds) == (keep != "qkv") and (nn.Conv1d in kinds) == (keep != "point_head")
+    affine = {m.elementwise_affine for b in model.visual.transformer.resblocks for m in (b.ln_1, b.ln_2)}
+    assert affine == {keep != "ln"}
 
 
 def test_fused_model_refuses_to_train_and_to_be_saved(tmp_path):

@@ -49,18 +49,22 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    def in_proj(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """x `(..., D)` through the rows `rows` of the packed q/k/v projection (`ila.fuse` runs it on oneDNN)."""
+        return F.linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
+
     def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None,
                 queries: int | None = None) -> torch.Tensor:
         """Attention of `x` `(n, L, D)`, plus `residual` when given. With `queries`, only the first `queries`
         tokens ask (and come out, with the residual's first `queries` tokens), all `L` answer."""
         n, length, width = x.shape
-        heads, w, b = self.heads, self.in_proj_weight, self.in_proj_bias
+        heads = self.heads
         if queries is None:
-            qkv = F.linear(x, w, b)
+            qkv = self.in_proj(x, slice(None))
             q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q = F.linear(x[:, :queries], w[:width], b[:width]).view(n, queries, heads, -1).transpose(1, 2)
-            kv = F.linear(x, w[width:], b[width:])
+            q = self.in_proj(x[:, :queries], slice(0, width)).view(n, queries, heads, -1).transpose(1, 2)
+            kv = self.in_proj(x, slice(width, None))
             k, v = kv.view(n, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
             residual = None if residual is None else residual[:, :queries]
         out = attend(q, k, v, causal).transpose(1, 2).reshape(n, q.shape[2], width)

@@ -14,11 +14,20 @@ Each rewrite has a name, and `fuse(model, ablation=[...])` leaves the named ones
 - onednn: on CPU in float32 without autograd, linears run as oneDNN matmuls with the SiLU or the residual add fused
   in, and the folded conv + ReLU as one oneDNN convolution. Elsewhere (GPU, autocast, torch.compile/export, a
   FLOP counter) the same modules fall back to the plain kernels, so the fused model runs everywhere.
+- ln: the affine part of a pre-norm LayerNorm (`ln_1` before the attention, `ln_2` before the MLP: their outputs
+  feed nothing else) folded into the linear it feeds (the packed q/k/v projection, the MLP's first linear); the
+  LayerNorm only normalises.
+- qkv: the attention's packed q/k/v projection (a bare weight, not an `nn.Linear`, so `onednn` misses it) as a
+  oneDNN matmul (`FusedAttention`), with the same fallback.
+- point_head: the point head's two grouped 1x1 temporal convolutions (2 groups) as two linears with block-diagonal
+  weights, the ReLU and the tanh fused into them on oneDNN: no convolution set-up for a (B, 128, T-1) input.
 
 Algebra of the folds:
 - conv then eval BatchNorm: gamma (conv(x) - mean) / sqrt(var + eps) + beta is one conv with weights w * s and bias
   (b - mean) s + beta, s = gamma / sqrt(var + eps).
 - a Linear that directly follows another Linear: W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2).
+- a Linear after a LayerNorm's affine: W (n * g + beta) + b = (W diag g) n + (W beta + b), n the normalised input.
+- a 1x1 convolution with G groups over (B, C, P) is a linear over C with a block-diagonal weight (G blocks).
 
 The folded weights replace the ones they come from (no second copy is kept), so a fused model is for inference
 only: it stays in eval mode, its parameters do not require gradients, `train()` raises, and a checkpoint is not
@@ -35,7 +44,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ila.errors import UserError
 
-FUSIONS = ("bn", "skip", "quick_gelu", "onednn")
+FUSIONS = ("bn", "skip", "quick_gelu", "onednn", "ln", "qkv", "point_head")
 
 
 def parse_ablation(ablation: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -65,31 +74,92 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone(), requires_grad=False)
 
 
+ONEDNN_ACT = {None: "none", "silu": "swish", "relu": "relu", "tanh": "tanh"}
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None,
+           residual: torch.Tensor | None = None, onednn: bool = True) -> torch.Tensor:
+    """`act(x W^T + b) + residual` (act: None, 'silu', 'relu' or 'tanh'; not both act and residual on oneDNN):
+    one oneDNN matmul with the activation or the add fused in where `onednn_usable`, else `F.linear` and the rest."""
+    if onednn and onednn_usable(x, weight) and not (act and residual is not None):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, ONEDNN_ACT[act], [], "")
+    out = F.linear(x, weight, bias)
+    inplace = not torch.is_grad_enabled()  # in place when no graph needs its input
+    if act == "silu":
+        out = F.silu(out, inplace=inplace)
+    elif act == "relu":
+        out = F.relu(out, inplace=inplace)
+    elif act == "tanh":
+        out = out.tanh_() if inplace else out.tanh()
+    return out if residual is None else residual + out
+
+
 class FusedLinear(nn.Module):
-    """`act(x W^T + b) + residual` (act: None or 'silu'): one oneDNN matmul with the activation or the add fused in
-    where `onednn_usable`, else `F.linear`. The weight keeps its plain layout: oneDNN reads it about as fast as a
-    packed copy, which would double the weights' memory."""
+    """`act(x W^T + b) + residual` through `linear`. The weight keeps its plain layout: oneDNN reads it about as
+    fast as a packed copy, which would double the weights' memory."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None, onednn: bool = True):
         super().__init__()
+        if act not in ONEDNN_ACT:
+            raise ValueError(f"act must be one of {sorted(k for k in ONEDNN_ACT if k)} or None, got {act!r}")
         self.weight = _frozen(weight)
         self.bias = None if bias is None else _frozen(bias)
         self.out_features, self.in_features = weight.shape
         self.act, self.onednn = act, onednn
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        act = self.act
-        if self.onednn and onednn_usable(x, self.weight) and not (act and residual is not None):
-            if residual is not None:
-                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "swish" if act else "none", [], "")
-        out = F.linear(x, self.weight, self.bias)
-        if act == "silu":
-            out = F.silu(out, inplace=not torch.is_grad_enabled())  # in place when no graph needs its input
-        return out if residual is None else residual + out
+        return linear(x, self.weight, self.bias, self.act, residual, self.onednn)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.act}, onednn={self.onednn}"
+
+
+class GroupedPointwise(nn.Module):
+    """A stack of 1x1 Conv1d (groups) + activation layers over `(B, C, P)` as linears with block-diagonal weights
+    over the channels, each activation fused into its linear: `(B, C, P)` -> `(B, C_out, P)`."""
+
+    def __init__(self, seq: nn.Sequential):
+        super().__init__()
+        acts = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+        layers, items = [], list(seq)
+        for i, conv in enumerate(items):
+            if not isinstance(conv, nn.Conv1d):
+                continue
+            if conv.kernel_size != (1,) or conv.padding not in ((0,), "valid") or conv.stride != (1,):
+                raise ValueError("GroupedPointwise takes 1x1 convolutions only")
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            act = acts.get(type(nxt))
+            weight = torch.block_diag(*conv.weight[..., 0].chunk(conv.groups, dim=0))  # (out, in), block-diagonal
+            layers.append(FusedLinear(weight, conv.bias, act))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)
+        for layer in self.layers:
+            x = layer(x)
+        return x.transpose(1, 2)
+
+
+def fused_attention_class():
+    from ila.models.clip import Attention
+
+    class FusedAttention(Attention):
+        """`Attention` whose packed q/k/v projection runs through `linear` (oneDNN on CPU); the maths is
+        `Attention.forward`'s."""
+
+        def __init__(self, attn: Attention):
+            nn.Module.__init__(self)
+            self.heads = attn.heads
+            self.in_proj_weight = _frozen(attn.in_proj_weight)
+            self.in_proj_bias = _frozen(attn.in_proj_bias)
+            self.out_proj = attn.out_proj
+
+        def in_proj(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+            return linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
+
+    return FusedAttention
 
 
 class FusedConvReLU(nn.Module):
@@ -100,7 +170,8 @@ class FusedConvReLU(nn.Module):
         super().__init__()
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        self.weight = _frozen(conv.weight * scale.view(-1, 1, 1, 1))
+        # channels-last like the alignment's activations: oneDNN would otherwise reorder the weight on every call
+        self.weight = _frozen((conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last))
         self.bias = _frozen((bias - bn.running_mean) * scale + bn.bias)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.onednn = onednn
@@ -129,6 +200,15 @@ def fold_conv_bn_relu(seq: nn.Sequential, onednn: bool) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
+def fold_layer_norm(ln: nn.LayerNorm, target: nn.Module, weight: str, bias: str) -> nn.LayerNorm:
+    """Fold `ln`'s affine (gamma, beta) into the linear `target.<weight>`, `target.<bias>` that reads `ln`'s
+    output alone; returns the LayerNorm without affine that replaces `ln`."""
+    w, b = getattr(target, weight), getattr(target, bias)
+    setattr(target, bias, _frozen(w @ ln.bias + b))  # W beta + b, with the unscaled W
+    setattr(target, weight, _frozen(w * ln.weight))  # W diag(gamma)
+    return nn.LayerNorm(ln.normalized_shape, eps=ln.eps, elementwise_affine=False)
+
+
 def _linear(layer: nn.Module, onednn: bool, act: str | None = None) -> nn.Module:
     if isinstance(layer, FusedLinear):
         return layer
@@ -140,7 +220,7 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     """Rewrite `model` (an ILAModel) in place for inference; `ablation`: names from FUSIONS to leave out.
     Returns the model, in eval mode and inference-only. Fusing a fused model again is an error."""
     from ila.models.alignment import ImplicitAlignment
-    from ila.models.clip import MLP, QuickGELU
+    from ila.models.clip import MLP, Attention, QuickGELU, ResidualAttentionBlock
     from ila.models.ist_block import ISTBlock
 
     left_out = parse_ablation(ablation)
@@ -149,7 +229,13 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     rewrites = tuple(n for n in FUSIONS if n not in left_out)
     onednn = "onednn" in rewrites
     model.eval()
-    for module in list(model.modules()):
+    for module in list(model.modules()):  # parents before children: a block's `ln` fold precedes its MLP's
+        if ("ln" in rewrites and isinstance(module, (ISTBlock, ResidualAttentionBlock))
+                and module.ln_1.elementwise_affine and module.ln_2.elementwise_affine):
+            module.ln_1 = fold_layer_norm(module.ln_1, module.attn, "in_proj_weight", "in_proj_bias")
+            module.ln_2 = fold_layer_norm(module.ln_2, module.mlp.c_fc, "weight", "bias")
+        if "point_head" in rewrites and isinstance(module, ImplicitAlignment):
+            module.point_head.temporal = GroupedPointwise(module.point_head.temporal)
         if "bn" in rewrites and isinstance(module, ImplicitAlignment):
             module.interactive_block = fold_conv_bn_relu(module.interactive_block, onednn)
             module.point_head.spatial = fold_conv_bn_relu(module.point_head.spatial, onednn)
@@ -163,6 +249,12 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
             module.c_fc = FusedLinear(module.c_fc.weight * 1.702, module.c_fc.bias * 1.702, "silu", onednn)
             module.gelu = nn.Identity()
             module.c_proj = FusedLinear(module.c_proj.weight / 1.702, module.c_proj.bias, None, onednn)
+    if "qkv" in rewrites:
+        fused_attention = fused_attention_class()
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is Attention:
+                    setattr(module, name, fused_attention(child))
     if onednn:
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
