@@ -29,6 +29,7 @@ import torch
 
 from ila.errors import UserError
 from ila.models.registry import temporal_variants
+from ila.presets import DEMO_RECIPE
 
 VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")
@@ -45,13 +46,14 @@ class Budget:
     motion: tuple = (0.7, 1.0)  # generator: motion amplitude range (fraction of the largest)
     distractors: int = 0        # generator: static distractor shapes per clip
     texture: float = 0.0        # generator: background texture strength (0: flat)
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    align_loss_weight: float = 0.0   # measured: 1.0 (the release's) holds ILA at 27 % on the textured set, 0 gives 39 %
+    # the training recipe: the `demo` preset's (ila.presets.DEMO_RECIPE; why no alignment loss: README, "The demo")
+    epochs: int = DEMO_RECIPE["epochs"]
+    batch_size: int = DEMO_RECIPE["batch_size"]
+    lr: float = DEMO_RECIPE["lr"]
+    weight_decay: float = DEMO_RECIPE["weight_decay"]
+    warmup_epochs: float = DEMO_RECIPE["warmup_epochs"]
+    label_smoothing: float = DEMO_RECIPE["label_smoothing"]
+    align_loss_weight: float = DEMO_RECIPE["align_loss_weight"]
     eval_clips: int = 2         # temporal test views per video
     val_every: int = 2          # single-view validation for the curves every N epochs (and at the end)
     pretrain_epochs: int = 5    # frozen setting: single-frame appearance pretraining of the tower
@@ -204,8 +206,7 @@ def format_table(results: dict) -> str:
         r = runs[0]
         row = (setting, variant, _spread([x["top1"] for x in runs]), _spread([x["mean_class_acc"] for x in runs]),
                f"{r['gflops_per_view']:.3f}", f"{r['params_m']:.2f}", f"{r['trainable_m']:.2f}",
-               _spread([x["train_seconds"] for x in runs]).split(".")[0] if len(runs) == 1
-               else f"{sum(x['train_seconds'] for x in runs) / len(runs):.0f}",
+               f"{sum(x['train_seconds'] for x in runs) / len(runs):.0f}",
                f"{sum(x['train_steps_per_s'] for x in runs) / len(runs):.1f}")
         if several:
             row += (" / ".join(f"{x['top1']:.1f}" for x in runs),)
@@ -258,15 +259,15 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
         f"({'quick' if quick else 'full'} budget, {data} set, seed(s) {', '.join(map(str, seed_list))}, settings "
         f"{', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
-    motion_data = prepare_data(out / ("data" if data == "flat" else f"data-{data}"), budget, data_seed)
+    suffix = "" if data == "flat" else f"-{data}"        # OUT/data, OUT/data-textured (and -appearance) side by side
+    motion_data = prepare_data(out / f"data{suffix}", budget, data_seed)
     results: dict[tuple[str, str], list[dict]] = {}
     for s in seed_list:
         base = out if seeds == 1 else out / f"seed-{s}"
         for setting in settings:
             tower = None
             if setting == "frozen":
-                appearance = prepare_data(out / ("data-appearance" if data == "flat" else f"data-appearance-{data}"),
-                                          budget, data_seed, appearance=True)
+                appearance = prepare_data(out / f"data-appearance{suffix}", budget, data_seed, appearance=True)
                 cfg = demo_config("pretrain", appearance, base / "pretrain", budget, s, "pretrain")
                 r = train_and_eval(cfg, base / "configs" / "pretrain.yaml", log)
                 tower = Path(r["checkpoint"])
@@ -300,12 +301,12 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     first = next((st for st in settings if (st, "ila") in results), None)
     if first is not None:
         # one validation video of each class (the val split cycles through the labels), drawn by `ila predict`
-        names = class_names()
-        videos = [str(motion_data / "val" / f"{k:06d}.mp4") for k in range(min(len(names), budget.val_clips))]
+        count = min(len(class_names()), budget.val_clips)
+        videos = [str(motion_data / "val" / f"{k:06d}.mp4") for k in range(count)]
         points = out / "points"
         checkpoint = results[(first, "ila")][0]["checkpoint"]
-        log(f"\n$ ila predict --checkpoint {checkpoint} {motion_data / 'val'}/00000[0-7].mp4 --topk 3 "
-            f"--visualize {points}")
+        log(f"\n$ ila predict --checkpoint {checkpoint} {motion_data / 'val'}/{{000000..{count - 1:06d}}}.mp4 "
+            f"--topk 3 --visualize {points}/")
         run_predict(checkpoint, videos, topk=3, visualize=str(points) + "/")
         pictures.append(points)
     elapsed = time.perf_counter() - started
