@@ -9,7 +9,8 @@ import torch
 from ila.config import load_config
 from ila.engine import checkpoint as ckpt
 from ila.engine.classes import class_text
-from ila.engine.train import config_difference, initial_model, lr_schedule, train
+from ila.engine.optim import create_scheduler
+from ila.engine.train import config_difference, initial_model, train
 from ila.errors import UserError
 
 
@@ -51,7 +52,7 @@ def test_lr_schedule_warms_up_from_zero_then_cosine_to_a_hundredth():
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-3}, {"params": [params[1]], "lr": 5e-4}])
     cfg = load_config("tiny", ["train.lr=1e-3", "train.epochs=10", "train.warmup_epochs=2"])
-    sched = lr_schedule(opt, cfg, steps_per_epoch=3)
+    sched = create_scheduler(opt, cfg, steps_per_epoch=3)
 
     def lrs(step):
         sched.step_update(step)

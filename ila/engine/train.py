@@ -33,7 +33,7 @@ from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
 from ila.engine.classes import class_text
 from ila.engine.loaders import device_augment, loader, read_split, video_dataset
-from ila.engine.optim import BETAS, EPS, create_optimizer, create_scheduler  # noqa: F401  (BETAS, EPS: re-exported)
+from ila.engine.optim import create_optimizer, create_scheduler
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
 from ila.errors import UserError, one_line, printable
@@ -52,9 +52,6 @@ class TrainingDiverged(UserError):
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against soft (mixed, smoothed) targets, averaged over the batch."""
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-lr_schedule = create_scheduler    # the name before ila.engine.optim
 
 
 def step_generator(*key: int) -> torch.Generator:
