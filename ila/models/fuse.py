@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ila.errors import UserError
+from ila.models.clip import Attention
 
 FUSIONS = ("bn", "skip", "quick_gelu", "onednn", "ln", "qkv", "point_head")
 
@@ -142,24 +143,19 @@ class GroupedPointwise(nn.Module):
         return x.transpose(1, 2)
 
 
-def fused_attention_class():
-    from ila.models.clip import Attention
+class FusedAttention(Attention):
+    """`Attention` whose packed q/k/v projection runs through `linear` (oneDNN on CPU); the maths is
+    `Attention.forward`'s."""
 
-    class FusedAttention(Attention):
-        """`Attention` whose packed q/k/v projection runs through `linear` (oneDNN on CPU); the maths is
-        `Attention.forward`'s."""
+    def __init__(self, attn: Attention):
+        nn.Module.__init__(self)
+        self.heads = attn.heads
+        self.in_proj_weight = _frozen(attn.in_proj_weight)
+        self.in_proj_bias = _frozen(attn.in_proj_bias)
+        self.out_proj = attn.out_proj
 
-        def __init__(self, attn: Attention):
-            nn.Module.__init__(self)
-            self.heads = attn.heads
-            self.in_proj_weight = _frozen(attn.in_proj_weight)
-            self.in_proj_bias = _frozen(attn.in_proj_bias)
-            self.out_proj = attn.out_proj
-
-        def in_proj(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
-            return linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
-
-    return FusedAttention
+    def in_proj(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        return linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
 
 
 class FusedConvReLU(nn.Module):
@@ -220,7 +216,7 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     """Rewrite `model` (an ILAModel) in place for inference; `ablation`: names from FUSIONS to leave out.
     Returns the model, in eval mode and inference-only. Fusing a fused model again is an error."""
     from ila.models.alignment import ImplicitAlignment
-    from ila.models.clip import MLP, Attention, QuickGELU, ResidualAttentionBlock
+    from ila.models.clip import MLP, QuickGELU, ResidualAttentionBlock
     from ila.models.ist_block import ISTBlock
 
     left_out = parse_ablation(ablation)
@@ -250,11 +246,10 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
             module.gelu = nn.Identity()
             module.c_proj = FusedLinear(module.c_proj.weight / 1.702, module.c_proj.bias, None, onednn)
     if "qkv" in rewrites:
-        fused_attention = fused_attention_class()
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if type(child) is Attention:
-                    setattr(module, name, fused_attention(child))
+                    setattr(module, name, FusedAttention(child))
     if onednn:
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
