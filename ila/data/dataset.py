@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ila.data.annotations import Sample
-from ila.data.decode import VideoReadError, check_threads, open_video
+from ila.data.decode import CUDA_IN_WORKERS, VideoReadError, check_threads, open_video
 from ila.data.sampling import item_rng, sample_indices, test_views
 from ila.data.transforms import TestTransform, TrainTransform
 from ila.errors import UserError
@@ -279,8 +279,7 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed
         sampler = EpochShuffleSampler(dataset, seed)
     on_gpu = getattr(dataset, "decoder", None) == "torchcodec-cuda"
     if on_gpu and num_workers:
-        raise UserError("data.decoder=torchcodec-cuda decodes in the training process (CUDA cannot be used in "
-                        "forked loader workers); set data.workers=0")
+        raise UserError(CUDA_IN_WORKERS)
     return VideoLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                        pin_memory=torch.cuda.is_available() and not on_gpu, persistent_workers=num_workers > 0,
                        drop_last=drop_last, worker_init_fn=seed_worker, collate_fn=collate_fn,

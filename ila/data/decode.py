@@ -35,6 +35,9 @@ class VideoReadError(UserError):
 
 
 DECODERS = ("pyav", "torchcodec", "torchcodec-cuda")
+# the one line for GPU decoding asked of a loader worker (build_loader refuses workers, a worker refuses to decode)
+CUDA_IN_WORKERS = ("data.decoder=torchcodec-cuda decodes in the training process (CUDA cannot be used in forked "
+                   "loader workers); set data.workers=0")
 MAX_THREADS = 64
 _warned: set[str] = set()
 

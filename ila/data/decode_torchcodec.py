@@ -20,7 +20,7 @@ import numpy as np
 
 import torch
 
-from ila.data.decode import VideoReadError, check_file, checked_indices, scaled_size
+from ila.data.decode import CUDA_IN_WORKERS, VideoReadError, check_file, checked_indices, scaled_size
 from ila.errors import UserError
 
 _AVAILABLE: tuple[bool, str] | None = None
@@ -46,8 +46,7 @@ def check_cuda_decoding() -> str:
     from torch.utils.data import get_worker_info
 
     if get_worker_info() is not None:
-        raise UserError("data.decoder=torchcodec-cuda decodes in the training process (CUDA cannot be used in "
-                        "forked loader workers); set data.workers=0")
+        raise UserError(CUDA_IN_WORKERS)
     usable, why = torchcodec_available()
     if not usable:
         raise UserError(f"data.decoder=torchcodec-cuda: {why}; or set data.decoder=pyav")
