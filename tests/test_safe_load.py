@@ -385,6 +385,15 @@ def _central_directory(raw: bytes) -> tuple[int, int]:
     return struct.unpack_from("<I", raw, eocd + 16)[0], eocd
 
 
+def _archive(path: Path, obj, records: dict[str, bytes]) -> None:
+    """A torch zip file: version 3, `obj` pickled as data.pkl, and the storage records `archive/data/NAME`."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/data.pkl", _pickled(obj))
+        for name, data in records.items():
+            z.writestr(f"archive/data/{name}", data)
+
+
 def make_bombs(root: Path) -> dict[str, Path]:
     """Files of about 1 MB (or less) that declare gigabytes."""
     bombs = {name: root / f"{name}.pt" for name in ("compressed", "declared-size", "numel", "overlap", "legacy")}
@@ -399,25 +408,16 @@ def make_bombs(root: Path) -> dict[str, Path]:
             for _ in range(32):
                 f.write(chunk)
     # a stored record whose directory entry declares 2.8 GB that are not there
-    with zipfile.ZipFile(bombs["declared-size"], "w") as z:
-        z.writestr("archive/version", "3\n")
-        z.writestr("archive/data.pkl", _pickled(_ila_like({"w": _BigTensor(HUGE)})))
-        z.writestr("archive/data/0", bytes(1 << 20))
+    _archive(bombs["declared-size"], _ila_like({"w": _BigTensor(HUGE)}), {"0": bytes(1 << 20)})
     raw = bytearray(bombs["declared-size"].read_bytes())
     last = raw.rfind(b"PK\x01\x02")                       # the directory entry of archive/data/0
     struct.pack_into("<II", raw, last + 20, 4 * HUGE, 4 * HUGE)
     bombs["declared-size"].write_bytes(bytes(raw))
     # a storage declaring 2.8 GB over a 1 MB record
-    with zipfile.ZipFile(bombs["numel"], "w") as z:
-        z.writestr("archive/version", "3\n")
-        z.writestr("archive/data.pkl", _pickled(_ila_like({"w": _BigTensor(HUGE)})))
-        z.writestr("archive/data/0", bytes(1 << 20))
+    _archive(bombs["numel"], _ila_like({"w": _BigTensor(HUGE)}), {"0": bytes(1 << 20)})
     # 2000 directory entries (2000 storages of 1 MB) that all point at the same 1 MB record
     keys = [f"{i:04d}" for i in range(2000)]
-    with zipfile.ZipFile(bombs["overlap"], "w") as z:
-        z.writestr("archive/version", "3\n")
-        z.writestr("archive/data.pkl", _pickled(_ila_like({k: _BigTensor(1 << 18, k) for k in keys})))
-        z.writestr("archive/data/0000", bytes(1 << 20))
+    _archive(bombs["overlap"], _ila_like({k: _BigTensor(1 << 18, k) for k in keys}), {"0000": bytes(1 << 20)})
     raw = bombs["overlap"].read_bytes()
     start, eocd = _central_directory(raw)
     entries = raw[start:eocd]
@@ -533,10 +533,7 @@ def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path):
         def __reduce__(self):
             return (torch._utils._rebuild_tensor_v2, (_Ref(4), 2, (2, 2), (2, 1), False, collections.OrderedDict()))
 
-    with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
-        z.writestr("archive/version", "3\n")
-        z.writestr("archive/data.pkl", _pickled({"w": Strided(4)}))
-        z.writestr("archive/data/0", bytes(16))
+    _archive(tmp_path / "x.pt", {"w": Strided(4)}, {"0": bytes(16)})
     with pytest.raises(FileRefused, match="reaches outside its storage"):
         load(tmp_path / "x.pt")
 
@@ -547,10 +544,7 @@ def test_setting_a_tensors_state_is_refused(tmp_path):
         def __reduce__(self):
             return super().__reduce__() + ((False, None, collections.OrderedDict()),)
 
-    with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
-        z.writestr("archive/version", "3\n")
-        z.writestr("archive/data.pkl", _pickled({"w": WithState(4)}))
-        z.writestr("archive/data/0", bytes(16))
+    _archive(tmp_path / "x.pt", {"w": WithState(4)}, {"0": bytes(16)})
     with pytest.raises(FileRefused, match="sets the state of a Tensor"):
         load(tmp_path / "x.pt")
 
