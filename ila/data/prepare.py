@@ -109,6 +109,7 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
              for s, n in zip(ann.samples, names)]
     result = PrepareResult()
     done: dict[int, int] = {}                       # sample -> frames of its output
+    bad: dict[int, tuple[str, str]] = {}            # sample -> (path, reason); reported in input order
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="video", disable=not progress, dynamic_ncols=True)
@@ -123,7 +124,7 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
             outcomes = pool.imap_unordered(_task, list(enumerate(tasks)), chunksize=1)
         for i, status, info in outcomes:
             if status == "bad":
-                result.bad.append((tasks[i][0], info))
+                bad[i] = (tasks[i][0], info)
             else:
                 done[i] = int(info)
                 result.written += status == "written"
@@ -136,6 +137,7 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
         bar.close()
         if workers > 1 and pool is not None:
             pool.terminate()
+    result.bad = [bad[i] for i in sorted(bad)]      # workers finish in any order; the report does not
     _write_outputs(out_dir, src, ann, names, done, result, frames_jpeg)
     if not done:                                    # nothing to train on: say so (bad_inputs.tsv lists why)
         path, why = result.bad[0]
