@@ -59,6 +59,7 @@ class Row:
     checkpointing: bool = False  # gradient checkpointing (training rows only)
     release: bool = False        # the authors' model (--release-src)
     baseline: bool = False       # ila's model from another checkout (--baseline-src)
+    baseline_fast: str | None = None  # its FastPath setting, for checkouts from before ila.fuse (--baseline-fast)
 
     @property
     def trains(self) -> bool:
@@ -77,7 +78,8 @@ def rows_for(args) -> list[Row]:
     if args.release_src:
         rows.append(Row("authors' code", release=True))
     if args.baseline_src:
-        rows.append(Row("baseline checkout", baseline=True))
+        rows += ([Row(f"baseline fast={spec}", baseline=True, baseline_fast=spec) for spec in args.baseline_fast]
+                 if args.baseline_fast else [Row("baseline checkout", baseline=True)])
     if args.amp:
         rows.append(Row(f"unfused {args.amp} autocast", None, getattr(torch, {"bf16": "bfloat16",
                                                                             "fp16": "float16"}[args.amp])))
@@ -200,6 +202,8 @@ class Runner:
         if row.release:
             return self.release(self.video, None)[0]
         model = self.baseline if row.baseline else self.model if row.fused is None else self.fused[row.fused]
+        if row.baseline_fast is not None:
+            model.fast = row.baseline_fast  # the old checkout's switches: 'off' = its straightforward path
         if row.compile:
             if row.name not in self.compiled:
                 self.compiled[row.name] = torch.compile(model)
@@ -284,6 +288,7 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
     argv += ["--release-src", args.release_src] if args.release_src else []
     argv += ["--baseline-src", args.baseline_src] if args.baseline_src else []
+    argv += ["--baseline-fast", *args.baseline_fast] if args.baseline_fast else []
     argv += ["--grad-checkpointing"] * args.grad_checkpointing
     argv += ["--rows", *args.rows] if args.rows else []
     out = subprocess.run([sys.executable, __file__, *argv, "--device", args.device, "--_memory-of", row, phase],
@@ -360,6 +365,9 @@ def main(argv=None) -> None:
                    help="also the authors' model, from a checkout of github.com/Francis-Rings/ILA")
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="also ila's model from another checkout (e.g. `git worktree add DIR main`), same weights")
+    p.add_argument("--baseline-fast", nargs="+", default=None, metavar="SPEC",
+                   help="a --baseline-src checkout from before ila.fuse (its FastPath switches): one row per setting, "
+                        "e.g. `off on` for its straightforward and fast paths")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the unfused model under autocast")
     p.add_argument("--compile", action="store_true", help="also the unfused model through torch.compile")
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")

@@ -163,6 +163,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ila import __version__
     from ila.models.registry import temporal_variants
+    from ila.presets import DEMO_RECIPE
 
     parser = _Parser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
                                      epilog="`ila COMMAND --help` shows each command's options and examples.")
@@ -290,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (data, checkpoints, PNGs, results)")
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling order)")
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
-    p.add_argument("--epochs", type=int, default=None, help="override the number of training epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs of every model (default {DEMO_RECIPE['epochs']}, the demo's recipe; "
+                        f"scripts/demo.sh passes 8 to stay under 12 minutes on 2 cores)")
     p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (--seed, --seed+1, "
                    "...) and report mean ± spread")
     p.add_argument("--data", default="flat", choices=["flat", "textured"],

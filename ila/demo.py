@@ -235,8 +235,10 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
         raise UserError(f"unknown --data {data!r}; choose from {', '.join(DATA_KINDS)}")
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise UserError(f"--seeds must be a whole number from 1 to 100; got {seeds!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000):
+        raise UserError(f"--epochs must be a whole number from 1 to 1000; got {epochs!r}")
     budget = budget or replace(QUICK if quick else FULL, **DATA_KINDS[data])
-    if epochs:
+    if epochs is not None:
         budget = replace(budget, epochs=epochs)
     variants = temporal_variants(references=False) if variants is None else tuple(variants)
     settings = tuple(settings)
@@ -257,7 +259,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
 
     seed_list = list(range(seed, seed + seeds))
     log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
-        f"({'quick' if quick else 'full'} budget, {data} set, seed(s) {', '.join(map(str, seed_list))}, settings "
+        f"({'quick' if quick else 'full'} budget: {budget.epochs} epochs, {data} set, seed(s) {', '.join(map(str, seed_list))}, settings "
         f"{', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
     suffix = "" if data == "flat" else f"-{data}"        # OUT/data, OUT/data-textured (and -appearance) side by side
     motion_data = prepare_data(out / f"data{suffix}", budget, data_seed)

@@ -120,6 +120,9 @@ def test_seeds_give_mean_and_spread_on_the_textured_set(tmp_path):
 def test_demo_refuses_bad_seeds_and_data(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "x"), "--seeds", "0"]) == 2
     assert "--seeds must be a whole number from 1 to 100" in capsys.readouterr().err
+    for epochs in ("0", "-3"):                                # 0 used to fall back to the default silently
+        assert main(["demo", "--quick", "--out", str(tmp_path / "x"), "--epochs", epochs]) == 2
+        assert f"--epochs must be a whole number from 1 to 1000; got {epochs}" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:                   # argparse: one line, exit 2
         main(["demo", "--quick", "--out", str(tmp_path / "x"), "--data", "noisy"])
     assert stop.value.code == 2 and "invalid choice: 'noisy'" in capsys.readouterr().err

@@ -110,8 +110,8 @@ class Alignment(NamedTuple):
     """What the alignment of one block produces."""
 
     aligned_tokens: torch.Tensor       # (B, T, L, D): masked patch features per frame, message class token first
-    interactive_tokens: torch.Tensor   # (B, T, L, D): trunk features per frame after temporal conv and 128->D
-                                       # (fused: already through the block's temporal_skip_fc as well)
+    interactive_tokens: torch.Tensor   # (B, T, L, D): trunk features per frame after temporal conv and 128->D,
+                                       # and through `skip` (the block's temporal_skip_fc) when given or fused
     pooled_prev: torch.Tensor          # (B, P, D): sum over cells of m_{t} * z_t   (the MI vectors of a pair)
     pooled_cur: torch.Tensor           # (B, P, D): sum over cells of m_{t+1} * z_{t+1}
     points: torch.Tensor               # (B, P, 4): interactive points, scaled to [-0.75, 0.75]
@@ -136,7 +136,11 @@ class ImplicitAlignment(nn.Module):
         self.class_proj = nn.Identity()  # the interactive class token as it is (`ila.fuse` puts the skip here)
         self.delta = 0.0  # disturbance offset used in training; set by the model
 
-    def forward(self, a: torch.Tensor) -> Alignment:
+    def forward(self, a: torch.Tensor, skip: nn.Linear | None = None) -> Alignment:
+        """`skip`: the linear that reads the interactive tokens (the block's `temporal_skip_fc`). It is folded into
+        `token_proj` on the fly, one C/2 -> D linear on every token instead of C/2 -> D then D -> D: the product of
+        the two weights, `(D, D) x (D, C/2)`, costs far less than the D -> D linear over B*T*N tokens, and autograd
+        differentiates through it. None when `ila.fuse` has folded it in already (or there is none)."""
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
@@ -159,7 +163,12 @@ class ImplicitAlignment(nn.Module):
         per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
-        interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
+        if skip is None:
+            interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
+        else:  # skip(W_p x + b_p) = (W_s W_p) x + (W_s b_p + b_s); the class token through skip alone
+            proj = self.token_proj
+            folded = F.linear(conv, skip.weight @ proj.weight, F.linear(proj.bias, skip.weight, skip.bias))
+            interactive = torch.cat([skip(self.class_proj(cls)), folded], dim=2)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

@@ -1,6 +1,8 @@
 """Inference fusion: `fuse(model)` rewrites a trained model, in place, into one that computes the same outputs with
 less work (the idea of timm's `reparameterize_model`). The model keeps one forward for training and evaluation;
-these rewrites pay only without autograd, so they are an explicit step taken once, for inference.
+these rewrites pay only without autograd, so they are an explicit step taken once, for inference. (Two folds also
+pay under autograd, and the training forward does them on the fly, on the weights: `skip` in
+`ImplicitAlignment.forward`, `quick_gelu` in `MLP.forward`; fusing them stores the folded weights once.)
 
 Each rewrite has a name, and `fuse(model, ablation=[...])` leaves the named ones out, so each can be measured:
 
@@ -216,7 +218,7 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     """Rewrite `model` (an ILAModel) in place for inference; `ablation`: names from FUSIONS to leave out.
     Returns the model, in eval mode and inference-only. Fusing a fused model again is an error."""
     from ila.models.alignment import ImplicitAlignment
-    from ila.models.clip import MLP, QuickGELU, ResidualAttentionBlock
+    from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
     from ila.models.ist_block import ISTBlock
 
     left_out = parse_ablation(ablation)
@@ -242,9 +244,10 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
             module.alignment.class_proj = _linear(skip, onednn)
             module.temporal_skip_fc = nn.Identity()
         if "quick_gelu" in rewrites and isinstance(module, MLP) and isinstance(module.gelu, QuickGELU):
-            module.c_fc = FusedLinear(module.c_fc.weight * 1.702, module.c_fc.bias * 1.702, "silu", onednn)
+            module.c_fc = FusedLinear(module.c_fc.weight * QUICK_GELU_SCALE, module.c_fc.bias * QUICK_GELU_SCALE, "silu",
+                                      onednn)
             module.gelu = nn.Identity()
-            module.c_proj = FusedLinear(module.c_proj.weight / 1.702, module.c_proj.bias, None, onednn)
+            module.c_proj = FusedLinear(module.c_proj.weight / QUICK_GELU_SCALE, module.c_proj.bias, None, onednn)
     if "qkv" in rewrites:
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
