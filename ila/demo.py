@@ -259,8 +259,8 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
 
     seed_list = list(range(seed, seed + seeds))
     log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
-        f"({'quick' if quick else 'full'} budget: {budget.epochs} epochs, {data} set, seed(s) {', '.join(map(str, seed_list))}, settings "
-        f"{', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
+        f"({'quick' if quick else 'full'} budget: {budget.epochs} epochs, {data} set, seed(s) "
+        f"{', '.join(map(str, seed_list))}, settings {', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
     suffix = "" if data == "flat" else f"-{data}"        # OUT/data, OUT/data-textured (and -appearance) side by side
     motion_data = prepare_data(out / f"data{suffix}", budget, data_seed)
     results: dict[tuple[str, str], list[dict]] = {}

@@ -1,8 +1,9 @@
 """Inference fusion: `fuse(model)` rewrites a trained model, in place, into one that computes the same outputs with
 less work (the idea of timm's `reparameterize_model`). The model keeps one forward for training and evaluation;
 these rewrites pay only without autograd, so they are an explicit step taken once, for inference. (Two folds also
-pay under autograd, and the training forward does them on the fly, on the weights: `skip` in
-`ImplicitAlignment.forward`, `quick_gelu` in `MLP.forward`; fusing them stores the folded weights once.)
+pay under autograd, and the training forward does them on the fly: `skip` as a weight product in
+`ImplicitAlignment.forward`, `quick_gelu` as one SiLU with the scalings on the MLP's D-wide input and output in
+`MLP.forward`; fusing stores the folded weights once.)
 
 Each rewrite has a name, and `fuse(model, ablation=[...])` leaves the named ones out, so each can be measured:
 
