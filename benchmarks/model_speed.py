@@ -195,6 +195,14 @@ class Runner:
         self.release = next((release_model(args, self.cfg, self.model, self.text).to(device)
                              for row in rows if row.release), None)
         self.baseline = next((baseline_model(args, self.model).to(device) for row in rows if row.baseline), None)
+        for spec in args.baseline_fast or ():  # checked once here, not in the timed loop
+            if not hasattr(self.baseline, "fast"):
+                raise SystemExit(f"--baseline-fast: the checkout in {args.baseline_src} has no FastPath switches "
+                                 f"(it is from after ila.fuse); leave --baseline-fast out")
+            try:
+                self.baseline.fast = spec
+            except Exception as e:  # the old checkout's own error type
+                raise SystemExit(f"--baseline-fast {spec}: {e}") from None
         self.compiled = {}
         self.opts = {}
 
@@ -378,6 +386,8 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--_memory-of", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.baseline_fast and not args.baseline_src:
+        p.error("--baseline-fast sets the FastPath of a --baseline-src checkout; give --baseline-src DIR too")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
