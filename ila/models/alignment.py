@@ -106,6 +106,12 @@ def merge_pairs(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def compose_linears(inner: nn.Linear, outer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of `outer(inner(x))` as one linear: W_o (W_i x + b_i) + b_o = (W_o W_i) x + (W_o b_i + b_o).
+    Differentiable (the training forward uses it under autograd); `ila.fuse` stores its result once."""
+    return outer.weight @ inner.weight, F.linear(inner.bias, outer.weight, outer.bias)
+
+
 class Alignment(NamedTuple):
     """What the alignment of one block produces."""
 
@@ -136,11 +142,12 @@ class ImplicitAlignment(nn.Module):
         self.class_proj = nn.Identity()  # the interactive class token as it is (`ila.fuse` puts the skip here)
         self.delta = 0.0  # disturbance offset used in training; set by the model
 
-    def forward(self, a: torch.Tensor, skip: nn.Linear | None = None) -> Alignment:
-        """`skip`: the linear that reads the interactive tokens (the block's `temporal_skip_fc`). It is folded into
-        `token_proj` on the fly, one C/2 -> D linear on every token instead of C/2 -> D then D -> D: the product of
-        the two weights, `(D, D) x (D, C/2)`, costs far less than the D -> D linear over B*T*N tokens, and autograd
-        differentiates through it. None when `ila.fuse` has folded it in already (or there is none)."""
+    def forward(self, a: torch.Tensor, skip: nn.Module | None = None) -> Alignment:
+        """`skip`: what reads the interactive tokens (the block's `temporal_skip_fc`), applied here. A plain
+        linear is folded into `token_proj` on the fly: one C/2 -> D linear on every token instead of C/2 -> D then
+        D -> D (the product of the two weights, `(D, D) x (D, C/2)`, costs far less than a D -> D linear over
+        B*T*N tokens, and autograd differentiates through it). Anything else runs after the projection: the
+        identity once `ila.fuse` has folded it, a fused linear when the `skip` rewrite was left out."""
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
@@ -163,12 +170,12 @@ class ImplicitAlignment(nn.Module):
         per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
-        if skip is None:
-            interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
-        else:  # skip(W_p x + b_p) = (W_s W_p) x + (W_s b_p + b_s); the class token through skip alone
-            proj = self.token_proj
-            folded = F.linear(conv, skip.weight @ proj.weight, F.linear(proj.bias, skip.weight, skip.bias))
+        if isinstance(skip, nn.Linear):                                   # the class token through skip alone
+            folded = F.linear(conv, *compose_linears(self.token_proj, skip))
             interactive = torch.cat([skip(self.class_proj(cls)), folded], dim=2)
+        else:
+            interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
+            interactive = interactive if skip is None else skip(interactive)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
 

@@ -218,7 +218,7 @@ def _linear(layer: nn.Module, onednn: bool, act: str | None = None) -> nn.Module
 def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Module:
     """Rewrite `model` (an ILAModel) in place for inference; `ablation`: names from FUSIONS to leave out.
     Returns the model, in eval mode and inference-only. Fusing a fused model again is an error."""
-    from ila.models.alignment import ImplicitAlignment
+    from ila.models.alignment import ImplicitAlignment, compose_linears
     from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
     from ila.models.ist_block import ISTBlock
 
@@ -240,8 +240,7 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
             module.point_head.spatial = fold_conv_bn_relu(module.point_head.spatial, onednn)
         if "skip" in rewrites and isinstance(module, ISTBlock):
             proj, skip = module.alignment.token_proj, module.temporal_skip_fc
-            module.alignment.token_proj = FusedLinear(skip.weight @ proj.weight, skip.weight @ proj.bias + skip.bias,
-                                                      onednn=onednn)
+            module.alignment.token_proj = FusedLinear(*compose_linears(proj, skip), onednn=onednn)
             module.alignment.class_proj = _linear(skip, onednn)
             module.temporal_skip_fc = nn.Identity()
         if "quick_gelu" in rewrites and isinstance(module, MLP) and isinstance(module.gelu, QuickGELU):

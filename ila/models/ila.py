@@ -31,11 +31,6 @@ class ILAOutput:
     video_features: torch.Tensor         # (B, E) MIT output (text head) / logits (classifier head)
 
 
-def video_blocks(cfg: ModelConfig) -> list[nn.Module]:
-    """The blocks of the registered temporal variant `cfg.temporal` (`ila.models.registry.create_blocks`)."""
-    return create_blocks(cfg)
-
-
 class ILAModel(nn.Module):
     """ILA (or a baseline sharing its backbone and head), configured by a `ModelConfig`."""
 
@@ -43,7 +38,7 @@ class ILAModel(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         self.visual = VisionTower(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width, cfg.embed_dim,
-                                  video_blocks(cfg))
+                                  create_blocks(cfg))
         self.visual.transformer.grad_checkpointing = cfg.grad_checkpointing
         if cfg.head == "text":
             self.text = TextTower(cfg.context_length, cfg.vocab_size, cfg.transformer_width, cfg.transformer_layers,

@@ -50,15 +50,10 @@ class ISTBlock(nn.Module):
         first `queries` tokens come out (the others still enter the attention as keys and values)."""
         bt, length, width = x.shape
         a = self.message_ln(self.message_fc(x))
-        # the alignment folds temporal_skip_fc into its token projection; a fused model has done that already
-        # (Identity here) or kept it apart (a fused linear, with the `skip` rewrite left out)
-        fold = isinstance(self.temporal_skip_fc, nn.Linear)
-        al = self.alignment(a.view(-1, self.frames, length, width), self.temporal_skip_fc if fold else None)
+        al = self.alignment(a.view(-1, self.frames, length, width), skip=self.temporal_skip_fc)
         if self.record:
             self.last = al
-        inter = al.interactive_tokens.view(bt, length, width)
-        if not fold:
-            inter = self.temporal_skip_fc(inter)
+        inter = al.interactive_tokens.view(bt, length, width)              # already through temporal_skip_fc
         aligned, align_fc = al.aligned_tokens.view(bt, length, width), self.temporal_skip_align_fc
         if isinstance(self.drop_path, nn.Identity) or not self.training:  # X1 = X + Linear_align(.) + interactive
             x = align_fc(aligned, residual=x + inter)
