@@ -132,6 +132,9 @@ def release_model(args, cfg, model: ILAModel, text: torch.Tensor | None):
     try:
         import clip  # noqa: F401  (their package order: clip first, it imports models.xclip)
         from models.xclip import build_model as build_release
+    except ImportError as e:
+        raise SystemExit(f"--release-src {src}: cannot import the authors' model ({e}); it needs their whole "
+                         f"checkout and einops, ftfy and regex installed") from None
     finally:
         sys.path.remove(src)
     state = ila_to_release(model.state_dict(), cfg.interactive_block)
