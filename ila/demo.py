@@ -29,7 +29,7 @@ import torch
 
 from ila.errors import UserError
 from ila.models.registry import temporal_variants
-from ila.presets import DEMO_RECIPE
+from ila.presets import DEMO_RECIPE, PRESETS
 
 VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")
@@ -42,7 +42,7 @@ class Budget:
 
     train_clips: int = 2560
     val_clips: int = 320
-    frames: int = 16            # frames per generated video (the model samples 8 by segments)
+    frames: int = 16            # frames per generated video (the `demo` preset samples 6 by segments)
     motion: tuple = (0.7, 1.0)  # generator: motion amplitude range (fraction of the largest)
     distractors: int = 0        # generator: static distractor shapes per clip
     texture: float = 0.0        # generator: background texture strength (0: flat)
@@ -115,7 +115,7 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
              "warmup_epochs": budget.warmup_epochs, "mixup": 0.0, "cutmix": 0.0,
              "label_smoothing": budget.label_smoothing, "align_loss_weight": budget.align_loss_weight,
              "seed": seed, "eval_every_epochs": budget.val_every, "keep_last": 1}
-    frames = 8
+    frames = PRESETS["demo"].model.num_frames
     if setting == "frozen":
         if tower is None:
             raise UserError("the frozen setting needs the pretrained tower's checkpoint")
