@@ -92,6 +92,28 @@ def test_state_round_trips_and_a_resumed_optimizer_gets_the_same_lrs(name):
     assert all(lrs(opt, sched, t) == lrs(resumed, again, t) for t in range(11, 32))
 
 
+def test_create_optimizer_uses_the_fused_kernel_with_the_same_updates():
+    """On a CPU the factory's AdamW is torch's fused kernel; a step from the same weights and gradients moves
+    them as the per-tensor AdamW with the same groups does, to float rounding (one step: after it, Adam turns
+    the rounding differences of near-zero gradients into steps of the learning rate's size)."""
+    cfg = load_config("tiny", ["train.lr=1e-2", "train.weight_decay=0.05"])
+    models = [ILAModel(cfg.model) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = {n: p.detach().clone() for n, p in models[0].named_parameters()}
+    fused = create_optimizer(models[0], cfg)
+    loop = torch.optim.AdamW(param_groups(models[1], 1e-2, 0.05, cfg.train.optimizer_groups), betas=BETAS, eps=EPS,
+                             foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    video = torch.randn(2, cfg.model.num_frames, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for model, opt in zip(models, (fused, loop)):
+        opt.zero_grad()
+        model(video).logits.square().mean().backward()
+        opt.step()
+    moved = [(a - b).abs().max().item() for a, b in zip(models[0].parameters(), models[1].parameters())]
+    assert max(moved) < 1e-7
+    assert any((p - start[n]).abs().max() > 1e-3 for n, p in models[0].named_parameters())
+
+
 def test_create_optimizer_is_adamw_on_the_release_or_uniform_groups():
     model = ILAModel(load_config("tiny", ["model.temporal=ila"]).model)
     model.set_trainable(full_finetune=True)
