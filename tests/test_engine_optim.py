@@ -110,7 +110,7 @@ def test_create_optimizer_uses_the_fused_kernel_with_the_same_updates():
         model(video).logits.square().mean().backward()
         opt.step()
     moved = [(a - b).abs().max().item() for a, b in zip(models[0].parameters(), models[1].parameters())]
-    assert max(moved) < 1e-7
+    assert max(moved) < 1e-6                                # an update is ~1e-2 (the lr): 4 orders above
     assert any((p - start[n]).abs().max() > 1e-3 for n, p in models[0].named_parameters())
 
 
