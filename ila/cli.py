@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny budget that only checks that everything runs")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs of every model (default {DEMO_RECIPE['epochs']}, the demo's recipe; "
-                        f"scripts/demo.sh passes 10 to stay under 12 minutes on 2 cores)")
+                        f"scripts/demo.sh passes 12 to stay under 12 minutes on 2 cores)")
     p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (--seed, --seed+1, "
                    "...) and report mean ± spread")
     p.add_argument("--data", default="flat", choices=["flat", "textured"],
