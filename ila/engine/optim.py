@@ -65,9 +65,8 @@ def create_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     tensors instead of a loop over ~200 of them (the demo model's step: 1.4 ms instead of 5.9 on 2 CPU cores)."""
     t = cfg.train
     groups = param_groups(model, t.lr, t.weight_decay, t.optimizer_groups)
-    devices = {p.device.type for g in groups for p in g["params"]}
-    fused = bool(devices) and devices <= {"cpu", "cuda"}
-    return torch.optim.AdamW(groups, betas=BETAS, eps=EPS, fused=fused or None)
+    fused = {p.device.type for g in groups for p in g["params"]} <= {"cpu", "cuda"}
+    return torch.optim.AdamW(groups, betas=BETAS, eps=EPS, fused=fused)
 
 
 # ------------------------------------------------------------------------------------------ schedules
