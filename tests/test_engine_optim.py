@@ -35,7 +35,7 @@ def lrs(opt, sched, step):
     return [g["lr"] for g in opt.param_groups]
 
 
-@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("name", SCHEDULES.names())
 def test_every_schedule_warms_up_linearly_from_zero(name):
     opt, sched = schedule(name)                                      # 30 steps, 6 of warm-up
     assert lrs(opt, sched, 0) == [0.0, 0.0]
@@ -75,7 +75,7 @@ def test_constant_holds_each_groups_lr_after_the_warm_up():
     assert lrs(opt, sched, 0) == BASE
 
 
-@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("name", SCHEDULES.names())
 def test_state_round_trips_and_a_resumed_optimizer_gets_the_same_lrs(name):
     opt, sched = schedule(name)
     lrs(opt, sched, 11)

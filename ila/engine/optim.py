@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ila.config import SCHEDULES
+
 BETAS, EPS = (0.9, 0.98), 1e-8          # the release's AdamW
 
 
@@ -100,11 +102,9 @@ class Schedule:
     description: str                    # after the warm-up; {floor} is train.lr / 100
 
 
-SCHEDULES: dict[str, Schedule] = {       # train.schedule's allowed values are these names
-    "cosine": Schedule(_cosine, "per-step cosine to {floor}"),
-    "linear": Schedule(_linear, "per-step linear decay to {floor}"),
-    "constant": Schedule(_constant, "constant at each group's lr"),
-}
+SCHEDULES.register("cosine", Schedule(_cosine, "per-step cosine to {floor}"))   # train.schedule's values
+SCHEDULES.register("linear", Schedule(_linear, "per-step linear decay to {floor}"))
+SCHEDULES.register("constant", Schedule(_constant, "constant at each group's lr"))
 
 
 def warmup_steps(cfg, steps_per_epoch: int) -> int:
@@ -117,14 +117,14 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int
     `step_update(step)` before each step. Its `state_dict()` / `load_state_dict()` round-trip, though resuming
     needs neither: the lr is a function of the step."""
     t = cfg.train
-    return SCHEDULES[t.schedule].build(optimizer, t.epochs * steps_per_epoch, warmup_steps(cfg, steps_per_epoch),
+    return SCHEDULES.get(t.schedule).obj.build(optimizer, t.epochs * steps_per_epoch, warmup_steps(cfg, steps_per_epoch),
                                        t.lr / 100)
 
 
 def describe_schedule(cfg, steps_per_epoch: int) -> str:
     """The schedule in words, for the run header: 'N epochs x S steps, linear warm-up ..., then ...'."""
     t = cfg.train
-    after = SCHEDULES[t.schedule].description.format(floor=f"{t.lr / 100:.3g}")
+    after = SCHEDULES.get(t.schedule).obj.description.format(floor=f"{t.lr / 100:.3g}")
     warmup = (f"linear warm-up over {t.warmup_epochs:g} epoch(s) from 0, then {after}"
               if warmup_steps(cfg, steps_per_epoch) else f"no warm-up, {after}")
     return f"{t.epochs} epochs x {steps_per_epoch} steps, {warmup} (base lr {t.lr:.3g})"
