@@ -35,9 +35,9 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ila.engine.predict import Predictor
+    from ila.engine.session import InferenceSession
 
-    predictor = Predictor(args.checkpoint, overrides=["device=cpu"])
+    predictor = InferenceSession(args.checkpoint, overrides=["device=cpu"])
     # reset the high-water mark (a child's ru_maxrss starts at its parent's peak, and imports peak too)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -148,7 +148,7 @@ def write_config(cfg, path: Path) -> Path:
 
 def train_and_eval(cfg, config_path: Path, log) -> dict:
     """Train one model with the engine (`ila train`), then evaluate its final checkpoint (`ila eval`)."""
-    from ila.engine.checkpoint import latest_checkpoint
+    from ila.weights.checkpoint import latest_checkpoint
     from ila.engine.evaluate import run_eval
     from ila.engine.loaders import read_split, video_dataset
     from ila.engine.report import read_metrics

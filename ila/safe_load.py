@@ -37,7 +37,7 @@ import torch
 
 from ila.errors import UserError, one_line, printable
 
-__all__ = ["FileRefused", "FileUnreadable", "ScriptObject", "check_model_fits", "held_bytes", "load",
+__all__ = ["FileRefused", "FileUnreadable", "ScriptObject", "held_bytes", "load",
            "script_state_dict"]
 
 
@@ -665,22 +665,3 @@ def held_bytes(tensors) -> int:
             st = t.untyped_storage()
             seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
     return sum(seen.values())
-
-
-_MODEL_ALLOWANCE = 256 << 20    # bytes of float32 parameters any model may have, whatever its weights file holds
-_MODEL_RATIO = 8                # otherwise: at most this many times the bytes of weights the file supplied
-
-
-def check_model_fits(cfg, tensors, source) -> None:
-    """Refuse to build the model `cfg` describes when its parameters would take far more memory than the weights
-    it is built from (`tensors`): shapes such as `(65536, 3, 8, 0)` hold no bytes but declare a huge model.
-    The model is counted on the meta device, so nothing is allocated."""
-    from ila.models.ila import ILAModel
-
-    with torch.device("meta"):
-        model = ILAModel(cfg)
-    need = 4 * sum(t.numel() for t in list(model.parameters()) + list(model.buffers()))
-    have = held_bytes(tensors)
-    if need > _MODEL_RATIO * have + _MODEL_ALLOWANCE:
-        raise UserError(f"{printable(source)}: its weights describe a model of {need / 2 ** 30:.1f} GiB, far more "
-                        f"than the {have / 2 ** 20:.1f} MiB of weights it holds; refusing to build it")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ila.cli import main
-from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,10 +34,10 @@ def run_cli(capsys, *argv):
 
 
 def test_train_then_resume_for_more_epochs(run, capsys):
-    assert (run / "config.yaml").is_file() and ckpt.read_checkpoint(run)["train_state"]["step"] == 2
+    assert (run / "config.yaml").is_file() and stored.read_checkpoint(run, resume=True)["train_state"]["step"] == 2
     code, out, _ = run_cli(capsys, "train", "--resume", run, "--set", "train.epochs=2", "train.stop_at_step=3")
     assert code == 0 and "resuming at step 2" in out
-    assert ckpt.read_checkpoint(run)["train_state"]["step"] == 3
+    assert stored.read_checkpoint(run, resume=True)["train_state"]["step"] == 3
 
 
 def test_eval_prints_and_writes_accuracy(run, tmp_path, capsys):
@@ -87,7 +87,7 @@ def test_convert_a_release_checkpoint_and_predict_new_classes(fixtures_dir, moti
     (["train", "--set", "train.lr=1"], "give --config CONFIG"),
     (["train", "--config", "tiny", "--set", "data.train_list=nope.txt", "train.init=none"],
      "annotation file not found: "),                # the path, made absolute (saved configs work anywhere)
-    (["eval", "--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
+    (["eval", "--checkpoint", "missing.pt"], "missing.pt: no such file or folder"),
     (["convert", "missing.pth", "out.pt"], "not found: missing.pth"),
 ])
 def test_mistakes_print_one_line(argv, message, capsys, tmp_path, monkeypatch):
@@ -108,9 +108,12 @@ def test_predict_mistakes_print_one_line(run, motion, tmp_path, capsys):
         ([tmp_path / "empty"], "holds no video files"),
         ([broken], "broken.mp4"),
         ([video, "--visualize", tmp_path / "x.png", "--block", "7"], "--block 7 is out of range"),
-        ([video, "--classes", nine], "is a classifier of 8 classes, but --classes names 9"),
+        ([video, "--classes", nine], "classifier has 8 outputs but the --classes names 9"),
         ([video, "--topk", "0"], "--topk 0"),
     ]:
-        code, _, err = run_cli(capsys, "predict", "--checkpoint", run, *argv)
+        code, _, err = run_cli(capsys, "predict", "--checkpoint", run / "best.pt", *argv)
         assert code == 2 and message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
+    # a run directory stands for its best.pt, said in one line before the error
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", run, broken)
+    assert code == 2 and err.splitlines()[0].startswith(f"{run}: using best.pt") and len(err.splitlines()) == 2

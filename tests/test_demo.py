@@ -19,7 +19,7 @@ from ila.data.cache import MemoryVideoDataset
 from ila.data.dataset import VideoDataset
 from ila.data.synthetic import SHAPES, appearance_class_names, make_appearance_dataset
 from ila.demo import QUICK, VARIANTS, prepare_data
-from ila.engine.checkpoint import read_checkpoint
+from ila.weights.checkpoint import read_checkpoint
 from ila.models.ila import parameter_group
 
 

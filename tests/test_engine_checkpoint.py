@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import ila
 from ila.config import load_config
 from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.engine.atomic import atomic_path
 from ila.errors import UserError
 from ila.models import build_model
@@ -23,9 +25,9 @@ def test_checkpoint_is_plain_and_rebuilds_the_model(tmp_path):
     model, cfg = tiny_model()
     path = ckpt.save_checkpoint(tmp_path / "m.pt", model, cfg, ["a", "b"])
     raw = torch.load(path, weights_only=True)            # no pickled code, nothing but data
-    assert raw["format"] == ckpt.FORMAT and raw["class_names"] == ["a", "b"]
+    assert raw["format"] == stored.FORMAT and raw["class_names"] == ["a", "b"]
     assert raw["config"]["model"]["temporal"] == "mean" and raw["config"]["model"]["preset"] == "tiny"
-    loaded, cfg2, names, _ = ckpt.load_checkpoint(path)  # needs no other input
+    loaded, cfg2, names = ila.load_checkpoint(path)  # needs no other input
     assert cfg2 == cfg and names == ["a", "b"]
     video = torch.randn(2, 4, 3, 32, 32)
     model.eval(), loaded.eval()
@@ -50,28 +52,49 @@ def test_keep_last_and_latest(tmp_path):
     model, cfg = tiny_model()
     for step in (3, 6, 9, 12):
         ckpt.save_step_checkpoint(tmp_path, step, 2, model, cfg, [], {"step": step})
-    assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["checkpoint-00000009.pt", "checkpoint-00000012.pt"]
-    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-00000012.pt"
-    assert ckpt.read_checkpoint(tmp_path)["train_state"] == {"step": 12}   # a run directory means its latest
+    assert [p.name for p in stored.step_checkpoints(tmp_path)] == ["checkpoint-00000009.pt", "checkpoint-00000012.pt"]
+    assert stored.latest_checkpoint(tmp_path).name == "checkpoint-00000012.pt"
+    assert stored.read_checkpoint(tmp_path)["train_state"] == {"step": 12}   # no best.pt: the newest that loads
+
+
+def test_a_run_directory_means_best_pt_where_it_exists_said_on_stderr(tmp_path, capsys):
+    """Everywhere a run directory is given for inference (eval, predict, features, export, ila.create_model) it
+    stands for its best.pt, else the newest checkpoint that loads; one line on stderr says which. Resuming takes
+    the newest step checkpoint, which holds the training state."""
+    model, cfg = tiny_model()
+    ckpt.save_step_checkpoint(tmp_path, 4, 2, model, cfg, ["a"], {"step": 4})
+    (tmp_path / "checkpoint-00000009.pt").write_bytes(b"cut short")         # newer, unreadable: skipped
+    path, state = stored.run_checkpoint(tmp_path)
+    assert path.name == "checkpoint-00000004.pt" and state["train_state"] == {"step": 4}
+    err = capsys.readouterr().err
+    assert "skipping unreadable checkpoint" in err and "no best.pt (no validation ran); using checkpoint-00000004.pt" in err
+    ckpt.save_checkpoint(tmp_path / "best.pt", model, cfg, ["a"], metrics={"top1": 62.5, "epoch": 2, "step": 3})
+    path, state = stored.run_checkpoint(tmp_path)
+    assert path.name == "best.pt" and state["metrics"]["top1"] == 62.5
+    assert capsys.readouterr().err.strip() == f"{tmp_path}: using best.pt (the best validation top-1, 62.50 % at epoch 2)"
+    record = ila.read_weights(tmp_path, quiet=True)
+    assert record.kind == "checkpoint" and record.path.name == "best.pt"
+    loaded = ila.create_model(weights=tmp_path)
+    assert not loaded.training and loaded.class_names == ["a"]
 
 
 def test_mismatched_weights_and_foreign_files_are_user_errors(tmp_path):
     model, cfg = tiny_model()
     path = ckpt.save_checkpoint(tmp_path / "m.pt", model, cfg, [])
-    with pytest.raises(UserError, match="weights do not fit the config"):
-        ckpt.load_checkpoint(path, ["model.vision_width=128"])
+    with pytest.raises(UserError, match="the weights have vision_width=64 but the config says model.vision_width=128"):
+        ila.load_checkpoint(path, ["model.vision_width=128"])
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not an ila checkpoint.*ila convert"):
-        ckpt.read_checkpoint(tmp_path / "other.pt")
+        stored.read_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable ila checkpoint"):
-        ckpt.read_checkpoint(tmp_path / "junk.pt")
+        stored.read_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(UserError, match="does not exist"):
-        ckpt.read_checkpoint(tmp_path / "missing.pt")
+        stored.read_checkpoint(tmp_path / "missing.pt")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="holds no checkpoint"):
-        ckpt.read_checkpoint(empty)
+        stored.read_checkpoint(empty)
 
 
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path):

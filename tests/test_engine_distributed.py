@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.engine.distributed import Env, ShardSampler, TrainSampler
 from ila.engine.evaluate import run_eval
 from ila.engine.train import train
@@ -57,7 +57,7 @@ def test_two_processes_train_and_evaluate_like_one(motion, tmp_path):
             "train.lr=1e-3", "train.optimizer_groups=uniform", "train.warmup_epochs=1", "train.epochs=2",
             "eval.batch_size=4", "train.weight_decay=3e-3", *sets, "train.batch_size=2"]   # tiny()'s recipe
     torchrun("train", "--config", "tiny", "--output", str(tmp_path / "ddp"), "--set", *args)
-    state = ckpt.read_checkpoint(tmp_path / "ddp")
+    state = stored.read_checkpoint(tmp_path / "ddp", resume=True)
     assert state["train_state"]["world"] == 2 and len(state["train_state"]["rng"]) == 2
     assert_same_weights(weights_of(single), state["model"], exact=False)
 
@@ -77,7 +77,7 @@ def test_two_processes_train_and_evaluate_like_one(motion, tmp_path):
 
 
 def weights_of(run):
-    return ckpt.read_checkpoint(run)["model"]
+    return stored.read_checkpoint(run, resume=True)["model"]
 
 
 def test_sync_bn_needs_gpus(motion, tmp_path):

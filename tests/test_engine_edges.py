@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ila.cli import main
-from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.engine.checkpoint import save_checkpoint
 from ila.engine.evaluate import run_eval
 from ila.engine.runlock import RunLock
@@ -101,7 +101,7 @@ def test_classes_on_a_classifier_must_name_exactly_its_classes(motion, tmp_path,
     video = str(motion / "val" / "000000.mp4")
     code = main(["predict", "--checkpoint", str(path), video, "--classes", "a,b,c"])
     err = capsys.readouterr().err
-    assert code == 2 and "classifier of 8 classes, but --classes names 3" in err
+    assert code == 2 and "classifier has 8 outputs but the --classes names 3" in err and "--trim-classifier" in err
     names = [f"c{i}" for i in range(8)]
     code = main(["predict", "--checkpoint", str(path), video, "--classes", ",".join(names), "--topk", "8"])
     captured = capsys.readouterr()
@@ -115,7 +115,7 @@ def test_train_checks_every_file_before_the_first_step(motion, tmp_path):
     cfg = tiny(motion, tmp_path / "run", f"data.train_list={tmp_path}/train.txt")
     with pytest.raises(UserError, match=r"2 of 10 videos of data.train_list .* do not exist .*missing1.mp4"):
         train(cfg)
-    assert ckpt.step_checkpoints(tmp_path / "run") == []
+    assert stored.step_checkpoints(tmp_path / "run") == []
 
 
 def test_a_failed_validation_keeps_the_epoch_and_resume_validates_it_first(motion, tmp_path):
@@ -128,14 +128,14 @@ def test_a_failed_validation_keeps_the_epoch_and_resume_validates_it_first(motio
     shutil.copytree(motion / "train", tmp_path / "train")
     with pytest.raises(UserError, match=r"validation after epoch 1: .*000003.mp4.*checkpoint-00000004.pt.*--resume"):
         train(cfg)
-    state = ckpt.read_checkpoint(tmp_path / "run")
+    state = stored.read_checkpoint(tmp_path / "run", resume=True)
     assert state["train_state"]["step"] == 4 and state["train_state"]["validation_pending"] is True
     shutil.copy(motion / "val" / "000003.mp4", val / "000003.mp4")     # the user fixes the file
     train(cfg, resume=str(tmp_path / "run"))
-    assert_same_weights(ckpt.read_checkpoint(reference)["model"], ckpt.read_checkpoint(tmp_path / "run")["model"])
+    assert_same_weights(stored.read_checkpoint(reference, resume=True)["model"], stored.read_checkpoint(tmp_path / "run", resume=True)["model"])
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in metrics if "val_top1" in r] == [1, 2]            # epoch 1 validated once
-    assert ckpt.best_metrics(tmp_path / "run")["top1"] == ckpt.best_metrics(reference)["top1"]
+    assert stored.best_metrics(tmp_path / "run")["top1"] == stored.best_metrics(reference)["top1"]
 
 
 def test_one_writer_per_run_directory_and_stale_temporaries_go(motion, tmp_path):
@@ -150,7 +150,7 @@ def test_one_writer_per_run_directory_and_stale_temporaries_go(motion, tmp_path)
         with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on .*choose another --output"):
             train(tiny(motion, run, "train.stop_at_step=1"))
     train(tiny(motion, run, "train.stop_at_step=1"))                 # the lock went with its holder
-    assert ckpt.latest_checkpoint(run).name == "checkpoint-00000001.pt"
+    assert stored.latest_checkpoint(run).name == "checkpoint-00000001.pt"
 
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
@@ -172,13 +172,13 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
 def test_resume_falls_back_to_the_newest_checkpoint_that_loads(motion, tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny(motion, run, "train.save_every_steps=1", "train.stop_at_step=3"))
-    newest = ckpt.latest_checkpoint(run)
+    newest = stored.latest_checkpoint(run)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])     # cut short, as by a dying disk
     capsys.readouterr()
     train(tiny(motion, run, "train.save_every_steps=1", "train.stop_at_step=4"))
     captured = capsys.readouterr()
     assert f"skipping unreadable checkpoint {newest}" in captured.err and "resuming at step 2" in captured.out
-    assert ckpt.read_checkpoint(run)["train_state"]["step"] == 4
+    assert stored.read_checkpoint(run, resume=True)["train_state"]["step"] == 4
 
 
 @pytest.fixture
@@ -210,14 +210,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(motion, tiny
             "train.epochs=2", "train.warmup_epochs=1", "train.batch_size=2", "train.eval_every_epochs=0",
             "train.save_every_steps=1"]
     assert main(["train", "--config", "tiny", "--output", str(run), *sets, "train.stop_at_step=2"]) == 0
-    last = ckpt.latest_checkpoint(run)
+    last = stored.latest_checkpoint(run)
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
     fill(tiny_disk)
     capsys.readouterr()
     code = main(["train", "--config", "tiny", "--output", str(run), *sets, "train.stop_at_step=3"])
     err = error_line(capsys.readouterr().err)
     assert code == 2 and "no space left on device" in err and str(run) in err
-    assert hashlib.sha256(last.read_bytes()).hexdigest() == digest and ckpt.latest_checkpoint(run) == last
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == digest and stored.latest_checkpoint(run) == last
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
     code = main(["eval", "--checkpoint", str(run), "--output", str(tiny_disk / "eval"), "--set", "data.workers=0"])
     assert code == 2 and "no space left on device" in error_line(capsys.readouterr().err)

@@ -1,5 +1,6 @@
 """Evaluation: metrics by hand, multi-view averaging, the release's BatchNorm quirk, and the files `ila eval` writes."""
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -9,10 +10,12 @@ import torch
 from ila.data.annotations import load_annotations
 from ila.engine.checkpoint import save_checkpoint
 from ila.engine.classes import ClassText
-from ila.engine.distributed import Env, ShardSampler
-from ila.engine.evaluate import classification_metrics, run_eval, score_videos
-from ila.engine.loaders import loader, video_dataset
+from ila.engine.distributed import Env
+from ila.engine.evaluate import classification_metrics, run_eval
+from ila.engine.loaders import video_dataset
+from ila.engine.session import probabilities, run_videos
 from ila.models import build_model
+from ila.weights import weights_sha256
 from test_engine_train import tiny
 
 
@@ -45,9 +48,10 @@ def test_views_are_averaged_softmax_scores(motion):
     cfg = tiny(motion, "unused")
     samples = load_annotations(str(motion / "val.txt"), root=str(motion))[:3]
     dataset = video_dataset(cfg, samples, train=False, clips=2, crops=3)
+    dataset.bad_file_policy = "mark"
     model = ila_model()
-    _, scores, labels, _ = score_videos(model, loader(dataset, 2, ShardSampler(3, Env()), 0, 0), Env(), ClassText(), 8,
-                                     progress=False)
+    _, scores, labels, _ = run_videos(dataset, lambda views: probabilities(model, ClassText(), views), Env(), 2, 0, 0,
+                                      progress=False)
     for i in range(3):
         views = dataset[i]["video"]
         assert views.shape[0] == 6                                           # clips x crops
@@ -61,12 +65,13 @@ def test_release_bn_quirk_uses_batch_statistics_after_the_first_batch(motion):
     cfg = tiny(motion, "unused")
     samples = load_annotations(str(motion / "val.txt"), root=str(motion))
     dataset = video_dataset(cfg, samples, train=False)
+    dataset.bad_file_policy = "mark"
     model = ila_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def scores(quirk):
-        return score_videos(model, loader(dataset, 2, ShardSampler(5, Env()), 0, 0), Env(), ClassText(), 8,
-                            release_bn_quirk=quirk, progress=False)[1]
+        return run_videos(dataset, lambda views: probabilities(model, ClassText(), views), Env(), 2, 0, 0,
+                          progress=False, release_bn_model=model if quirk else None)[1]
     proper, quirk = scores(False), scores(True)
     torch.testing.assert_close(quirk[:2], proper[:2])                        # first batch: proper eval mode
     assert not torch.allclose(quirk[2:], proper[2:], atol=1e-4)              # then BatchNorm on batch statistics
@@ -84,6 +89,10 @@ def test_ila_eval_writes_metrics_per_class_and_confusion(motion, tmp_path):
                                                      "per_class.csv", "per_class.png", "predictions.csv"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["videos"] == 5 and saved["clips"] == 2 and saved["top1"] == pytest.approx(metrics["top1"])
+    # which weights and which data the results came from
+    assert saved["weights"]["sha256"] == weights_sha256(torch.load(path, weights_only=True)["model"])
+    assert saved["data"]["list"] == cfg.data.val_list and saved["data"]["frames"] == cfg.data.num_frames
+    assert saved["data"]["list_sha256"] == hashlib.sha256(open(cfg.data.val_list, "rb").read()).hexdigest()
     per_class = list(csv.DictReader(open(out / "per_class.csv")))
     assert [r["class"] for r in per_class] == names and sum(int(r["videos"]) for r in per_class) == 5
     confusion = list(csv.reader(open(out / "confusion.csv")))

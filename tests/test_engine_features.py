@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
     cfg = load_config("tiny")
     model = ila.build_model(cfg.model).eval()
     folder = tmp_path_factory.mktemp("features") / "tiny"
-    model.save_pretrained(folder, [f"c{i}" for i in range(8)], config=cfg)
+    ila.save_pretrained(model, folder, [f"c{i}" for i in range(8)], config=cfg)
     return folder, model, cfg
 
 
@@ -95,7 +95,7 @@ def test_per_frame_and_text_embeddings_of_a_text_head(fixtures_dir, motion, tmp_
 
 
 def result_cfg(folder):
-    from ila.engine.checkpoint import load_checkpoint
+    from ila import load_checkpoint
 
     return load_checkpoint(folder)[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ila.config import load_config
-from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.engine.classes import class_text
 from ila.engine.optim import create_scheduler
 from ila.engine.train import config_difference, initial_model, train
@@ -28,7 +28,7 @@ def tiny(data, out, *sets):
 
 
 def weights(run_dir):
-    return ckpt.read_checkpoint(run_dir)["model"]
+    return stored.read_checkpoint(run_dir, resume=True)["model"]
 
 
 def assert_same_weights(a, b, exact=True):
@@ -97,14 +97,14 @@ def test_resume_after_any_step_equals_an_uninterrupted_run(motion, tmp_path):
     recipe = ("train.mixup=0.8", "train.cutmix=1.0", "train.label_smoothing=0.1")
     whole = train(tiny(motion, tmp_path / "whole", *recipe))
     stopped = train(tiny(motion, tmp_path / "split", *recipe, "train.stop_at_step=3", "data.workers=1"))
-    assert ckpt.latest_checkpoint(stopped).name == "checkpoint-00000003.pt"   # in the middle of epoch 1
-    state = ckpt.read_checkpoint(stopped)["train_state"]
+    assert stored.latest_checkpoint(stopped).name == "checkpoint-00000003.pt"   # in the middle of epoch 1
+    state = stored.read_checkpoint(stopped, resume=True)["train_state"]
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 3)
     with pytest.raises(UserError, match=r"holds a run with another config \(train.lr: 0.001 -> 0.002\)"):
         train(tiny(motion, tmp_path / "split", *recipe, "train.lr=2e-3"))
     train(tiny(motion, tmp_path / "split", *recipe, "data.workers=1"))   # same run directory: continues
     assert_same_weights(weights(whole), weights(stopped))
-    a, b = (ckpt.read_checkpoint(r)["train_state"]["optimizer"] for r in (whole, stopped))
+    a, b = (stored.read_checkpoint(r, resume=True)["train_state"]["optimizer"] for r in (whole, stopped))
     for k in a["state"]:
         assert torch.equal(a["state"][k]["exp_avg_sq"], b["state"][k]["exp_avg_sq"])
     steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
@@ -143,9 +143,9 @@ def test_disturbance_offset_halves_from_epoch_30_and_survives_resume(motion, tmp
     sets = (f"data.train_list={one}", "train.batch_size=1", "train.epochs=32", "train.warmup_epochs=0",
             "train.keep_last=1", "model.temporal=mean")
     run = train(tiny(motion, tmp_path / "run", *sets, "train.stop_at_step=31"))
-    assert ckpt.read_checkpoint(run)["train_state"]["align_delta"] == pytest.approx(0.1)  # halved at epoch 30
+    assert stored.read_checkpoint(run, resume=True)["train_state"]["align_delta"] == pytest.approx(0.1)  # halved at epoch 30
     train(tiny(motion, tmp_path / "run", *sets), resume=str(run))
-    assert ckpt.read_checkpoint(run)["train_state"]["align_delta"] == pytest.approx(0.05)  # and at epoch 31
+    assert stored.read_checkpoint(run, resume=True)["train_state"]["align_delta"] == pytest.approx(0.05)  # and at epoch 31
 
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(motion, tmp_path):
@@ -155,9 +155,9 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(mo
         train(cfg)
     step = int(info.value.args[0].split("at step ")[1].split()[0])
     assert step >= 2 and "\n" not in str(info.value)
-    last = ckpt.latest_checkpoint(tmp_path / "run")
+    last = stored.latest_checkpoint(tmp_path / "run")
     assert last.name == f"checkpoint-{step - 1:08d}.pt" and str(last) in str(info.value)
-    assert ckpt.read_checkpoint(last)["train_state"]["step"] == step - 1
+    assert stored.read_checkpoint(last, resume=True)["train_state"]["step"] == step - 1
 
 
 def test_accumulation_clipping_and_checkpointing_match_one_big_batch(motion, tmp_path):
@@ -168,7 +168,7 @@ def test_accumulation_clipping_and_checkpointing_match_one_big_batch(motion, tmp
     big = train(tiny(motion, tmp_path / "big", *common, "train.batch_size=4"))
     accumulated = train(tiny(motion, tmp_path / "acc", *common, "train.batch_size=2", "train.accumulation=2",
                              "model.grad_checkpointing=true"))
-    assert ckpt.read_checkpoint(big)["train_state"]["step"] == 2
+    assert stored.read_checkpoint(big, resume=True)["train_state"]["step"] == 2
     assert_same_weights(weights(big), weights(accumulated), exact=False)
 
 
@@ -209,7 +209,7 @@ def test_compiled_training_takes_the_same_steps(motion, tmp_path):
     losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
                if '"loss"' in line] for run in runs]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert ckpt.read_checkpoint(runs[1])["config"]["train"]["compile"] is True
+    assert stored.read_checkpoint(runs[1])["config"]["train"]["compile"] is True
     eager, compiled = weights(runs[0]), weights(runs[1])
     for k in eager:
         if k.endswith("in_proj_bias"):  # key biases: zero gradient in exact arithmetic, steps of noise (see above)

@@ -8,7 +8,8 @@ import torch
 import ila
 from ila.cli import main
 from ila.config import Config
-from ila.engine.checkpoint import load_checkpoint, save_checkpoint
+from ila import load_checkpoint
+from ila.engine.checkpoint import save_checkpoint
 from ila.engine.convert import convert_release
 from ila.engine.onnx_export import export
 from ila.models.ila import ILAModel
@@ -23,7 +24,7 @@ def rel_err(ours, theirs):
 
 def eager_logits(checkpoint, video):
     """The unfused model's logits for the checkpoint's class names (text heads: the names' text features)."""
-    model, _, names, _ = load_checkpoint(checkpoint)
+    model, _, names = load_checkpoint(checkpoint)
     model.eval()
     with torch.no_grad():
         text = ila.tokenize(names) if model.text is not None else None
@@ -46,7 +47,9 @@ def test_onnx_of_a_text_head_matches_pytorch_in_onnxruntime(k400, tmp_path, caps
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["ila"])
-    assert meta["class_names"] == NAMES and meta["frames"] == clip.shape[1] and meta["size"] == clip.shape[-1]
+    pre = meta["preprocessing"]                  # the record checkpoints and pretrained folders carry, as they carry it
+    assert meta["class_names"] == NAMES and pre["num_frames"] == clip.shape[1] and pre["input_size"] == clip.shape[-1]
+    assert pre == torch.load(checkpoint, weights_only=True)["preprocessing"]
     assert json.loads((tmp_path / "model.onnx.json").read_text())["class_names"] == NAMES
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["video"]
@@ -59,12 +62,22 @@ def test_onnx_of_a_text_head_matches_pytorch_in_onnxruntime(k400, tmp_path, caps
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "exported"])
-def test_classifier_export_keeps_the_named_classes(fmt, tmp_path):
-    """A classifier with more outputs than class names (as the SSv2 release) exports the named ones."""
+def test_classifier_export_names_exactly_its_outputs(fmt, tmp_path, capsys):
+    """A classifier exports with its class names; names that do not count its outputs are refused in one line
+    (fewer would silently take the softmax over the first outputs)."""
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
+    wide = get_preset("tiny")
+    save_checkpoint(tmp_path / "wide.pt", ILAModel(wide), Config(model=wide), [])
+    assert wide.num_classes > len(NAMES)
+    assert main(["export", "--checkpoint", str(tmp_path / "wide.pt"), "--format", fmt, "--out", str(tmp_path / "w"),
+                 "--classes", ",".join(NAMES)]) == 2
+    err = capsys.readouterr().err
+    assert f"classifier has {wide.num_classes} outputs but the --classes names 3" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "w").exists()
     cfg = get_preset("tiny")
+    cfg.num_classes = len(NAMES)
     model = ILAModel(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -91,7 +104,7 @@ def test_export_errors_are_one_line(k400, tmp_path, capsys):
     checkpoint, _ = k400
     cases = [(["--out", tmp_path], "is a folder"), (["--out", tmp_path / "m.onnx", "--frames", "3"],
                                                     "built for 8 frames"),
-             (["--out", tmp_path / "m.onnx", "--checkpoint", tmp_path / "none.pt"], "does not exist")]
+             (["--out", tmp_path / "m.onnx", "--checkpoint", tmp_path / "none.pt"], "none.pt: no such file or folder")]
     for extra, message in cases:
         argv = ["export", "--checkpoint", checkpoint, "--format", "onnx", *extra]
         assert main([str(a) for a in argv]) == 2

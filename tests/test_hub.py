@@ -14,12 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 import ila
+from ila.weights import weights_sha256
 from ila.cli import main
 from ila.config import load_config
-from ila.engine.checkpoint import load_checkpoint, save_checkpoint
+from ila import load_checkpoint
+from ila.engine.checkpoint import save_checkpoint
 from ila.engine.classes import class_names_from
 from ila.errors import UserError
-from ila.hub import from_pretrained, save_pretrained
+from ila import from_pretrained, save_pretrained
 
 NAMES = [f"class {i}" for i in range(8)]
 
@@ -35,7 +37,7 @@ def shared(tmp_path_factory):
     """A tiny classifier saved as a shareable folder."""
     model, cfg = tiny_model()
     folder = tmp_path_factory.mktemp("shared") / "tiny-ila"
-    model.save_pretrained(folder, NAMES, config=cfg)
+    ila.save_pretrained(model, folder, NAMES, config=cfg)
     return folder, model, cfg
 
 
@@ -75,7 +77,7 @@ def test_folder_round_trip_gives_same_logits_names_and_config(shared):
     m2, cfg2, names2 = ila.load_checkpoint(folder)
     assert names2 == NAMES and cfg2.model == cfg.model
     again = folder.parent / "again"
-    loaded.save_pretrained(again)
+    ila.save_pretrained(loaded, again)
     assert (again / "config.json").read_text() == (folder / "config.json").read_text()
     assert (again / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     card = (folder / "README.md").read_text()
@@ -131,14 +133,24 @@ def test_export_hub_from_a_run_carries_its_evaluation(tmp_path, capsys):
     run = tmp_path / "run"
     save_checkpoint(run / "best.pt", model, cfg, NAMES, {"epoch": 3, "step": 12, "best_top1": 62.5})
     (run / "eval").mkdir()
-    (run / "eval" / "metrics.json").write_text(json.dumps({"videos": 5, "top1": 80.0, "top5": 100.0,
-                                                           "mean_class_acc": 75.0, "clips": 2, "crops": 3}))
+    results = {"videos": 5, "top1": 80.0, "top5": 100.0, "mean_class_acc": 75.0, "clips": 2, "crops": 3,
+               "data": {"list": "/data/val.txt", "list_sha256": "0123456789abcdef" * 4}}
+    # results of other weights (another checkpoint of the run, evaluated last) never reach the card
+    other = {"sha256": weights_sha256(tiny_model(seed=1)[0].state_dict())}
+    (run / "eval" / "metrics.json").write_text(json.dumps({**results, "top1": 25.0, "weights": other}))
     assert main(["export", "--checkpoint", str(run / "best.pt"), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
     meta = json.loads((tmp_path / "hub" / "config.json").read_text())
-    assert meta["evaluation"] == {"videos": 5, "top1": 80.0, "top5": 100.0, "mean_class_acc": 75.0, "clips": 2, "crops": 3}
+    assert meta["evaluation"] == {"best validation top1 during training (1 view)": 62.5}
+    # results of these very weights (the same sha256 whatever the file format) do, with their data named
+    (run / "eval" / "metrics.json").write_text(json.dumps({**results, "weights": {"sha256": weights_sha256(
+        {k: v.clone() for k, v in model.state_dict().items()})}}))
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    meta = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert meta["evaluation"] == {"videos": 5, "top1": 80.0, "top5": 100.0, "mean_class_acc": 75.0, "clips": 2,
+                                  "crops": 3, "data": "val.txt (sha256 0123456789ab)"}
     assert meta["source"] == "trained with ila (run tiny, epoch 3, step 12)"
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "| top1 | 80.00 |" in card and "| crops | 3 |" in card
+    assert "| top1 | 80.00 |" in card and "| crops | 3 |" in card and "| data | val.txt (sha256 0123456789ab) |" in card
     (run / "eval" / "metrics.json").unlink()
     assert main(["export", "--checkpoint", str(run), "--format", "hub", "--out", str(tmp_path / "hub2"),
                  "--classes", ",".join(f"n{i}" for i in range(8))]) == 0
@@ -216,7 +228,7 @@ class _Payload:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda t: (t / "config.json").unlink(), "has no config.json: a shared ila model folder holds config.json and model.safetensors"),
+    (lambda t: (t / "config.json").unlink(), "is not a shared ila model folder: it has no config.json"),
     (lambda t: (t / "model.safetensors").unlink(), "has no model.safetensors"),
     (lambda t: (t / "config.json").write_text("{\"model\": {"), "config.json is not valid JSON (Expecting property name"),
     (lambda t: (t / "config.json").write_bytes(b"\xff\xfe\x00binary"), "config.json is not a text file"),
@@ -237,8 +249,11 @@ class _Payload:
     (_edit_config(lambda m: m["preprocessing"].update(mean=[0.485, 0.456, 0.406])),
      "preprocessing.mean=[0.485, 0.456, 0.406] differs from ila's"),
     (_edit_config(lambda m: m["model"].update(vision_width=128)), "weights do not fit the config (shape of"),
-    (_edit_config(lambda m: m["model"].update(vision_layers=10**9)), "model.vision_layers=1000000000 does not fit the weights"),
-    (_edit_config(lambda m: m["model"].update(vision_width=2**40)), "model.vision_width=1099511627776 does not fit"),
+    (_edit_config(lambda m: m["model"].update(vision_layers=10**9)), "model.vision_layers=1000000000 is not allowed"),
+    (_edit_config(lambda m: m["model"].update(vision_width=2**40)), "model.vision_width=1099511627776 is not allowed"),
+    # a valid config far larger than the weights beside it (64 layers x 4096 wide: ~61 GiB): counted, never built
+    (_edit_config(lambda m: m["model"].update(vision_layers=64, vision_width=4096)),
+     "its weights describe a model of"),
     (_edit_config(lambda m: m["model"].update(vision_patch_size=0)), "model.vision_patch_size=0 is not allowed"),
     (_edit_config(lambda m: m["model"].update(drop_path=float("nan"))), "model.drop_path must be a finite number, got NaN"),
     (lambda t: (t / "model.safetensors").write_bytes(b"\x00" * 3), "model.safetensors is not a readable safetensors file"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+import ila
 from ila.cli import main
 from ila.config import config_from_dict, load_config, require_complete
 from ila.data.annotations import Sample, load_annotations, load_class_names, read_annotations
@@ -268,7 +269,7 @@ def test_checkpoint_with_incomplete_config_is_refused_not_built_as_the_default_m
     state = torch.load(path, weights_only=True)
     state["config"] = config
     torch.save(state, path)
-    assert "saved config" in refused(ckpt.load_checkpoint, path)
+    assert "saved config" in refused(ila.load_checkpoint, path)
     assert "saved config" in refused(resume_config, tmp_path)
     assert main(["eval", "--checkpoint", str(path)]) == 2
 

@@ -11,7 +11,8 @@ import ila
 from ila.config import load_config
 from ila.engine.checkpoint import save_checkpoint
 from ila.errors import UserError
-from ila.models.release import load_release, safe_load
+from ila import load_release
+from ila.safe_load import load as safe_load
 
 
 def test_release_container_needs_no_yacs(fixtures_dir):

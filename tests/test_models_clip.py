@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from ila.errors import UserError
-from ila.models.clip import build_clip_towers, clip_geometry, clip_to_ila_keys, read_clip_weights, tokenize
+from ila.models.clip import build_clip_towers, clip_geometry, clip_to_ila_keys, tokenize
+from ila.weights.clip import read_clip_weights
 from ila.models.config import ModelConfig
-from ila.models.ila import from_clip
+from ila import from_clip
 
 
 def tiny_open_clip(quick_gelu=True):

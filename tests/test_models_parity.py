@@ -14,7 +14,8 @@ import torch
 from ila.models.config import ModelConfig
 from ila.models.fuse import FUSIONS
 from ila.models.ila import ILAModel
-from ila.models.release import ila_to_release, load_release
+from ila import load_release
+from ila.models.release import ila_to_release
 from reference_release import reference_forward
 from conftest import FIXTURES
 

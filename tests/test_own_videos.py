@@ -12,12 +12,14 @@ import pytest
 import torch
 import yaml
 
+import ila
 from ila import __version__
 from ila.cli import main
 from ila.config import load_config
 from ila.data.folders import find_videos, read_class_folders, split_holdout
 from ila.data.synthetic import render_clip, write_long_video, write_mp4
 from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.errors import UserError
 from ila.models.resample import fit_position_embeddings, resample_spatial, resample_temporal
 
@@ -117,7 +119,7 @@ def test_held_out_split_is_stratified_deterministic_and_stable(folders, tmp_path
 
 
 def test_training_on_a_folder_says_what_it_does_and_ends_with_the_best(run, folders):
-    state = ckpt.read_checkpoint(run / "best.pt")
+    state = stored.read_checkpoint(run / "best.pt")
     assert state["class_names"] == sorted(p.name for p in (folders / "train").iterdir() if not p.name.startswith("."))
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["train_list"] == str(folders / "train") and os.path.isabs(saved["data"]["root"])
@@ -133,7 +135,7 @@ def test_run_header_and_summary_lines(folders, tmp_path, capsys):
     assert "lr per group: clip 0.0005 (wd 0.05" in lines[3]
     assert lines[4].startswith("schedule: 1 epochs x 2 steps, linear warm-up over 1 epoch(s) from 0, then per-step cosine")
     assert lines[5] == "augmentation: mixup off, cutmix off, label smoothing 0.1; alignment loss weight 1"
-    best = ckpt.read_checkpoint(tmp_path / "r" / "best.pt")
+    best = stored.read_checkpoint(tmp_path / "r" / "best.pt")
     assert lines[-1].startswith("best: top-1 ") and lines[-1].endswith(f"at epoch 1, weights {tmp_path / 'r' / 'best.pt'}")
     assert best["class_names"]
     assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -173,9 +175,9 @@ def test_checkpoint_at_other_frames_and_size(run, tmp_path, temporal, capsys):
     cfg = load_config("tiny", ["model.temporal=" + temporal, "model.mit_pos_embed=true"])
     model = build_model(cfg.model)
     path = ckpt.save_checkpoint(tmp_path / "m.pt", model, cfg, [f"c{i}" for i in range(8)])
-    same, _, _, _ = ckpt.load_checkpoint(path)
+    same, _, _ = ila.load_checkpoint(path)
     assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), model.state_dict().values()))
-    other, cfg2, _, _ = ckpt.load_checkpoint(path, ["data.num_frames=8", "data.input_size=48"])
+    other, cfg2, _ = ila.load_checkpoint(path, ["data.num_frames=8", "data.input_size=48"])
     assert (cfg2.model.num_frames, cfg2.model.image_resolution) == (8, 48) and isinstance(cfg2, Config)
     assert other.state_dict()["visual.positional_embedding"].shape == (37, 64)
     assert other(torch.randn(1, 8, 3, 48, 48)).logits.shape == (1, 8)
@@ -186,7 +188,7 @@ def test_checkpoint_at_other_frames_and_size(run, tmp_path, temporal, capsys):
 def test_clip_weights_at_another_image_size(tmp_path):
     import open_clip
 
-    from ila.models.ila import from_clip
+    from ila import from_clip
 
     torch.manual_seed(0)
     ref = open_clip.CLIP(embed_dim=64, vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=64, patch_size=8, image_size=32),
@@ -214,7 +216,7 @@ def test_eval_and_fine_tune_at_another_frame_count(run, folders, tmp_path, capsy
                              f"train.init={run / 'best.pt'}", f"data.train_list={folders / 'train'}",
                              "data.num_frames=8", "train.epochs=1", "train.eval_every_epochs=0", *FAST)
     assert code == 0 and f"weights: {run / 'best.pt'} (train.init)" in out, err
-    assert ckpt.read_checkpoint(tmp_path / "ft")["config"]["model"]["num_frames"] == 8
+    assert stored.read_checkpoint(tmp_path / "ft")["config"]["model"]["num_frames"] == 8
 
 
 # ------------------------------------------------------------------------------------------- 2. long videos
@@ -287,7 +289,7 @@ def test_visualize_names_formats_and_refusals(run, folders, tmp_path, capsys):
                                    (tmp_path / "x.docx", "0", ".docx is not one matplotlib writes"),
                                    (tmp_path / "dir.png", "0", "is a folder"),
                                    (tmp_path / "file" / "x.png", "0", "is a file")]:
-        code, out, err = run_cli(capsys, "predict", "--checkpoint", run, videos[0], "--visualize", target, "--block", block)
+        code, out, err = run_cli(capsys, "predict", "--checkpoint", run / "best.pt", videos[0], "--visualize", target, "--block", block)
         assert code == 2 and message in err and out == "" and len(err.strip().splitlines()) == 1, (target, err)
 
 
@@ -325,7 +327,7 @@ def test_presets_carry_their_recipe_and_config_show_prints_it(capsys):
     (["config", "show", "tiny", "--set", "trian.lr=2"], "did you mean 'train.lr'?"),
     (["info", "ila-b16-8f-k4000"], "did you mean 'ila-b16-8f-k400'?"),
     (["train", "--config", "tiny", "--set", "train.init=missing/ViT-B-32.pt", "data.train_list=."],
-     "file not found: "),
+     "ViT-B-32.pt: no such file or folder"),
 ])
 def test_did_you_mean_and_missing_files(argv, message, capsys, folders, monkeypatch):
     monkeypatch.chdir(folders)

@@ -27,8 +27,9 @@ import ila
 from ila.cli import main
 from ila.config import load_config
 from ila.engine import checkpoint as ckpt
+from ila.weights import checkpoint as stored
 from ila.errors import UserError
-from ila.models.clip import read_clip_weights
+from ila.weights.clip import read_clip_weights
 from ila.safe_load import FileRefused, ScriptObject, load, script_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +222,7 @@ def make_payload(kind: str, path: Path, victim: Path) -> Path:
         path.write_bytes(pickle.dumps(_Payload(str(victim)), protocol=2))
     elif kind == "ila":
         cfg = load_config("tiny")
-        state = {"format": ckpt.FORMAT, "config": cfg.to_dict(), "class_names": ["a"],
+        state = {"format": stored.FORMAT, "config": cfg.to_dict(), "class_names": ["a"],
                  "model": ila.build_model(cfg.model).state_dict(), "train_state": {"rng": [_Payload(str(victim))]}}
         torch.save(state, path)
     elif kind == "yacs":
@@ -373,7 +374,7 @@ def _pickled(obj, legacy=False) -> bytes:
 
 
 def _ila_like(tensors):
-    return {"format": ckpt.FORMAT, "config": load_config("tiny").to_dict(), "class_names": [],
+    return {"format": stored.FORMAT, "config": load_config("tiny").to_dict(), "class_names": [],
             "model": tensors, "train_state": None}
 
 
@@ -459,7 +460,7 @@ def make_model_bombs(root: Path) -> dict[str, tuple[Path, str]]:
             "visual.proj": torch.zeros(0, 64), "visual.transformer.resblocks.0.ln_1.weight": torch.zeros(0)}
     torch.save(clip, root / "zero-size-clip.pt")
     cfg = load_config("tiny")
-    state = {"format": ckpt.FORMAT, "config": cfg.to_dict(), "class_names": [], "train_state": None,
+    state = {"format": stored.FORMAT, "config": cfg.to_dict(), "class_names": [], "train_state": None,
              "model": ila.build_model(cfg.model).state_dict()}
     state["config"]["model"]["vision_width"] = 16384      # the largest width the config allows
     torch.save(state, root / "huge-config.pt")
@@ -470,9 +471,9 @@ def make_model_bombs(root: Path) -> dict[str, tuple[Path, str]]:
 _MEASURE = textwrap.dedent("""
     import json, sys
     import torch, ila
-    from ila.engine.checkpoint import read_checkpoint
+    from ila.weights.checkpoint import read_checkpoint
     from ila.errors import UserError
-    from ila.models.clip import read_clip_weights
+    from ila.weights.clip import read_clip_weights
 
     def peak_mb():   # this process's peak RSS (VmHWM: getrusage's ru_maxrss starts at the parent's peak)
         with open("/proc/self/status") as f:
@@ -554,7 +555,7 @@ def test_setting_a_tensors_state_is_refused(tmp_path):
 def _good_state():
     cfg = load_config("tiny")
     model = ila.build_model(cfg.model)
-    return {"format": ckpt.FORMAT, "config": cfg.to_dict(), "class_names": ["a", "b"],
+    return {"format": stored.FORMAT, "config": cfg.to_dict(), "class_names": ["a", "b"],
             "model": model.state_dict(), "train_state": None}
 
 
@@ -613,7 +614,7 @@ def test_every_malformed_checkpoint_gives_one_line(tmp_path, motion, capsys):
     files, damaged = _malformed(tmp_path)
     for name, path in {**files, **damaged}.items():
         for call in (ila.load_checkpoint, ila.load_release, read_clip_weights) if name in files else \
-                (ila.load_checkpoint, ckpt.read_checkpoint):
+                (ila.load_checkpoint, stored.read_checkpoint):
             with pytest.raises(UserError) as err:
                 call(path)
             assert "\n" not in str(err.value) and "\x1b" not in str(err.value), (name, str(err.value))
@@ -640,11 +641,11 @@ def _resumable_state():
 def test_a_damaged_training_state_cannot_be_resumed_but_still_evaluates(tmp_path, capsys, damage):
     state = _resumable_state()
     torch.save(state, tmp_path / "fine.pt")
-    ckpt.read_checkpoint(tmp_path / "fine.pt", resume=True)
+    stored.read_checkpoint(tmp_path / "fine.pt", resume=True)
     damage(state["train_state"])
     torch.save(state, tmp_path / "damaged.pt")
     with pytest.raises(UserError, match="damaged ila checkpoint: `train_state"):
-        ckpt.read_checkpoint(tmp_path / "damaged.pt", resume=True)
+        stored.read_checkpoint(tmp_path / "damaged.pt", resume=True)
     ila.load_checkpoint(tmp_path / "damaged.pt")           # the weights are fine: eval and predict still work
     code = main(["train", "--resume", str(tmp_path / "damaged.pt")])
     err = capsys.readouterr().err

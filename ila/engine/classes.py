@@ -39,25 +39,19 @@ def class_list(cfg, saved: list[str], classes: str | list[str] | None = None, ov
     """The class names to score a checkpoint with: `--classes`, else a `--set data.class_names=...`, else the
     names saved in the checkpoint, else the config's class-name file.
 
-    A classifier (`model` without a text tower) cannot learn new classes by name: a new list must name exactly
-    as many classes as it scores (the saved names, else its outputs); it then renames them, and says so."""
+    A classifier (`model` without a text tower) cannot learn new classes by name: a new list renames its outputs
+    (said on stderr); `check_class_count` holds every list to exactly the classifier's outputs."""
     explicit = any(o.strip().startswith("data.class_names=") for o in overrides)
     given = class_names_from(classes) or (class_names_from(cfg.data.class_names) if explicit else None)
     names = given or list(saved) or class_names_from(cfg.data.class_names)
     if not names:
         raise UserError(f"{source} carries no class names; pass them with --classes FILE or a,b,c")
-    if given and model is not None and getattr(model, "text", None) is None:
-        scored = len(saved) or model.cfg.num_classes
-        if len(given) != scored:
-            raise UserError(f"{source} is a classifier of {scored} classes, but --classes names {len(given)}: a "
-                            f"classifier cannot take new classes (text-head models can, zero-shot); pass exactly "
-                            f"{scored} names to rename its classes")
-        if list(given) != list(saved):
-            import sys
+    if given and saved and list(given) != list(saved) and model is not None and getattr(model, "text", None) is None \
+            and len(given) == model.cfg.num_classes:
+        import sys
 
-            print(f"renaming the classifier's {scored} classes to the given names "
-                  f"({given[0]!r}, ...; was {saved[0]!r}, ...)" if saved else
-                  f"naming the classifier's {scored} outputs with the given names", file=sys.stderr)
+        print(f"renaming the classifier's {len(given)} classes to the given names ({given[0]!r}, ...; was "
+              f"{saved[0]!r}, ...)", file=sys.stderr)
     return names
 
 
@@ -90,11 +84,19 @@ def class_text(model: nn.Module, class_names: list[str], device: torch.device) -
         return ClassText(tokens=tokens, features=model.encode_text(tokens).float())
 
 
-def check_class_count(model: nn.Module, class_names: list[str], what: str = "class list") -> None:
-    """A classifier head has a fixed number of outputs; the class list may not name more classes.
-
-    Fewer is allowed: the release's SSv2 head has 400 outputs for 174 classes, and only the first
-    `len(class_names)` outputs are scored."""
-    if getattr(model, "text", None) is None and len(class_names) > model.cfg.num_classes:
-        raise UserError(f"the model's classifier has {model.cfg.num_classes} outputs but the {what} names "
-                        f"{len(class_names)} classes; only text-head models take a new class list")
+def check_class_count(model: nn.Module, class_names: list[str], what: str = "class list",
+                      source: object = None) -> None:
+    """A classifier head scores exactly its outputs, so its class list must name exactly that many classes
+    (text heads take any list). Anything else is one UserError line: a shorter list would silently take the
+    softmax over the first K outputs, a longer one name classes the model cannot score. (The authors' SSv2
+    release has 400 outputs for 174 classes: `ila convert --trim-classifier` keeps the first 174.)"""
+    if getattr(model, "text", None) is not None:
+        return
+    outputs = model.cfg.num_classes
+    if len(class_names) != outputs:
+        at = f"{source}: " if source is not None else ""
+        hint = (f"; if only the first {len(class_names)} outputs were trained (the authors' SSv2 release), convert "
+                f"it with `ila convert --trim-classifier`" if len(class_names) < outputs else "")
+        raise UserError(f"{at}the model's classifier has {outputs} outputs but the {what} names "
+                        f"{len(class_names)} classes; give exactly {outputs} names (only text-head models take "
+                        f"another class list){hint}")

@@ -19,11 +19,11 @@ Outputs that are not finite numbers stop the evaluation.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-from contextlib import contextmanager
+import os
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,19 +31,9 @@ from torch import nn
 
 from ila.engine import distributed as dist
 from ila.engine.atomic import write_text
-from ila.engine.classes import ClassText, check_class_count, class_list, class_text
-from ila.engine.precision import autocast
+from ila.engine.classes import ClassText, class_text
+from ila.engine.session import probabilities, run_videos
 from ila.errors import UserError
-
-
-class Scored(NamedTuple):
-    """What `score_videos` returns: the readable videos' dataset indices (sorted), their scores `(N, K)` and
-    labels `(N,)`, and the unreadable videos as `(index, path, reason)`, sorted by index."""
-
-    indices: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor
-    failed: list
 
 
 class UnreadableVideos(UserError):
@@ -78,98 +68,31 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
             "per_class": per_class, "counts": counts, "confusion": confusion.numpy()}
 
 
-@contextmanager
-def release_bn_mode(model: nn.Module, enabled: bool):
-    """Yields a function `after_batch()`; once called, alignment BatchNorms use batch statistics."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
-
-    def after_batch() -> None:
-        for m in bns:
-            m.train()
-    try:
-        yield after_batch
-    finally:
-        for m, state in zip(bns, saved):
-            m.load_state_dict(state)
-            m.eval()
-
-
-@torch.no_grad()
-def score_videos(model: nn.Module, loader, env: dist.Env, text: ClassText, num_classes: int,
-                 amp: torch.dtype | None = None, release_bn_quirk: bool = False, progress: bool = True,
-                 desc: str = "eval") -> Scored:
-    """Every video of the loader's dataset scored once, gathered on all processes (see `Scored`). Items whose
-    `error` is set (unreadable files) are not run through the model. Non-finite scores raise a UserError."""
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    indices, scores, labels, failed = [], [], [], []
-    samples = getattr(loader.dataset, "samples", None)
-    bar = tqdm(loader, desc=desc, disable=not (progress and env.main), dynamic_ncols=True, unit="batch", leave=False)
-    try:
-        with release_bn_mode(model, release_bn_quirk) as after_batch:
-            for batch in bar:
-                errors = batch.get("error") or [""] * len(batch["index"])
-                good = torch.tensor([not e for e in errors])
-                for i, e in zip(batch["index"].tolist(), errors):
-                    if e:
-                        failed.append((i, samples[i].path if samples is not None else str(i), e))
-                if not good.any():
-                    continue
-                video = (batch["video"] if good.all() else batch["video"][good]).to(env.device, non_blocking=True)
-                if video.dim() == 5:                       # (B, T, 3, S, S): a single view
-                    video = video[:, None]
-                b, v = video.shape[:2]
-                with autocast(amp, env.device):
-                    logits = model(video.flatten(0, 1), **text.kwargs()).logits
-                probs = logits.float()[:, :num_classes].softmax(-1).view(b, v, -1).mean(1)
-                index = batch["index"][good].cpu()
-                if not torch.isfinite(probs).all():
-                    row = int(index[~torch.isfinite(probs).all(1).cpu()][0])
-                    name = samples[row].path if samples is not None else f"video {row}"
-                    raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {name}: the "
-                                    f"weights are broken (a diverged run or a damaged checkpoint)")
-                indices.append(index)
-                scores.append(probs.cpu())
-                labels.append(batch["label"][good].cpu())
-                after_batch()
-    finally:
-        bar.close()
-        model.train(was_training)
-    mine = (torch.cat(indices), torch.cat(scores), torch.cat(labels), failed) if indices else (
-        torch.zeros(0, dtype=torch.long), torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long), failed)
-    parts = dist.gather(mine, env)
-    idx = torch.cat([p[0] for p in parts])
-    order = idx.argsort()
-    return Scored(idx[order], torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order],
-                  sorted(f for p in parts for f in p[3]))
-
-
 def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str], text: ClassText | None = None,
                    clips: int | None = None, crops: int | None = None, progress: bool = True,
                    amp: torch.dtype | None = None, release_bn_quirk: bool | None = None):
-    """Score `data.val_list` with the config's views; returns (metrics, indices, scores, labels, samples,
-    skipped) where the indices, scores and labels cover the readable videos and `skipped` lists the others as
-    (index, path, reason). Unreadable videos raise `UnreadableVideos` naming all of them unless
-    `data.bad_files=skip`."""
-    from ila.engine.loaders import loader, read_split, video_dataset
+    """Score `data.val_list` with the config's views (the training loop's validation and `ila eval`); returns
+    (metrics, indices, scores, labels, samples, skipped) where the indices, scores and labels cover the readable
+    videos and `skipped` lists the others as (index, path, reason). Unreadable videos raise `UnreadableVideos`
+    naming all of them unless `data.bad_files=skip`."""
+    from ila.engine.loaders import read_split, video_dataset
 
     samples, _ = read_split(cfg, "val", class_names)
     clips = cfg.eval.clips if clips is None else clips
     crops = cfg.eval.crops if crops is None else crops
     dataset = video_dataset(cfg, samples, train=False, clips=clips, crops=crops)
     dataset.bad_file_policy = "mark"          # every bad file found in one pass, then the policy below
-    sampler = dist.ShardSampler(len(dataset), env)
-    data = loader(dataset, cfg.eval.batch_size, sampler, cfg.data.workers, cfg.train.seed)
     if text is None:
         text = class_text(model, class_names, env.device)
     quirk = cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
-    idx, scores, labels, failed = score_videos(model, data, env, text, len(class_names), amp, quirk, progress)
-    seen = torch.cat([idx, torch.tensor([f[0] for f in failed], dtype=torch.long)]).sort().values
-    if not torch.equal(seen, torch.arange(len(dataset))):
-        raise RuntimeError(f"evaluation scored {seen.numel()} of {len(dataset)} videos; expected each exactly once")
+    was_training = model.training
+    model.eval()
+    try:
+        idx, scores, labels, failed = run_videos(dataset, lambda views: probabilities(model, text, views), env,
+                                                 cfg.eval.batch_size, cfg.data.workers, cfg.train.seed, amp,
+                                                 progress, "eval", model if quirk else None)
+    finally:
+        model.train(was_training)
     if failed and cfg.data.bad_files != "skip":
         raise UnreadableVideos(_named(failed, len(dataset)) + "; fix or remove them, or set data.bad_files=skip "
                                "to evaluate the others", failed)
@@ -184,38 +107,62 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
     return metrics, idx, scores, labels, [samples[i] for i in idx.tolist()], failed
 
 
+def data_record(cfg, samples) -> dict:
+    """Which data an evaluation ran on: the list (or folder), a hash of what it holds, frames, size and views."""
+    listed = cfg.data.val_list or cfg.data.train_list
+    h = hashlib.sha256()
+    if os.path.isfile(listed):
+        with open(listed, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:                                      # a class folder (or a held-out part of one): its samples
+        for s in samples:
+            h.update(f"{s.path}\t{s.label}\n".encode("utf-8", "surrogateescape"))
+    return {"list": str(listed), "list_sha256": h.hexdigest(), "val_split": cfg.data.val_split or None,
+            "frames": cfg.data.num_frames, "input_size": cfg.data.input_size, "clips": cfg.eval.clips,
+            "crops": cfg.eval.crops}
+
+
+def default_output(checkpoint, record) -> Path:
+    """Where `ila eval` writes without `--output`: `eval/` in the run directory of an ila checkpoint; for a
+    shareable folder, a .safetensors file or a Hub id, `eval/NAME` under the current folder (a folder one would
+    upload is never written into)."""
+    if record.kind == "checkpoint" and record.path is not None:
+        return record.path.parent / "eval"
+    name = str(checkpoint).rstrip("/").replace("/", "--").lstrip(".-") or "model"
+    return Path("eval", name)
+
+
 def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: str | Path | None = None,
              classes: str | None = None) -> dict:
-    """`ila eval`: score the validation list with a checkpoint and write metrics, per-class accuracy and
-    the confusion matrix (CSV and PNG) to `output` (default: `eval/` in the run directory)."""
+    """`ila eval`: score the validation list with a checkpoint and write metrics (with which weights and which
+    data produced them), per-class accuracy and the confusion matrix (CSV and PNG) to `output` (default:
+    `default_output`)."""
     from ila.engine import report
-    from ila.engine.checkpoint import load_checkpoint
-    from ila.engine.precision import amp_dtype
-
     from ila.engine.atomic import output_dir
     from ila.engine.runlock import RunLock
+    from ila.engine.session import InferenceSession
 
-    model, cfg, saved_names, _ = load_checkpoint(checkpoint, overrides)
-    model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])  # inference only (ila.fuse): same outputs
-    names = class_list(cfg, saved_names, classes, overrides, checkpoint, model)
-    check_class_count(model, names)
-    run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    from ila.hub import is_hub_id                          # a Hub id ORG/NAME: eval/ORG--NAME here
-    out = Path(output) if output else Path("eval", str(checkpoint).replace("/", "--")) if is_hub_id(checkpoint) else run_dir / "eval"
-    output_dir(out, "--output folder")                 # a bad output path fails before any scoring
-    env = dist.setup(dist.inference_device(cfg, overrides))
-    lock = RunLock(out, "eval output folder").acquire() if env.main else None   # one writer; stale temporaries go
+    session = InferenceSession(checkpoint, classes, overrides, distributed=True)
+    cfg, names, env = session.cfg, session.class_names, session.env
+    out = Path(output) if output else default_output(checkpoint, session.record)
+    lock = None
     try:
-        model.to(env.device)
+        if env.main:
+            output_dir(out, "--output folder")        # a bad output path fails before any scoring
+            lock = RunLock(out, "eval output folder").acquire()   # one writer; stale temporaries go
         try:
             metrics, _, scores, labels, samples, skipped = evaluate_split(
-                model, cfg, env, names, amp=amp_dtype(cfg.train.amp, env.device))
+                session.model, cfg, env, names, session.text, amp=session.amp)
         except UnreadableVideos as e:
             if env.main:
                 write_skipped(out / "unreadable.csv", e.failed)
             raise UserError(f"{e} (all listed in {out / 'unreadable.csv'})") from None
         if env.main:
-            write_eval_outputs(out, metrics, names, samples, scores, labels, cfg)
+            provenance = {"weights": {"sha256": session.record.sha256, "source": str(checkpoint),
+                                      "file": str(session.record.path or "")},
+                          "data": data_record(cfg, samples)}
+            write_eval_outputs(out, metrics, names, samples, scores, labels, cfg, provenance)
             write_skipped(out / "skipped.csv", skipped)
             note = f" (and {len(skipped)} unreadable, skipped: listed in skipped.csv)" if skipped else ""
             print(f"{len(samples)} videos{note}, {cfg.eval.clips} clip(s) x {cfg.eval.crops} crop(s): "
@@ -224,14 +171,15 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     finally:
         if lock is not None:
             lock.release()
-        dist.cleanup()
+        session.close()
 
 
 def write_eval_outputs(out: Path, metrics: dict, names: list[str], samples, scores: torch.Tensor,
-                       labels: torch.Tensor, cfg) -> None:
+                       labels: torch.Tensor, cfg, provenance: dict | None = None) -> None:
     from ila.engine import report
 
     summary = {k: v for k, v in metrics.items() if k not in ("per_class", "counts", "confusion")}
+    summary.update(provenance or {})
     summary.update(clips=cfg.eval.clips, crops=cfg.eval.crops, release_bn_quirk=cfg.eval.release_bn_quirk,
                    covers=f"{metrics['videos']} readable videos" + (f" ({metrics['skipped']} unreadable skipped)"
                                                                      if metrics.get("skipped") else ""))

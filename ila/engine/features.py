@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from ila.engine import distributed as dist
 from ila.engine.atomic import atomic_path, write_text
 from ila.errors import UserError
 
@@ -70,57 +68,12 @@ def _read_list(path: str) -> list[str]:
     return out
 
 
-class _Views(Dataset):
-    """Test views of each video; an unreadable video becomes a marker (index, reason), never a substitute."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        from ila.data.decode import VideoReadError
-
-        try:
-            return {"index": index, "video": self.dataset[index]["video"], "error": ""}
-        except VideoReadError as e:
-            return {"index": index, "video": None, "error": str(e)}
-
-
-def _collate(items: list[dict]) -> dict:
-    good = [it for it in items if it["video"] is not None]
-    return {"index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-            "video": torch.stack([it["video"] for it in good]) if good else None,
-            "bad": [(it["index"], it["error"]) for it in items if it["video"] is None]}
-
-
-@torch.no_grad()
-def embed_videos(model, video: torch.Tensor, per_frame: bool = False) -> torch.Tensor:
-    """Views `(B, V, T, 3, S, S)` -> video embeddings `(B, E)` (MIT output) or frame embeddings `(B, T, E)`,
-    averaged over the V views."""
-    b, v = video.shape[:2]
-    frames, _, _, _ = model.forward_features(video.flatten(0, 1), class_only=True)  # only class tokens are read
-    out = frames if per_frame else model.head.mit(frames)
-    return out.float().view(b, v, *out.shape[1:]).mean(1)
-
-
-@torch.no_grad()
-def embed_text(model, names: list[str], device) -> torch.Tensor:
-    """Names -> CLIP text features `(K, E)` of a text-head model."""
-    from ila.models.clip import tokenize
-
-    if getattr(model, "text", None) is None:
-        raise UserError("--text: this model has a classifier head and no text tower, so it has no text embeddings")
-    return model.encode_text(tokenize(names, context_length=model.cfg.context_length).to(device)).float().cpu()
-
-
 def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per_frame: bool = False,
                  clips: int = 1, text: str | None = None, text_file: str | None = None,
                  batch_size: int | None = None, overrides: list[str] | tuple = ()) -> dict:
     """`ila features`: write the embeddings of the videos (and names) to `out`; returns what was written."""
-    from ila.engine.checkpoint import load_checkpoint
     from ila.engine.classes import class_names_from
+    from ila.engine.session import InferenceSession
 
     out = Path(out)
     if out.suffix not in (".safetensors", ".npy"):
@@ -138,19 +91,22 @@ def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per
     if out.suffix == ".npy" and paths and names:
         raise UserError("--out .npy holds one array; write videos and texts together to a .safetensors file")
 
-    model, cfg, _, _ = load_checkpoint(checkpoint, overrides)
-    env = dist.setup(dist.inference_device(cfg, overrides))
+    session = InferenceSession(checkpoint, overrides=overrides, distributed=True, need_classes=False)
     try:
-        model.fuse().to(env.device)  # inference only (ila.fuse): same outputs, less work
         result = {"videos": [], "skipped": [], "texts": names or []}
         tensors: dict[str, torch.Tensor] = {}
         if names:
-            tensors["text_features"] = embed_text(model, names, env.device)
+            tensors["text_features"] = session.text_embeddings(names)
         if paths:
             key = "frame_features" if per_frame else "video_features"
-            tensors[key], result["videos"], result["skipped"] = _embed_all(
-                model, cfg, env, paths, per_frame, clips, batch_size or cfg.eval.batch_size)
-        if env.main:
+            done = session.embeddings(session.samples(paths), per_frame, clips, batch_size)
+            if done.indices.numel() == 0:
+                raise UserError(f"none of the {len(paths)} video(s) could be read (first: {done.failed[0][1]}: "
+                                f"{done.failed[0][2]})")
+            tensors[key] = done.outputs.contiguous()
+            result["videos"] = [paths[i] for i in done.indices.tolist()]
+            result["skipped"] = [{"path": path, "reason": reason} for _, path, reason in done.failed]
+        if session.main:
             _report_skipped(result["skipped"])
             _write(out, tensors, result, checkpoint, per_frame, clips)
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
@@ -159,51 +115,14 @@ def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per
         result["tensors"] = tensors
         return result
     finally:
-        dist.cleanup()
-
-
-def _embed_all(model, cfg, env, paths, per_frame, clips, batch_size):
-    """(features in input order, embedded paths, skipped [{path, reason}]), the same on every process."""
-    from tqdm import tqdm
-
-    from ila.data.annotations import Sample
-    from ila.engine.loaders import video_dataset
-
-    cfg.data.bad_files = "error"            # unreadable files come back as markers, never as other videos
-    views = _Views(video_dataset(cfg, [Sample(p, 0) for p in paths], train=False, clips=clips, crops=1))
-    sampler = dist.ShardSampler(len(views), env)
-    workers = min(cfg.data.workers, max(len(sampler) - 1, 0))
-    data = DataLoader(views, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_collate)
-    indices, feats, bad = [], [], []
-    bar = tqdm(data, desc="features", unit="batch", disable=not env.main or len(paths) < 2, dynamic_ncols=True,
-               leave=False)
-    for batch in bar:
-        bad += batch["bad"]
-        if batch["video"] is not None:
-            indices.append(batch["index"])
-            feats.append(embed_videos(model, batch["video"].to(env.device), per_frame).cpu())
-    bar.close()
-    dim = (cfg.model.num_frames, cfg.model.embed_dim) if per_frame else (cfg.model.embed_dim,)
-    mine = (torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
-            torch.cat(feats) if feats else torch.zeros(0, *dim), bad)
-    parts = dist.gather(mine, env)
-    idx = torch.cat([p[0] for p in parts])
-    order = idx.argsort()
-    features = torch.cat([p[1] for p in parts])[order].contiguous()
-    skipped = sorted((i, reason) for p in parts for i, reason in p[2])
-    if idx.numel() + len(skipped) != len(paths) or len(set(idx.tolist())) != idx.numel():
-        raise RuntimeError(f"embedded {idx.numel()} and skipped {len(skipped)} of {len(paths)} videos; "
-                           f"expected each exactly once")
-    if idx.numel() == 0:
-        raise UserError(f"none of the {len(paths)} video(s) could be read (first: {skipped[0][1]})")
-    return features, [paths[i] for i in idx[order].tolist()], [{"path": paths[i], "reason": r} for i, r in skipped]
+        session.close()
 
 
 def _report_skipped(skipped: list[dict]) -> None:
     if skipped:
         print(f"skipped {len(skipped)} unreadable video(s):", file=sys.stderr)
         for s in skipped:
-            print(f"  {s['reason']}", file=sys.stderr)
+            print(f"  {s['path']}: {s['reason']}", file=sys.stderr)
 
 
 def _write(out: Path, tensors: dict, result: dict, checkpoint, per_frame: bool, clips: int) -> None:

@@ -24,53 +24,48 @@ from torch import nn
 
 from ila.errors import UserError
 
-FORMATS = ("onnx", "exported")
 TOLERANCE = 1e-4
 
 
 class Deployable(nn.Module):
     """A model as a function of one tensor: clip `(B, T, 3, S, S)` -> (logits `(B, K)`, probs `(B, K)`).
-    `text_features` `(K, E)`: the class names' text features of a text head (None for a classifier head);
-    `num_classes`: a classifier's outputs kept (the release's SSv2 head has 400 outputs for 174 classes)."""
+    `text_features` `(K, E)`: the class names' text features of a text head (None for a classifier head)."""
 
-    def __init__(self, model: nn.Module, text_features: torch.Tensor | None, num_classes: int):
+    def __init__(self, model: nn.Module, text_features: torch.Tensor | None):
         super().__init__()
         self.model = model
-        self.num_classes = num_classes
         self.register_buffer("text_features", text_features)
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(video, text_features=self.text_features).logits[:, :self.num_classes]
+        logits = self.model(video, text_features=self.text_features).logits
         return logits, logits.softmax(dim=-1)
 
 
 def deployable(checkpoint, classes=None, overrides=()) -> tuple[Deployable, dict]:
-    """The fused model of a checkpoint wrapped as a `Deployable`, and its metadata (preprocessing, classes)."""
-    from ila.data.transforms import MEAN, STD
-    from ila.engine.checkpoint import load_checkpoint
-    from ila.engine.classes import check_class_count, class_list, class_text
+    """The fused model of a checkpoint (through the inference session, on the CPU) wrapped as a `Deployable`, and
+    its metadata: the preprocessing record (`ila.data.preprocessing`, as in checkpoints and pretrained folders),
+    the head and the class names."""
+    from ila.data.preprocessing import Preprocessing
+    from ila.engine.session import InferenceSession
 
-    model, cfg, saved, _ = load_checkpoint(checkpoint, overrides)
-    names = class_list(cfg, saved, classes, overrides, checkpoint, model)
-    check_class_count(model, names, "--classes")
-    model.fuse()
-    text = class_text(model, names, torch.device("cpu"))
+    session = InferenceSession(checkpoint, classes, overrides, device="cpu")
+    model, names = session.model, session.class_names
     meta = {"format": "ila-deployable/1", "input": "video", "outputs": ["logits", "probs"],
-            "frames": model.cfg.num_frames, "size": model.cfg.image_resolution,
             "layout": "B,T,3,H,W float32, RGB on the 0-255 scale, (x - mean) / std per channel",
-            "mean": list(MEAN), "std": list(STD), "sampling": cfg.data.sampling,
-            "frame_interval": cfg.data.frame_interval, "resize": "short side to size, centre crop size x size",
-            "head": model.cfg.head, "class_names": names}
-    return Deployable(model, text.features, len(names)).eval(), meta
+            "resize": "short side to input_size, centre crop input_size x input_size",
+            "preprocessing": Preprocessing.of(session.cfg).to_dict(), "head": model.cfg.head, "class_names": names}
+    return Deployable(model, session.text.features).eval(), meta
 
 
 def _check_shape(meta: dict, frames: int | None, size: int | None) -> tuple[int, int]:
-    for flag, value, built in (("--frames", frames, meta["frames"]), ("--size", size, meta["size"])):
+    pre = meta["preprocessing"]
+    built_frames, built_size = pre["num_frames"], pre["input_size"]
+    for flag, value, built in (("--frames", frames, built_frames), ("--size", size, built_size)):
         if value is not None and value != built:
-            raise UserError(f"{flag} {value}: this checkpoint's model is built for {meta['frames']} frames of "
-                            f"{meta['size']}x{meta['size']} pixels (its positional embeddings fix both); "
+            raise UserError(f"{flag} {value}: this checkpoint's model is built for {built_frames} frames of "
+                            f"{built_size}x{built_size} pixels (its positional embeddings fix both); "
                             f"drop {flag} or give {built}")
-    return meta["frames"], meta["size"]
+    return built_frames, built_size
 
 
 def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: int | None = None,
@@ -78,8 +73,8 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
     """Write `out` (and `out`.json) from a checkpoint; returns the metadata with the parity check's error."""
     from ila.engine.atomic import atomic_path, write_text
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r}: this exporter writes {', '.join(FORMATS)}")
+    if fmt not in ("onnx", "exported"):
+        raise UserError(f"--format {fmt!r}: this exporter writes onnx or exported")
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / ('model.' + _suffix(fmt))}")

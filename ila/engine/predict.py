@@ -1,8 +1,9 @@
 """Prediction: video files and folders in, ranked class names out; pictures of the learnable alignment.
 
-The model, its class list and (for a text head) the class-name text features are loaded once, then
-every video is scored from the checkpoint's evaluation views (`eval.clips` x `eval.crops`, per-view
-softmax averaged). A text-head model accepts any new class list (zero-shot); a classifier keeps its own.
+The model is loaded once into an inference session (`ila.engine.session`: weights, fuse, class names and
+text features, the one loop over videos), then every video is scored from the model's evaluation views
+(`eval.clips` x `eval.crops`, per-view softmax averaged), or, with `--window`, every window of a long video.
+A text-head model accepts any new class list (zero-shot); a classifier names exactly its outputs.
 """
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ila.engine import distributed as dist
 from ila.engine.atomic import atomic_path
-from ila.engine.classes import check_class_count, class_list, class_text
-from ila.engine.evaluate import score_videos
+from ila.engine.session import InferenceSession
 from ila.errors import UserError
 
 
@@ -54,126 +53,28 @@ def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
     return found
 
 
-class Predictor:
-    """A checkpoint loaded once for many videos."""
-
-    def __init__(self, checkpoint: str | Path, classes: str | list[str] | None = None,
-                 overrides: list[str] | tuple = ()):
-        from ila.engine.checkpoint import load_checkpoint
-
-        self.model, self.cfg, names, _ = load_checkpoint(checkpoint, overrides)
-        self.env = dist.Env(device=dist.pick_device(dist.inference_device(self.cfg, overrides)))
-        self.model.fuse().to(self.env.device)  # inference only (ila.fuse): same outputs, less work
-        self.cfg.data.bad_files = "error"   # never score another video in place of an unreadable one
-        self.class_names = class_list(self.cfg, names, classes, overrides, checkpoint, self.model)
-        check_class_count(self.model, self.class_names, "--classes")
-        self.text = class_text(self.model, self.class_names, self.env.device)
-
-    def dataset(self, paths: list[str]):
-        from ila.data.annotations import Sample
-        from ila.engine.loaders import video_dataset
-
-        samples = [Sample(path, 0) for path in paths]
-        return video_dataset(self.cfg, samples, train=False, clips=self.cfg.eval.clips, crops=self.cfg.eval.crops)
-
-    def scores(self, paths: list[str]):
-        """Every video scored once in one pass (`ila.engine.evaluate.Scored`): the readable ones' indices and
-        probabilities averaged over the views, and the unreadable ones as (index, path, reason)."""
-        from ila.engine.loaders import loader
-
-        dataset = self.dataset(paths)
-        dataset.bad_file_policy = "mark"    # a bad file is reported, never replaced by another video
-        data = loader(dataset, self.cfg.eval.batch_size, dist.ShardSampler(len(dataset), self.env),
-                      min(self.cfg.data.workers, len(paths) - 1), 0)
-        return score_videos(self.model, data, self.env, self.text, len(self.class_names),
-                            progress=len(paths) > 1, desc="predict")
-
-    def ranked(self, row: torch.Tensor, topk: int) -> list[dict]:
-        p, i = row.topk(min(topk, len(self.class_names)))
-        return [{"class": self.class_names[c], "probability": round(float(q), 6)} for q, c in zip(p.tolist(), i.tolist())]
-
-    def predict(self, paths: list[str], topk: int = 5) -> list[dict]:
-        """For each video: its path and the top-k classes with probabilities, or its path and an `error`
-        (one unreadable video does not stop the others)."""
-        rows: dict = {}
-        if paths:
-            scored = self.scores(paths)
-            rows.update((paths[i], row) for i, row in zip(scored.indices.tolist(), scored.scores))
-            rows.update((paths[i], reason) for i, _, reason in scored.failed)
-        return [{"video": path, "error": rows[path]} if isinstance(rows[path], str)
-                else {"video": path, "predictions": self.ranked(rows[path], topk)} for path in paths]
-
-    def check_visualize(self, block: int) -> None:
-        """Refuse a model without alignment or a block it does not have (before any video is read)."""
-        layers = self.cfg.model.vision_layers
-        if self.cfg.model.temporal != "ila":
-            raise UserError(f"--visualize shows ILA's alignment; this model has temporal={self.cfg.model.temporal!r}")
-        if not -layers <= block < layers:
-            raise UserError(f"--block {block} is out of range; the model has blocks 0..{layers - 1} (or -1 for the last)")
-
-    def visualize(self, path: str, out: str | Path, block: int = -1, result: dict | None = None) -> Path:
-        """A picture of one video's frame pairs with the interactive points and alignment masks of `block`,
-        titled with the predicted class and its probability."""
-        self.check_visualize(block)
-        layers = self.cfg.model.vision_layers
-        video = self.dataset([path])[0]["video"][:1].to(self.env.device)    # first view: (1, T, 3, S, S)
-        maps = self.model.alignment_maps(video, block)
-        title = f"{os.path.basename(os.path.normpath(path))}: block {block % layers}"
-        if result and result.get("predictions"):
-            top = result["predictions"][0]
-            title += f"; predicted {top['class']} ({top['probability']:.1%})"
-        return draw_alignment(video[0].cpu(), maps["points"][0].cpu(), maps["masks"][0].cpu(), out, title=title)
-
-    # ------------------------------------------------------------------ long videos
-    def windows(self, path: str, window: float, stride: float, topk: int) -> dict:
-        """Sliding windows of `window` seconds every `stride` seconds over one video: T frames spread evenly
-        over each window (the middle of T equal segments), read by seeking (only those frames are decoded),
-        `eval.batch_size` windows at a time, so memory does not grow with the video's length. A last window
-        ending at the video's end is added when the stride leaves the tail uncovered. Returns the video's
-        duration and, per window, its start/end time (s), the top-k and all class probabilities."""
-        import numpy as np
-
-        from ila.data.decode import open_video
-        from ila.data.transforms import TestTransform
-
-        cfg, t = self.cfg, self.cfg.data.num_frames
-        transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
-        with open_video(path) as reader:
-            fps = getattr(reader, "fps", 0.0)
-            if not fps:
-                raise UserError(f"{path}: --window needs a video file with a frame rate (a frame folder has none)")
-            n = reader.num_frames
-            duration = n / fps
-            spans = window_spans(duration, window, stride)
-            out = []
-            for first in range(0, len(spans), cfg.eval.batch_size):
-                batch = spans[first:first + cfg.eval.batch_size]
-                indices = []
-                for start, end in batch:
-                    lo = min(int(round(start * fps)), n - 1)
-                    hi = max(min(int(round(end * fps)), n), lo + 1)
-                    indices.append(lo + np.minimum(((np.arange(t) + 0.5) * (hi - lo) / t).astype(np.int64), hi - lo - 1))
-                frames = reader.read(np.concatenate(indices), short_side=transform.short_side)
-                clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(batch), t, 3, *frames.shape[1:3])
-                views = torch.stack([transform(c) for c in clips])             # (B, crops, T, 3, S, S)
-                with torch.no_grad():
-                    logits = self.model(views.flatten(0, 1).to(self.env.device), **self.text.kwargs()).logits
-                probs = logits.float()[:, :len(self.class_names)].softmax(-1).view(len(batch), -1, len(self.class_names))
-                for (start, end), row in zip(batch, probs.mean(1).cpu()):
-                    out.append({"start": round(start, 3), "end": round(end, 3), "predictions": self.ranked(row, topk),
-                                "probabilities": row})
-        return {"video": path, "duration": round(duration, 3), "window": window, "stride": stride, "windows": out}
+def check_visualize(session, block: int) -> None:
+    """Refuse a model without alignment maps or a block it does not have (before any video is read)."""
+    layers = session.cfg.model.vision_layers
+    if not session.model.has_alignment_maps:
+        raise UserError(f"--visualize shows the learnable alignment's points; the blocks of this model "
+                        f"(temporal={session.cfg.model.temporal!r}) have none")
+    if not -layers <= block < layers:
+        raise UserError(f"--block {block} is out of range; the model has blocks 0..{layers - 1} (or -1 for the last)")
 
 
-def window_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
-    """(start, end) seconds of sliding windows over a video of `duration` seconds (one window when shorter)."""
-    if duration <= window:
-        return [(0.0, duration)]
-    count = int((duration - window) / stride + 1e-9) + 1
-    spans = [(k * stride, k * stride + window) for k in range(count)]
-    if spans[-1][1] < duration - 1e-6:
-        spans.append((duration - window, duration))
-    return spans
+def draw_points(session, path: str, out: str | Path, block: int = -1, result: dict | None = None) -> Path:
+    """A picture of one video's frame pairs with the interactive points and alignment masks of `block`,
+    titled with the predicted class and its probability."""
+    check_visualize(session, block)
+    layers = session.cfg.model.vision_layers
+    video = session.first_view(path)                                   # (1, T, 3, S, S)
+    maps = session.model.alignment_maps(video, block)
+    title = f"{os.path.basename(os.path.normpath(path))}: block {block % layers}"
+    if result and result.get("predictions"):
+        top = result["predictions"][0]
+        title += f"; predicted {top['class']} ({top['probability']:.1%})"
+    return draw_alignment(video[0].cpu(), maps["points"][0].cpu(), maps["masks"][0].cpu(), out, title=title)
 
 
 def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tensor, out: str | Path,
@@ -380,18 +281,18 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             check_output(path, flag, picture)             # before any video is read
     errors: dict[str, str] = {}
     paths = video_files(inputs, errors if len(inputs) > 1 else None)
-    predictor = Predictor(checkpoint, classes, overrides)
+    session = InferenceSession(checkpoint, classes, overrides)
     if visualize:
-        predictor.check_visualize(block)
+        check_visualize(session, block)
     if window is None:
-        results = predictor.predict(paths, topk)
+        results = session.predict(paths, topk)
     else:
         from ila.data.decode import VideoReadError
 
         results = []
         for path in paths:
             try:
-                results.append(predictor.windows(path, window, stride, topk))
+                results.append(session.windows(path, window, stride, topk))
             except VideoReadError as e:
                 results.append({"video": path, "error": e.reason})
             except UserError as e:
@@ -415,11 +316,11 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     for r in good:
         if visualize:
             target = per_video(visualize, stems[r["video"]], len(good) > 1)
-            predictor.visualize(r["video"], target, block, r if "predictions" in r else None)
+            draw_points(session, r["video"], target, block, r if "predictions" in r else None)
             print(f"wrote {target}", file=sys.stderr)
         if timeline:
             target = per_video(timeline, stems[r["video"]], len(good) > 1)
-            draw_timeline(r, predictor.class_names, target)
+            draw_timeline(r, session.class_names, target)
             print(f"wrote {target}", file=sys.stderr)
     if failed:
         print(f"ila predict: {len(failed)} of {len(results)} video(s) could not be read", file=sys.stderr)

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila import safe_load
 from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
@@ -37,6 +36,9 @@ from ila.engine.optim import create_optimizer, create_scheduler
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
 from ila.engine.report import Progress, Reporter
 from ila.errors import UserError, one_line, printable
+from ila.models.ila import build_model
+from ila.weights import checkpoint as stored
+from ila.weights.factory import check_model_fits, load_model
 
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
@@ -90,9 +92,9 @@ def _resume_state(cfg: Config, run_dir: Path, resume: str | Path | None) -> dict
     newest readable one in an existing run directory, whose config must then match `cfg`. Newer checkpoints
     that cannot be read (cut short, corrupted) are named and skipped."""
     if resume is not None:
-        state = ckpt.read_checkpoint(resume or run_dir, resume=True)
+        state = stored.read_checkpoint(resume or run_dir, resume=True)
     else:
-        found = ckpt.newest_readable(run_dir, resume=True)
+        found = stored.newest_readable(run_dir, resume=True)
         if found is None:
             return None
         state = found[1]
@@ -122,9 +124,10 @@ class Trainer:
         check_files_exist(cfg, {"train": samples, "val": self.val_samples or []})
 
         torch.manual_seed(t.seed)
-        model = initial_model(cfg)
-        if self.state is not None:
-            ckpt.load_weights(model, self.state["model"], "resume checkpoint")
+        if self.state is not None:                     # the checkpoint's weights, not train.init's
+            model = load_model(stored.record_of(self.state, self.run_dir, "resume checkpoint"), cfg)[0]
+        else:
+            model = initial_model(cfg)
         model.to(env.device)
         torch.manual_seed(t.seed * 1000 + 1 + env.rank)  # dropout / drop-path differ between processes
         if t.sync_bn:
@@ -176,7 +179,7 @@ class Trainer:
                             f"exactly; start a new run with train.init=CHECKPOINT instead") from None
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
         self.best_top1, self.best_epoch = ts.get("best_top1"), ts.get("best_epoch")
-        recorded = ckpt.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
+        recorded = stored.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
         if recorded is not None and (self.best_top1 is None or recorded["top1"] > self.best_top1):
             self.best_top1, self.best_epoch = float(recorded["top1"]), recorded.get("epoch")
         self.validation_pending = bool(ts.get("validation_pending", False)) and self.val_samples is not None
@@ -242,7 +245,7 @@ class Trainer:
                       f"weights {(self.run_dir / 'best.pt').resolve()}")
             elif self.val_samples is None:
                 print("no validation (data.val_list empty, or train.eval_every_epochs=0): no best.pt; the last "
-                      f"weights are in {ckpt.latest_checkpoint(self.run_dir) or self.run_dir}")
+                      f"weights are in {stored.latest_checkpoint(self.run_dir) or self.run_dir}")
         return self.run_dir
 
     def _stop_reached(self) -> bool:
@@ -333,7 +336,7 @@ class Trainer:
         return sums
 
     def _diverged(self, value: float) -> None:
-        last = ckpt.latest_checkpoint(self.run_dir)
+        last = stored.latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(f"loss is {value} at step {self.step + 1} (epoch {self.epoch + 1}); "
                                f"stopped without applying it, {kept}")
@@ -361,7 +364,7 @@ class Trainer:
                                                   clips=1, crops=1, amp=self.amp, progress=self.env.main)
         except UserError as e:
             raise UserError(f"validation after epoch {epoch + 1}: {e}; the epoch's training is saved in "
-                            f"{ckpt.latest_checkpoint(self.run_dir)}: fix this, then continue with "
+                            f"{stored.latest_checkpoint(self.run_dir)}: fix this, then continue with "
                             f"--resume {self.run_dir}") from None
         self.reporter.log(self.step, epoch=epoch + 1, val_top1=metrics["top1"], val_top5=metrics["top5"],
                           val_mean_class_acc=metrics["mean_class_acc"])
@@ -387,54 +390,21 @@ class Trainer:
 
 def initial_model(cfg: Config) -> nn.Module:
     """A model for the config with `train.init` weights: `auto` (the preset's CLIP, if it names one), `none`
-    (fresh initialisation), an ila checkpoint, a release checkpoint, or CLIP weights (a file or an open_clip
-    name such as ViT-B-32:openai)."""
-    from ila.models.ila import build_model, from_clip
-    from ila.models.release import load_release
-
+    (fresh initialisation), or any source `ila.create_model` reads: an ila checkpoint or run directory, a
+    pretrained folder / .safetensors file / Hub repo id, a release checkpoint, or CLIP weights (a file or an
+    open_clip name such as ViT-B-32:openai). `train.init_parts=tower` takes only the image tower."""
     init = cfg.train.init
     if init == "auto":
         from ila.presets import PRESETS
 
         init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
-    tower = cfg.train.init_parts == "tower"
-    no_tower = UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init is "
-                         f"{printable(init or 'none')}; set train.init to one (e.g. a pretraining run's checkpoint)")
     if init in ("", "none"):
-        if tower:
-            raise no_tower
+        if cfg.train.init_parts == "tower":
+            raise UserError(f"train.init_parts=tower takes the image tower from an ila checkpoint, but train.init "
+                            f"is {printable(init or 'none')}; set train.init to one (e.g. a pretraining run's "
+                            f"checkpoint)")
         return build_model(cfg.model)
-    weights = init
-    if Path(init).exists():   # read once, safely (ila.safe_load: no code in the file runs), then told apart
-        try:
-            weights = safe_load.load(init)
-        except UserError:
-            if tower:
-                raise no_tower from None
-            raise
-        if tower and not (isinstance(weights, dict) and weights.get("format") == ckpt.FORMAT):
-            raise no_tower
-        if isinstance(weights, safe_load.ScriptObject):              # OpenAI's CLIP .pt: a TorchScript archive
-            weights = safe_load.script_state_dict(weights)
-        if not isinstance(weights, dict):
-            raise UserError(f"train.init={printable(init)} holds a {type(weights).__name__}, not weights")
-        if weights.get("format") == ckpt.FORMAT:                     # an ila checkpoint
-            ckpt.check_checkpoint(weights, init)
-            if tower:
-                return _with_tower(build_model(cfg.model), weights["model"], init)
-            return _with_weights(build_model(cfg.model), weights["model"], init)
-        inner = weights.get("model") if isinstance(weights.get("model"), dict) else weights
-        if any(isinstance(k, str) and ".message_attn." in k for k in inner):   # an authors' release
-            release = load_release(weights, num_frames=cfg.model.num_frames)
-            return _with_weights(build_model(cfg.model), release.state_dict(), init)
-    if tower:
-        raise no_tower
-    model = from_clip(weights, cfg.model, image_resolution=cfg.model.image_resolution)  # another size: resampled
-    for key, value in cfg.model.to_dict().items():
-        if getattr(model.cfg, key) != value:
-            raise UserError(f"train.init={init}: the CLIP weights have {key}={getattr(model.cfg, key)!r} but the "
-                            f"config says model.{key}={value!r}")
-    return model
+    return load_model(init, cfg, parts=cfg.train.init_parts, quiet=True)[0].train()
 
 
 def describe_init(cfg: Config) -> str:
@@ -448,36 +418,13 @@ def describe_init(cfg: Config) -> str:
                 else "fresh initialisation (train.init=auto: no pretrained weights for this model)")
     if init in ("", "none"):
         return "fresh initialisation (train.init=none)"
-    if Path(init).is_file():
+    if Path(init).exists():
         return f"{Path(init).resolve()} (train.init)"
+    from ila.weights.pretrained import is_hub_id
+
+    if is_hub_id(init):
+        return f"the Hub model {init} (train.init)"
     return f"CLIP {init} through open_clip (train.init)"
-
-
-def _with_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
-    from ila.models.resample import fit_position_embeddings   # fine-tuning at other frame counts / sizes
-
-    ckpt.load_weights(model, fit_position_embeddings(weights, model), source)
-    return model
-
-
-def _with_tower(model: nn.Module, weights: dict, source: str) -> nn.Module:
-    """`train.init_parts=tower`: the image tower's weights (the `clip` parameter group, e.g. of a model
-    pretrained on single frames) from an ila checkpoint; alignment, skip projections and head stay fresh."""
-    from ila.models.ila import parameter_group
-
-    own = model.state_dict()
-    tower = {k: v for k, v in own.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
-    theirs = {k: v for k, v in weights.items() if k.startswith("visual.") and parameter_group(k) == "clip"}
-    if set(tower) != set(theirs):
-        odd = sorted(set(tower) ^ set(theirs))
-        raise UserError(f"{source}: its image tower does not fit the config ({len(odd)} tensors differ, first "
-                        f"{odd[0]}); train.init_parts=tower needs the same vision geometry")
-    wrong = [k for k in tower if tower[k].shape != theirs[k].shape]
-    if wrong:
-        raise UserError(f"{source}: weights do not fit the config (shape of {wrong[0]} is "
-                        f"{tuple(theirs[wrong[0]].shape)}, the config builds {tuple(tower[wrong[0]].shape)})")
-    model.load_state_dict(theirs, strict=False)
-    return model
 
 
 def check_files_exist(cfg: Config, splits: dict[str, list]) -> None:
@@ -518,10 +465,10 @@ def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Conf
     """The config saved in a checkpoint (or run directory), with `--set` overrides applied."""
     from ila.config import load_config
 
-    state = ckpt.read_checkpoint(resume, resume=True)
+    state = stored.read_checkpoint(resume, resume=True)
     require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])
-    safe_load.check_model_fits(cfg.model, state["model"], resume)      # before a model that size is built
+    check_model_fits(cfg.model, state["model"], resume)      # before a model that size is built
     if not any(o.startswith("output=") for o in overrides):   # continue where the checkpoint lies
         cfg.output = str(resume if Path(resume).is_dir() else Path(resume).parent)
     return cfg

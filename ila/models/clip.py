@@ -1,12 +1,12 @@
 """CLIP's image and text towers with CLIP's parameter names, and reading CLIP weights.
 
 Tokens are batch-first, `(batch, tokens, width)`; attention runs through `F.scaled_dot_product_attention`.
-`ila.models.fuse` rewrites a trained model for inference (folded weights, oneDNN kernels). Weights load from an OpenAI CLIP file (TorchScript archive or plain state dict), an
-open_clip state dict, or a pretrained name fetched through open_clip when online.
+`ila.models.fuse` rewrites a trained model for inference (folded weights, oneDNN kernels). CLIP's key names map to
+ila's here (`clip_to_ila_keys`) and the geometry is read from the weights (`clip_geometry`); `ila.weights.clip`
+reads the files.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
@@ -234,105 +234,6 @@ def clip_geometry(state_dict: dict[str, torch.Tensor]) -> dict:
                         transformer_layers=len({k.split(".")[2] for k in state_dict
                                                 if k.startswith("transformer.resblocks.")}))
     return geometry
-
-
-def read_clip_weights(source: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
-    """CLIP weights from a state dict, an OpenAI `.pt` (TorchScript or plain), an open_clip checkpoint, or a
-    pretrained name such as `openai` / `ViT-B-32:openai` fetched through open_clip (needs the internet)."""
-    if isinstance(source, dict):
-        state = source
-    elif os.path.exists(source):   # a file (a directory or anything else is refused with its reason)
-        state = _read_clip_file(os.fspath(source))
-    elif _looks_like_path(str(source)):
-        raise UserError(f"file not found: {source}")
-    else:
-        state = _fetch_pretrained(str(source))
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items() if torch.is_tensor(v)}
-
-
-def _read_clip_file(path: str) -> dict:
-    """A CLIP weights file read without running anything in it: OpenAI's `.pt` files are TorchScript archives,
-    whose parameters and buffers are taken from the archive's data (`ila.safe_load`), never through
-    `torch.jit.load`; plain and open_clip files are read by the same restricted reader."""
-    from ila.safe_load import FileRefused, FileUnreadable, ScriptObject, load, script_state_dict
-
-    try:
-        state = load(path)
-    except FileRefused:
-        raise
-    except FileUnreadable as e:
-        raise UserError(f"cannot read CLIP weights from {e.path}: {e.reason}") from None
-    if isinstance(state, ScriptObject):
-        return script_state_dict(state)
-    if not isinstance(state, dict):
-        raise UserError(f"cannot read CLIP weights from {path}: it holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _looks_like_path(source: str) -> bool:
-    """A weights file rather than an open_clip name (`ViT-B-32:openai`, `hf-hub:org/name`)."""
-    if source.startswith("hf-hub:"):
-        return False
-    return os.sep in source or "/" in source or source.lower().endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-def _online(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (where open_clip fetches weights) can be reached: one connection attempt."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _cached_pretrained(pretrained: dict) -> str | None:
-    """A copy of open_clip pretrained weights already on this machine (Hugging Face cache or ~/.cache/clip)."""
-    repo = (pretrained.get("hf_hub") or "").strip("/")
-    if repo:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-    url = pretrained.get("url") or ""
-    legacy = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
-    return legacy if legacy and os.path.isfile(legacy) else None
-
-
-def _fetch_pretrained(name: str) -> dict:
-    arch, _, tag = name.rpartition(":")
-    arch = arch or "ViT-B-32"
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg
-
-    pretrained = get_pretrained_cfg(arch, tag)
-    if not pretrained:
-        raise UserError(f"unknown pretrained CLIP {arch}:{tag}; give a weights file, or a name from "
-                        f"open_clip.list_pretrained() written ARCH:TAG, e.g. ViT-B-32:openai")
-    filename = os.path.basename(pretrained.get("url") or "") or "open_clip_pytorch_model.bin"
-    source = tag
-    if not _online():                              # fail at once rather than retrying for a minute
-        source = _cached_pretrained(pretrained)
-        if source is None:
-            raise UserError(f"CLIP weights {arch}:{tag} are not on this machine and there is no network to fetch "
-                            f"them: download {filename} elsewhere and pass the weights file instead, "
-                            f"train.init=PATH/{filename} (Python: ila.from_clip(PATH/{filename}))")
-    try:
-        model = open_clip.create_model(arch, pretrained=source)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"could not fetch pretrained CLIP {arch}:{tag} ({str(e).splitlines()[0][:120]}); offline, "
-                        f"pass the weights file instead, e.g. ViT-B-32.pt from OpenAI or open_clip_pytorch_model.bin"
-                        ) from None
-    return model.state_dict()
 
 
 def tokenize(texts: list[str] | str, context_length: int = 77) -> torch.Tensor:

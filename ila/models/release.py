@@ -1,43 +1,15 @@
-"""The authors' released checkpoints: safe reading, variant detection and key mapping.
-
-Release checkpoints are `{'model', 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}` with a
-pickled yacs `CfgNode` inside. They are read by `ila.safe_load`'s restricted unpickler: only tensors, storages and
-plain containers are rebuilt, `CfgNode` becomes a plain dict (yacs is not needed), anything else is refused, so
-no pickled code ever runs.
+"""The authors' released checkpoints as the model knows them: key mapping both ways, variant detection, and the
+model config their weights imply. (`ila.weights.release` reads the files.)
 """
 from __future__ import annotations
 
-import os
 import re
 
 import torch
 
-from ila.errors import UserError, one_line, printable
+from ila.errors import UserError
 from ila.models.clip import TEXT_KEYS, clip_geometry, clip_to_ila_keys
 from ila.models.config import ModelConfig
-from ila.models.ila import ILAModel
-from ila.safe_load import check_model_fits
-
-
-def safe_load(path: str | os.PathLike) -> dict:
-    """Load a `.pth`/`.pt` file without executing pickled code (`ila.safe_load`); release containers included."""
-    from ila.safe_load import FileRefused, FileUnreadable, ScriptObject, load
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint not found: {printable(path)}")
-    try:
-        state = load(path)
-    except FileRefused:
-        raise
-    except FileUnreadable as e:
-        raise UserError(f"cannot read {e.path}: not a readable PyTorch checkpoint ({e.reason})") from None
-    if isinstance(state, ScriptObject):
-        raise UserError(f"{printable(path)} is a TorchScript archive (CLIP weights?), not a release checkpoint; "
-                        f"start from CLIP weights with ila.from_clip or train.init")
-    if not isinstance(state, dict):
-        raise UserError(f"{printable(path)} holds a {type(state).__name__}, not a checkpoint dict")
-    return state
 
 
 # ------------------------------------------------------------------ key mapping release -> ila
@@ -137,34 +109,3 @@ def release_config(state_dict: dict[str, torch.Tensor], num_frames: int | None, 
         cfg.head = "text"
         cfg.prompts_layers = len({k.split(".")[2] for k in state_dict if k.startswith("prompts_generator.decoder.")})
     return cfg
-
-
-def load_release(source: str | os.PathLike | dict, num_frames: int | None = None,
-                 variant: str | None = None) -> ILAModel:
-    """Build an ILA model from the authors' released weights (a release checkpoint file or a bare state dict).
-
-    `variant` is `k400` or `ssv2`; inferred from the keys when None. `num_frames` defaults to the checkpoint's.
-    """
-    state = safe_load(source) if not isinstance(source, dict) else source
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
-    variant = variant or detect_variant(state)
-    if variant not in ("k400", "ssv2"):
-        raise UserError(f"variant={variant!r}: use 'k400' or 'ssv2'")
-    try:
-        cfg = release_config(state, num_frames, variant)
-        check_model_fits(cfg, state, source if not isinstance(source, dict) else "the release weights")
-        model = ILAModel(cfg)
-        mapped = release_to_ila(state, cfg.interactive_block)
-        missing, unexpected = model.load_state_dict(mapped, strict=False)
-    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:   # UserError passes through
-        raise UserError(f"the weights do not have the keys and shapes of an ILA release checkpoint "
-                        f"({type(e).__name__}: {one_line(e, 120)})") from None
-    if unexpected:
-        raise UserError(f"release weights have keys this model does not know: {', '.join(unexpected[:5])}")
-    allowed_missing = ("text.", "logit_scale") if cfg.head == "classifier" else ()
-    missing = [k for k in missing if not k.startswith(allowed_missing)]
-    if missing:
-        raise UserError(f"release weights lack {len(missing)} keys, e.g. {', '.join(missing[:5])}")
-    return model

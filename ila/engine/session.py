@@ -1,0 +1,302 @@
+"""One inference session: a model loaded once, made ready for inference, and one loop over videos.
+
+    session = InferenceSession("runs/demo", classes=None, overrides=["eval.clips=2"])
+    scored = session.scores(samples)          # every video once: class probabilities averaged over the views
+    feats = session.embeddings(samples)       # the same loop, the head's video features instead
+    result = session.windows("long.mp4", window=4, stride=2, topk=5)
+
+What every inference entry point (eval, predict, features, export, a server) gets from it, each decided once:
+- the weights, through `ila.weights` (any source `ila.create_model` reads; a run directory means its best.pt),
+  fused for inference (`ila.fuse`: same outputs, less work);
+- inference-only data settings: no memory cache, no training augmentation; the clip geometry and views of the
+  model's preprocessing record, which `--set` may change;
+- the class names and the class-count rule (`ila.engine.classes`: a classifier names exactly its outputs) and,
+  for a text head, the class-name text features computed once;
+- one sharded loop (under torchrun process r reads videos r, r+world, ...; results gathered by index) with one
+  rule for unreadable files (marked, reported with their reason, never replaced by another video) and for outputs
+  that are not finite numbers (refused, naming the video).
+Status goes to stderr; stdout is left to the caller's data.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ila.data.annotations import Sample
+from ila.engine import distributed as dist
+from ila.engine.classes import ClassText, check_class_count, class_list, class_text
+from ila.engine.loaders import loader, video_dataset
+from ila.engine.precision import amp_dtype, autocast
+from ila.errors import UserError
+from ila.weights.factory import load_model
+from ila.weights.sources import read_weights
+
+
+class Batched(NamedTuple):
+    """What `InferenceSession.run` returns: the readable videos' dataset indices (sorted), their outputs `(N, ...)`
+    and labels `(N,)`, and the unreadable videos as `(index, path, reason)`, sorted by index."""
+
+    indices: torch.Tensor
+    outputs: torch.Tensor
+    labels: torch.Tensor
+    failed: list
+
+
+# `Scored`: the same tuple, the outputs being class probabilities (the name eval and predict read it by)
+Scored = Batched
+
+
+@contextmanager
+def release_bn_mode(model: nn.Module, enabled: bool):
+    """Yields a function `after_batch()`; once called, alignment BatchNorms use batch statistics (how the Kinetics
+    release measured its numbers). The running statistics are restored afterwards."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled and model else []
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+
+    def after_batch() -> None:
+        for m in bns:
+            m.train()
+    try:
+        yield after_batch
+    finally:
+        for m, state in zip(bns, saved):
+            m.load_state_dict(state)
+            m.eval()
+
+
+class InferenceSession:
+    """A model ready for inference (see the module docstring). `weights`: any source `ila.create_model` reads;
+    `classes`: a class-name file, `a,b,c`, a shipped list or a list (text heads: any names, zero-shot;
+    classifiers: exactly as many names as outputs); `overrides`: `--set` assignments; `distributed`: join the
+    torchrun process group (eval and features); `device`: default `auto` unless `--set device=...`;
+    `need_classes=False`: a model without class names is fine (embeddings)."""
+
+    def __init__(self, weights, classes: str | list[str] | None = None, overrides: Sequence[str] = (),
+                 distributed: bool = False, device: str | None = None, quiet: bool = False,
+                 need_classes: bool = True):
+        overrides = list(overrides)
+        record = read_weights(weights, quiet=quiet)
+        if not record.complete:
+            raise UserError(f"{record.source} holds {record.kind} weights, the towers of a model but not a trained video "
+                            f"model: train one from them (train.init={record.source})")
+        self.model, self.cfg, self.record = load_model(record, overrides=overrides)
+        self.source = weights
+        cfg = self.cfg
+        cfg.data.cache, cfg.data.augment = "none", "cpu"   # inference reads each video once, as it is
+        device = device or dist.inference_device(cfg, overrides)
+        self.env = dist.setup(device) if distributed else dist.Env(device=dist.pick_device(device))
+        self.model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])   # same outputs, less work
+        self.model.to(self.env.device)
+        known = classes or self.record.class_names or cfg.data.class_names
+        if need_classes or known:
+            self.class_names = class_list(cfg, self.record.class_names, classes, overrides, weights, self.model)
+            check_class_count(self.model, self.class_names, "--classes" if classes else "class list", weights)
+            self.text = class_text(self.model, self.class_names, self.env.device)
+        else:                                  # embeddings need no class names
+            self.class_names, self.text = [], ClassText()
+        self.amp = amp_dtype(cfg.train.amp, self.env.device)
+
+    @property
+    def main(self) -> bool:
+        return self.env.main
+
+    # ------------------------------------------------------------------ data
+    def samples(self, paths: Sequence[str]) -> list[Sample]:
+        return [Sample(str(p), 0) for p in paths]
+
+    def dataset(self, samples: Sequence[Sample], clips: int | None = None, crops: int | None = None):
+        """Test views of the samples (`eval.clips` x `eval.crops` unless given); unreadable files are marked."""
+        clips = self.cfg.eval.clips if clips is None else clips
+        crops = self.cfg.eval.crops if crops is None else crops
+        dataset = video_dataset(self.cfg, list(samples), train=False, clips=clips, crops=crops)
+        dataset.bad_file_policy = "mark"            # a bad file is reported, never replaced by another video
+        return dataset
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, samples: Sequence[Sample], fn: Callable[[torch.Tensor], torch.Tensor], clips: int | None = None,
+            crops: int | None = None, batch_size: int | None = None, desc: str = "predict",
+            progress: bool = True, release_bn_quirk: bool = False) -> Batched:
+        """`fn` on the test views of every readable sample once (`run_videos`)."""
+        return run_videos(self.dataset(samples, clips, crops), fn, self.env, batch_size or self.cfg.eval.batch_size,
+                          self.cfg.data.workers, self.cfg.train.seed, self.amp, progress, desc,
+                          self.model if release_bn_quirk else None)
+
+    # ------------------------------------------------------------------ what the loop computes
+    def probabilities(self, views: torch.Tensor) -> torch.Tensor:
+        """Views `(B, V, T, 3, S, S)` -> class probabilities `(B, K)`, the per-view softmax averaged."""
+        return probabilities(self.model, self.text, views)
+
+    def embed(self, views: torch.Tensor, per_frame: bool = False) -> torch.Tensor:
+        """Views `(B, V, T, 3, S, S)` -> the head's video features `(B, E)` (the MIT output the head scores) or the
+        frame embeddings `(B, T, E)` that MIT reads, averaged over the V views."""
+        b, v = views.shape[:2]
+        frames, _, _, _ = self.model.forward_features(views.flatten(0, 1), class_only=True)
+        out = frames if per_frame else self.model.head.mit(frames)
+        return out.float().view(b, v, *out.shape[1:]).mean(1)
+
+    def scores(self, samples: Sequence[Sample], clips: int | None = None, crops: int | None = None,
+               progress: bool = True, desc: str = "predict", release_bn_quirk: bool | None = None) -> Scored:
+        quirk = self.cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
+        return self.run(samples, self.probabilities, clips, crops, desc=desc, progress=progress,
+                        release_bn_quirk=quirk)
+
+    def embeddings(self, samples: Sequence[Sample], per_frame: bool = False, clips: int = 1,
+                   batch_size: int | None = None) -> Batched:
+        return self.run(samples, lambda v: self.embed(v, per_frame), clips, 1, batch_size, desc="features")
+
+    @torch.no_grad()
+    def text_embeddings(self, names: list[str]) -> torch.Tensor:
+        """Names -> CLIP text features `(K, E)` of a text-head model."""
+        from ila.models.clip import tokenize
+
+        if getattr(self.model, "text", None) is None:
+            raise UserError("--text: this model has a classifier head and no text tower, so it has no text embeddings")
+        tokens = tokenize(names, context_length=self.model.cfg.context_length).to(self.env.device)
+        return self.model.encode_text(tokens).float().cpu()
+
+    # ------------------------------------------------------------------ one video
+    def ranked(self, row: torch.Tensor, topk: int) -> list[dict]:
+        p, i = row.topk(min(topk, len(self.class_names)))
+        return [{"class": self.class_names[c], "probability": round(float(q), 6)} for q, c in zip(p.tolist(), i.tolist())]
+
+    def predict(self, paths: Sequence[str], topk: int = 5, progress: bool = True) -> list[dict]:
+        """For each video: its path and the top-k classes with probabilities, or its path and an `error`
+        (one unreadable video does not stop the others)."""
+        rows: dict = {}
+        if paths:
+            scored = self.scores(self.samples(paths), progress=progress)
+            rows.update((paths[i], row) for i, row in zip(scored.indices.tolist(), scored.outputs))
+            rows.update((paths[i], reason) for i, _, reason in scored.failed)
+        return [{"video": path, "error": rows[path]} if isinstance(rows[path], str)
+                else {"video": path, "predictions": self.ranked(rows[path], topk)} for path in paths]
+
+    def first_view(self, path: str) -> torch.Tensor:
+        """The first test view of one video, `(1, T, 3, S, S)`, on the session's device."""
+        dataset = self.dataset(self.samples([path]))
+        item = dataset[0]
+        if item.get("error"):
+            raise UserError(f"{path}: {item['error']}")
+        video = item["video"]
+        return (video[:1] if video.dim() == 5 else video[None]).to(self.env.device)
+
+    @torch.no_grad()
+    def windows(self, path: str, window: float, stride: float, topk: int) -> dict:
+        """Sliding windows of `window` seconds every `stride` seconds over one video: T frames spread evenly
+        over each window (the middle of T equal segments), read by seeking (only those frames are decoded),
+        `eval.batch_size` windows at a time, so memory does not grow with the video's length. A last window
+        ending at the video's end is added when the stride leaves the tail uncovered. Returns the video's
+        duration and, per window, its start/end time (s), the top-k and all class probabilities."""
+        from ila.data.decode import open_video
+        from ila.data.transforms import TestTransform
+
+        cfg, t = self.cfg, self.cfg.data.num_frames
+        transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
+        with open_video(path) as reader:
+            fps = getattr(reader, "fps", 0.0)
+            if not fps:
+                raise UserError(f"{path}: --window needs a video file with a frame rate (a frame folder has none)")
+            n = reader.num_frames
+            duration = n / fps
+            spans = window_spans(duration, window, stride)
+            out = []
+            for first in range(0, len(spans), cfg.eval.batch_size):
+                batch = spans[first:first + cfg.eval.batch_size]
+                indices = []
+                for start, end in batch:
+                    lo = min(int(round(start * fps)), n - 1)
+                    hi = max(min(int(round(end * fps)), n), lo + 1)
+                    indices.append(lo + np.minimum(((np.arange(t) + 0.5) * (hi - lo) / t).astype(np.int64), hi - lo - 1))
+                frames = reader.read(np.concatenate(indices), short_side=transform.short_side)
+                clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(batch), t, 3, *frames.shape[1:3])
+                views = torch.stack([transform(c) for c in clips])             # (B, crops, T, 3, S, S)
+                with autocast(self.amp, self.env.device):
+                    probs = self.probabilities(views.to(self.env.device)).float().cpu()
+                if not torch.isfinite(probs).all():
+                    raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {path}: the "
+                                    f"weights are broken (a diverged run or a damaged checkpoint)")
+                for (start, end), row in zip(batch, probs):
+                    out.append({"start": round(start, 3), "end": round(end, 3), "predictions": self.ranked(row, topk),
+                                "probabilities": row})
+        return {"video": path, "duration": round(duration, 3), "window": window, "stride": stride, "windows": out}
+
+    def close(self) -> None:
+        dist.cleanup()
+
+
+def probabilities(model: nn.Module, text: ClassText, views: torch.Tensor) -> torch.Tensor:
+    """Views `(B, V, T, 3, S, S)` -> class probabilities `(B, K)`: the per-view softmax, averaged over the views."""
+    b, v = views.shape[:2]
+    logits = model(views.flatten(0, 1), **text.kwargs()).logits
+    return logits.float().softmax(-1).view(b, v, -1).mean(1)
+
+
+@torch.no_grad()
+def run_videos(dataset, fn: Callable[[torch.Tensor], torch.Tensor], env: dist.Env, batch_size: int, workers: int,
+               seed: int, amp: torch.dtype | None = None, progress: bool = True, desc: str = "eval",
+               release_bn_model: nn.Module | None = None) -> Batched:
+    """The one loop over videos: `fn(views (B, V, T, 3, S, S)) -> (B, ...)` on every readable video of `dataset`
+    (its bad files marked: `bad_file_policy="mark"`) exactly once (this process's share under torchrun), gathered
+    on every process in index order. Unreadable videos are collected, never run; a non-finite output is a
+    UserError naming the video. `release_bn_model`: its alignment BatchNorms run on batch statistics after the
+    first batch (`release_bn_mode`)."""
+    from tqdm import tqdm
+
+    sampler = dist.ShardSampler(len(dataset), env)
+    data = loader(dataset, batch_size, sampler, min(workers, max(len(sampler) - 1, 0)), seed)
+    indices, outputs, labels, failed = [], [], [], []
+    bar = tqdm(data, desc=desc, disable=not (progress and env.main and len(dataset) > 1), dynamic_ncols=True,
+               unit="batch", leave=False, file=sys.stderr)
+    try:
+        with release_bn_mode(release_bn_model, release_bn_model is not None) as after_batch:
+            for batch in bar:
+                errors = batch.get("error") or [""] * len(batch["index"])
+                good = torch.tensor([not e for e in errors])
+                failed += [(i, dataset.samples[i].path, e) for i, e in zip(batch["index"].tolist(), errors) if e]
+                if not good.any():
+                    continue
+                video = (batch["video"] if good.all() else batch["video"][good]).to(env.device, non_blocking=True)
+                if video.dim() == 5:                       # (B, T, 3, S, S): a single view
+                    video = video[:, None]
+                with autocast(amp, env.device):
+                    out = fn(video).float()
+                index = batch["index"][good].cpu()
+                finite = torch.isfinite(out.flatten(1)).all(1).cpu()
+                if not finite.all():
+                    name = dataset.samples[int(index[~finite][0])].path
+                    raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {name}: the "
+                                    f"weights are broken (a diverged run or a damaged checkpoint)")
+                indices.append(index)
+                outputs.append(out.cpu())
+                labels.append(batch["label"][good].cpu())
+                after_batch()
+    finally:
+        bar.close()
+    mine = (torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
+            torch.cat(outputs) if outputs else None,
+            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), failed)
+    parts = dist.gather(mine, env)
+    idx = torch.cat([p[0] for p in parts])
+    order = idx.argsort()
+    outs = [p[1] for p in parts if p[1] is not None]
+    result = Batched(idx[order], torch.cat(outs)[order] if outs else torch.zeros(0),
+                     torch.cat([p[2] for p in parts])[order], sorted(f for p in parts for f in p[3]))
+    seen = torch.cat([result.indices, torch.tensor([f[0] for f in result.failed], dtype=torch.long)]).sort().values
+    if not torch.equal(seen, torch.arange(len(dataset))):
+        raise RuntimeError(f"ran {seen.numel()} of {len(dataset)} videos; expected each exactly once")
+    return result
+
+
+def window_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """(start, end) seconds of sliding windows over a video of `duration` seconds (one window when shorter)."""
+    if duration <= window:
+        return [(0.0, duration)]
+    count = int((duration - window) / stride + 1e-9) + 1
+    spans = [(k * stride, k * stride + window) for k in range(count)]
+    if spans[-1][1] < duration - 1e-6:
+        spans.append((duration - window, duration))
+    return spans
