@@ -137,7 +137,7 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
 
 def write_config(cfg, path: Path) -> Path:
     """The YAML that `ila train --config` reads to train this model again."""
-    from ila.engine.atomic import write_text
+    from ila.atomic import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, cfg.to_yaml())
@@ -226,7 +226,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     """Run the demo for `seeds` training seeds (seed, seed + 1, ...) on the `data` kind of generated set;
     returns {"SETTING/VARIANT": [metrics and speeds per seed]} (also written to OUT/results.json).
     `variants`: registered temporal variants (default: every one that is not a cost reference)."""
-    from ila.engine.atomic import write_text
+    from ila.atomic import write_text
     from ila.data.synthetic import appearance_class_names, class_names
     from ila.engine.predict import run_predict
 

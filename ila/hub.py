@@ -21,7 +21,7 @@ from torch import nn
 from ila.version import __version__
 from ila.config import config_from_dict
 from ila.data.preprocessing import Preprocessing
-from ila.engine.atomic import atomic_path, write_text
+from ila.atomic import atomic_path, write_text
 from ila.engine.checkpoint import unwrap
 from ila.engine.classes import check_class_count, class_names_from
 from ila.errors import UserError

@@ -10,7 +10,7 @@ import ila
 from ila.config import load_config
 from ila.engine import checkpoint as ckpt
 from ila.weights import checkpoint as stored
-from ila.engine.atomic import atomic_path
+from ila.atomic import atomic_path
 from ila.errors import UserError
 from ila.models import build_model
 

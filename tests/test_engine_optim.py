@@ -125,7 +125,7 @@ def test_create_optimizer_is_adamw_on_the_release_or_uniform_groups():
         expected = param_groups(model, 2e-4, 0.05, scheme)
         assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == \
             [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in expected]
-        assert model.param_groups(2e-4, 0.05, scheme)[0]["params"][0] is opt.param_groups[0]["params"][0]
+        assert expected[0]["params"][0] is opt.param_groups[0]["params"][0]
     cfg = load_config("tiny", ["train.lr=2e-4", "train.weight_decay=0.05"])   # the release's groups (tiny: uniform)
     cfg.train.optimizer_groups = "release"
     release = {g["name"]: (g["lr"], g["weight_decay"]) for g in create_optimizer(model, cfg).param_groups}

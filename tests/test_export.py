@@ -10,7 +10,7 @@ from ila.cli import main
 from ila.config import Config
 from ila import load_checkpoint
 from ila.engine.checkpoint import save_checkpoint
-from ila.engine.convert import convert_release
+from ila.convert import convert_release
 from ila.engine.onnx_export import export
 from ila.models.ila import ILAModel
 from ila.presets import get_preset

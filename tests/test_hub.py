@@ -281,5 +281,5 @@ def test_bare_and_foreign_safetensors_files_are_refused(tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
         from_pretrained(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="is not a shared ila model"):
+    with pytest.raises(UserError, match="empty holds no weights ila can read"):
         from_pretrained(tmp_path / "empty")

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ila.models.config import ModelConfig
-from ila.models.ila import ILAModel, parameter_group
+from ila.engine.optim import param_groups
+from ila.models.ila import ILAModel, parameter_group_map
 from ila.presets import PRESETS, get_preset
 from ila.info import count_flops, count_parameters
 from ila.errors import UserError
@@ -119,10 +120,11 @@ def test_release_freezing_and_parameter_groups():
     cfg = tiny(head="text", freeze_clip=True)
     model = ILAModel(cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all(parameter_group(n) in ("message", "temporal", "head") for n in trainable)
+    group_of = parameter_group_map(model)
+    assert trainable == {n for n, g in group_of.items() if g in ("message", "temporal", "head")}
     assert "visual.conv1.weight" not in trainable and "logit_scale" not in trainable
     assert not any(n.startswith(("text.", "head.prompts.")) for n in trainable)
-    groups = {g["name"]: g for g in model.param_groups(base_lr=8e-6, weight_decay=3e-3)}
+    groups = {g["name"]: g for g in param_groups(model, base_lr=8e-6, weight_decay=3e-3)}
     assert (groups["message"]["lr"], groups["message"]["weight_decay"]) == (5e-4, 1e-2)
     assert groups["temporal"]["lr"] == pytest.approx(8e-5, rel=1e-12) and groups["temporal"]["weight_decay"] == 1e-3
     assert (groups["head"]["lr"], groups["head"]["weight_decay"]) == (4e-4, 3e-3)
@@ -133,7 +135,7 @@ def test_release_freezing_and_parameter_groups():
     assert sum(len(g["params"]) for g in groups.values()) == len(trainable)
     model.set_trainable(full_finetune=True)
     assert all(p.requires_grad for p in model.parameters())
-    uniform = model.param_groups(base_lr=1e-3, weight_decay=0.05, scheme="uniform")
+    uniform = param_groups(model, base_lr=1e-3, weight_decay=0.05, scheme="uniform")
     assert {g["lr"] for g in uniform} == {1e-3} and {g["weight_decay"] for g in uniform} == {0.0, 0.05}
 
 
@@ -169,7 +171,8 @@ def test_training_gradients_match_the_reference():
     """The one forward's gradients are those of the literal release re-implementation (tests/reference_release.py)
     for every parameter downstream of the last alignment (the reference turns the points into Python floats, so no
     gradient flows through its masks): the last block, the image head and the video head, CLIP weights unfrozen."""
-    from ila.models.release import ila_to_release, load_release
+    from ila import load_release
+    from ila.models.release import ila_to_release
     from reference_release import reference_forward
 
     torch.manual_seed(0)

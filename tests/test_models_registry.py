@@ -10,7 +10,7 @@ import ila
 from ila.cli import build_parser, main
 from ila.config import config_keys, load_config
 from ila.errors import UserError
-from ila.hub import from_pretrained
+from ila import from_pretrained
 from ila.models.ila import ILAModel
 from ila.models.registry import (create_blocks, register_temporal, temporal_variant, temporal_variants,
                                  unregister_temporal)
@@ -22,9 +22,10 @@ import torch
 
 from ila.models.clip import ResidualAttentionBlock
 from ila.models.registry import register_temporal
+from ila.models.temporal_block import TemporalBlock
 
 
-class ShiftBlock(ResidualAttentionBlock):
+class ShiftBlock(ResidualAttentionBlock, TemporalBlock):     # nothing of its own: every parameter is CLIP's
     def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)
         self.frames = frames
@@ -115,7 +116,7 @@ def test_a_shared_model_of_a_new_variant_loads_while_it_is_registered(shift, tmp
     cfg = load_config("tiny", ["model.temporal=shift"])
     model = ila.build_model(cfg.model).eval()
     folder = tmp_path / "shift-model"
-    model.save_pretrained(folder, [f"c{i}" for i in range(8)], config=cfg)
+    ila.save_pretrained(model, folder, [f"c{i}" for i in range(8)], config=cfg)
     assert "temporal-shift CLIP blocks (4 frames)" in (folder / "README.md").read_text()
     video = torch.randn(1, 4, 3, 32, 32)
     again = from_pretrained(folder)

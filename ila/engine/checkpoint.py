@@ -15,7 +15,7 @@ from torch import nn
 
 from ila.config import Config
 from ila.data.preprocessing import Preprocessing
-from ila.engine.atomic import atomic_path
+from ila.atomic import atomic_path
 from ila.errors import UserError
 from ila.weights.checkpoint import FORMAT, step_checkpoints
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ila.engine import distributed as dist
-from ila.engine.atomic import write_text
+from ila.atomic import write_text
 from ila.engine.classes import ClassText, class_text
 from ila.engine.session import probabilities, run_videos
 from ila.errors import UserError
@@ -139,7 +139,7 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     data produced them), per-class accuracy and the confusion matrix (CSV and PNG) to `output` (default:
     `default_output`)."""
     from ila.engine import report
-    from ila.engine.atomic import output_dir
+    from ila.atomic import output_dir
     from ila.engine.runlock import RunLock
     from ila.engine.session import InferenceSession
 

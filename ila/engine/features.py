@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ila.engine.atomic import atomic_path, write_text
+from ila.atomic import atomic_path, write_text
 from ila.errors import UserError
 
 FORMAT = "ila-features/1"

@@ -71,7 +71,7 @@ def _check_shape(meta: dict, frames: int | None, size: int | None) -> tuple[int,
 def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: int | None = None,
            classes=None, overrides=(), check: bool = True) -> dict:
     """Write `out` (and `out`.json) from a checkpoint; returns the metadata with the parity check's error."""
-    from ila.engine.atomic import atomic_path, write_text
+    from ila.atomic import atomic_path, write_text
 
     if fmt not in ("onnx", "exported"):
         raise UserError(f"--format {fmt!r}: this exporter writes onnx or exported")

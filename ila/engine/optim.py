@@ -31,8 +31,8 @@ BETAS, EPS = (0.9, 0.98), 1e-8          # the release's AdamW
 # ------------------------------------------------------------------------------------------ parameter groups
 
 def release_rates(base_lr: float, weight_decay: float) -> dict[str, tuple[float, float]]:
-    """(lr, weight decay) of each release group (`ila.models.ila.parameter_group` names the group of a
-    parameter)."""
+    """(lr, weight decay) of each release group (`ila.models.ila.parameter_group_map` names the group of each
+    parameter: a video block's own ones as its `trainable` declares)."""
     return {"message": (5e-4, 1e-2), "temporal": (10 * base_lr, 1e-3), "head": (4e-4, weight_decay),
             "prompts": (10 * base_lr, weight_decay), "clip": (base_lr, weight_decay)}
 
@@ -40,17 +40,19 @@ def release_rates(base_lr: float, weight_decay: float) -> dict[str, tuple[float,
 def param_groups(model: nn.Module, base_lr: float = 8e-6, weight_decay: float = 3e-3,
                  scheme: str = "release") -> list[dict]:
     """AdamW parameter groups of `model`'s trainable parameters, named `GROUP` / `GROUP_no_decay` in the order
-    their first parameter appears; no weight decay on 1-D tensors, biases and positional embeddings."""
-    from ila.models.ila import parameter_group
+    their first parameter appears; no weight decay on 1-D tensors, biases and positional embeddings. Each
+    parameter's group is `ila.models.ila.parameter_group_map`'s (the one map `ILAModel.set_trainable` reads)."""
+    from ila.models.ila import parameter_group_map
 
     if scheme not in ("release", "uniform"):
         raise ValueError(f"parameter-group scheme {scheme!r}: use release or uniform")
     rates = release_rates(base_lr, weight_decay)
+    group_of = parameter_group_map(model)
     groups: dict[tuple[str, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        group = parameter_group(name)
+        group = group_of[name]
         lr, wd = rates[group] if scheme == "release" else (base_lr, weight_decay)
         no_decay = p.ndim <= 1 or name.endswith(".bias") or "positional_embedding" in name
         key = (group, no_decay)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ila.engine.atomic import atomic_path
+from ila.atomic import atomic_path
 from ila.engine.session import InferenceSession
 from ila.errors import UserError
 
@@ -307,7 +307,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     for r in failed:
         print(f"ila predict: error: {r['video']}: {r['error']}", file=sys.stderr)
     if csv_out:
-        from ila.engine.atomic import write_text
+        from ila.atomic import write_text
 
         write_text(csv_out, predictions_csv(shown))
         print(f"wrote {csv_out}", file=sys.stderr)

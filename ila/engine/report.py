@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from ila.engine.atomic import atomic_path, write_text
+from ila.atomic import atomic_path, write_text
 from ila.engine.optim import describe_schedule
 from ila.errors import UserError
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ila.engine.atomic import output_dir, remove_stale_temporaries
+from ila.atomic import output_dir, remove_stale_temporaries
 from ila.errors import UserError
 
 LOCK_NAME = ".lock"

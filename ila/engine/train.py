@@ -29,7 +29,7 @@ from torch import nn
 from ila.config import Config, config_from_dict, require_complete
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
-from ila.engine.atomic import write_text
+from ila.atomic import write_text
 from ila.engine.classes import class_text
 from ila.engine.loaders import device_augment, loader, read_split, video_dataset
 from ila.engine.optim import create_optimizer, create_scheduler

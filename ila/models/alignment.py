@@ -6,13 +6,14 @@ coordinates where cell k sits at 2k/(S-1) - 1 (x indexes columns, y rows).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ila.models.clip import Linear
+from ila.models.fuse import FUSIONS, GroupedPointwise, fold_conv_bn_relu
 
 # Mask shape of the release (the paper's eta, delta, beta): height 1, plateau radius 0.25, slope 1.5.
 MASK_HEIGHT, MASK_RADIUS, MASK_SLOPE = 1.0, 0.25, 1.5
@@ -177,6 +178,19 @@ class ImplicitAlignment(nn.Module):
             interactive = torch.cat([self.class_proj(cls), self.token_proj(conv)], dim=2)
             interactive = interactive if skip is None else skip(interactive)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
+
+    def fuse(self, rewrites: Collection[str] | None = None) -> None:
+        """Rewrite the alignment in place for inference (`ila.fuse`; `rewrites`: names from FUSIONS, None: all).
+        `point_head`: the point head's grouped 1x1 temporal convolutions as block-diagonal linears; `bn`: every
+        Conv2d + BatchNorm2d [+ MaxPool2d] + ReLU of the trunk and the point head as one folded convolution.
+        (The block's `skip` rewrite, which reaches into `token_proj` and `class_proj`, is `ISTBlock.fuse`.)"""
+        rewrites = FUSIONS if rewrites is None else rewrites
+        if "point_head" in rewrites and isinstance(self.point_head.temporal, nn.Sequential):
+            self.point_head.temporal = GroupedPointwise(self.point_head.temporal)
+        if "bn" in rewrites:
+            onednn = "onednn" in rewrites
+            self.interactive_block = fold_conv_bn_relu(self.interactive_block, onednn)
+            self.point_head.spatial = fold_conv_bn_relu(self.point_head.spatial, onednn)
 
 
 def alignment_loss(pooled_prev: torch.Tensor, pooled_cur: torch.Tensor) -> torch.Tensor:

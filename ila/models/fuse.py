@@ -5,7 +5,10 @@ pay under autograd, and the training forward does them on the fly: `skip` as a w
 `ImplicitAlignment.forward`, `quick_gelu` as one SiLU with the scalings on the MLP's D-wide input and output in
 `MLP.forward`; fusing stores the folded weights once.)
 
-Each rewrite has a name, and `fuse(model, ablation=[...])` leaves the named ones out, so each can be measured:
+Each rewrite has a name, and `fuse(model, ablation=[...])` leaves the named ones out, so each can be measured. The
+modules that are not CLIP's rewrite themselves: `fuse` calls every module's own `fuse(rewrites)` (a temporal block's,
+`TemporalBlock.fuse`; the IST block does `ln` and `skip`, its alignment `bn` and `point_head`), and rewrites the CLIP
+modules (blocks, MLPs, attentions, linears) itself:
 
 - bn: every eval-mode BatchNorm of the alignment folded into the convolution before it, with the ReLU that follows
   fused into the same convolution (also across a max-pool: ReLU is monotone, so it commutes with max).
@@ -208,19 +211,37 @@ def fold_layer_norm(ln: nn.LayerNorm, target: nn.Module, weight: str, bias: str)
     return nn.LayerNorm(ln.normalized_shape, eps=ln.eps, elementwise_affine=False)
 
 
-def _linear(layer: nn.Module, onednn: bool, act: str | None = None) -> nn.Module:
+def as_fused_linear(layer: nn.Module, onednn: bool, act: str | None = None) -> nn.Module:
+    """An `nn.Linear` as a `FusedLinear` (the same weights); anything else as it is."""
     if isinstance(layer, FusedLinear):
         return layer
     return FusedLinear(layer.weight, layer.bias, act, onednn) if isinstance(layer, nn.Linear) else layer
 
 
+def fold_block_layer_norms(block: nn.Module) -> None:
+    """The `ln` rewrite of a pre-norm block (`ln_1` -> `attn`, `ln_2` -> `mlp`): each LayerNorm's affine folded into
+    the linear it feeds (the packed q/k/v projection, the MLP's first linear). A block already folded is left as
+    it is."""
+    if block.ln_1.elementwise_affine and block.ln_2.elementwise_affine:
+        block.ln_1 = fold_layer_norm(block.ln_1, block.attn, "in_proj_weight", "in_proj_bias")
+        block.ln_2 = fold_layer_norm(block.ln_2, block.mlp.c_fc, "weight", "bias")
+
+
+def fuses_itself(module: nn.Module, root: nn.Module) -> bool:
+    """Whether `fuse` calls `module.fuse(rewrites)`: a module with a `fuse` method of its own (a temporal block,
+    the alignment), other than a model that is fused as a whole (`root`, or one nested in it: it has `fused`)."""
+    return module is not root and not hasattr(module, "fused") and callable(getattr(module, "fuse", None))
+
+
 @torch.no_grad()
 def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Module:
     """Rewrite `model` (an ILAModel) in place for inference; `ablation`: names from FUSIONS to leave out.
-    Returns the model, in eval mode and inference-only. Fusing a fused model again is an error."""
-    from ila.models.alignment import ImplicitAlignment, compose_linears
+    Returns the model, in eval mode and inference-only. Fusing a fused model again is an error.
+
+    Each module that has a `fuse(rewrites)` method rewrites itself (`TemporalBlock.fuse`: a variant's blocks own
+    their rewrites, as timm's `reparameterize_model` asks each module); the CLIP modules they are made of (blocks,
+    MLPs, attentions, linears) are rewritten here."""
     from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
-    from ila.models.ist_block import ISTBlock
 
     left_out = parse_ablation(ablation)
     if getattr(model, "fused", ()):
@@ -229,20 +250,10 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     onednn = "onednn" in rewrites
     model.eval()
     for module in list(model.modules()):  # parents before children: a block's `ln` fold precedes its MLP's
-        if ("ln" in rewrites and isinstance(module, (ISTBlock, ResidualAttentionBlock))
-                and module.ln_1.elementwise_affine and module.ln_2.elementwise_affine):
-            module.ln_1 = fold_layer_norm(module.ln_1, module.attn, "in_proj_weight", "in_proj_bias")
-            module.ln_2 = fold_layer_norm(module.ln_2, module.mlp.c_fc, "weight", "bias")
-        if "point_head" in rewrites and isinstance(module, ImplicitAlignment):
-            module.point_head.temporal = GroupedPointwise(module.point_head.temporal)
-        if "bn" in rewrites and isinstance(module, ImplicitAlignment):
-            module.interactive_block = fold_conv_bn_relu(module.interactive_block, onednn)
-            module.point_head.spatial = fold_conv_bn_relu(module.point_head.spatial, onednn)
-        if "skip" in rewrites and isinstance(module, ISTBlock):
-            proj, skip = module.alignment.token_proj, module.temporal_skip_fc
-            module.alignment.token_proj = FusedLinear(*compose_linears(proj, skip), onednn=onednn)
-            module.alignment.class_proj = _linear(skip, onednn)
-            module.temporal_skip_fc = nn.Identity()
+        if fuses_itself(module, model):
+            module.fuse(rewrites)
+        if "ln" in rewrites and isinstance(module, ResidualAttentionBlock):
+            fold_block_layer_norms(module)
         if "quick_gelu" in rewrites and isinstance(module, MLP) and isinstance(module.gelu, QuickGELU):
             module.c_fc = FusedLinear(module.c_fc.weight * QUICK_GELU_SCALE, module.c_fc.bias * QUICK_GELU_SCALE, "silu",
                                       onednn)
@@ -257,7 +268,7 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, _linear(child, True))
+                    setattr(module, name, as_fused_linear(child, True))
     for p in model.parameters():
         p.requires_grad_(False)
     model.fused = rewrites or ("none",)

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.clip import TextTower, VisionTower, clip_geometry, clip_to_ila_keys, read_clip_weights
+from ila.models.clip import TextTower, VisionTower
 from ila.models.config import ModelConfig
 from ila.models.heads import ClassifierHead, TextHead
 from ila.models.ist_block import ISTBlock
 from ila.models.registry import create_blocks
+from ila.models.temporal_block import TemporalBlock
 
 DELTA_DECAY_START = 30  # the release halves the disturbance offset at the start of every epoch from 30 on
 
@@ -130,95 +131,71 @@ class ILAModel(nn.Module):
             raise ValueError("this model has a classifier head and no text tower")
         return self.text(tokens)
 
+    @property
+    def has_alignment_maps(self) -> bool:
+        """Whether every video block gives alignment maps (`alignment_maps` works for any block index): the
+        blocks' own `has_alignment_maps` (True for temporal='ila')."""
+        blocks = self.visual.transformer.resblocks
+        return len(blocks) > 0 and all(getattr(b, "has_alignment_maps", False) for b in blocks)
+
     @torch.no_grad()
     def alignment_maps(self, video: torch.Tensor, block: int = -1) -> dict[str, torch.Tensor]:
         """Interactive points and 2-D alignment masks of one block, for pictures: points `(B,T-1,4)`,
-        masks `(B,T-1,2,S,S)` for (previous, current) frame of each pair."""
-        blocks = self.visual.transformer.resblocks
-        target = blocks[block]
-        if not isinstance(target, ISTBlock):
-            raise ValueError("alignment maps exist only for temporal='ila'")
-        target.record = True
-        try:
-            self.forward_features(video)
-            al = target.last
-        finally:
-            target.record, target.last = False, None
-        masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
-        return {"points": al.points, "masks": masks}
-
-    def save_pretrained(self, directory, class_names: list[str] | None = None, **kwargs):
-        """Write a shareable folder (config.json, model.safetensors, README.md); see `ila.hub.save_pretrained`."""
-        from ila.hub import save_pretrained
-
-        return save_pretrained(self, directory, class_names, **kwargs)
+        masks `(B,T-1,2,S,S)` for (previous, current) frame of each pair. A ValueError for a block without maps
+        (`has_alignment_maps`)."""
+        target = self.visual.transformer.resblocks[block]
+        if not getattr(target, "has_alignment_maps", False):
+            raise ValueError(f"alignment maps exist only for blocks that align frames (temporal='ila'); block {block} "
+                             f"of this temporal={self.cfg.temporal!r} model is a {type(target).__name__}")
+        return target.alignment_maps(lambda: self.forward_features(video))
 
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, full_finetune: bool | None = None) -> None:
-        """The release's freezing: CLIP towers and logit scale frozen, prompts frozen unless `train_prompts`;
-        `full_finetune=True` (or `freeze_clip=False`) trains everything."""
+        """The release's freezing: CLIP towers and logit scale frozen, prompts frozen unless `train_prompts`; the
+        video blocks' own parameters (`TemporalBlock.trainable`) and the head train. `full_finetune=True` (or
+        `freeze_clip=False`) trains everything. (`ila.engine.optim.param_groups` makes the optimizer's groups.)"""
         freeze = self.cfg.freeze_clip if full_finetune is None else not full_finetune
+        groups = parameter_group_map(self)
         for name, p in self.named_parameters():
-            group = parameter_group(name)
+            group = groups[name]
             p.requires_grad = not freeze or group in ("message", "temporal", "head") or (
                 group == "prompts" and self.cfg.train_prompts)
 
-    def param_groups(self, base_lr: float = 8e-6, weight_decay: float = 3e-3, scheme: str = "release") -> list[dict]:
-        """AdamW parameter groups of the trainable parameters; no weight decay on 1-D tensors, biases and
-        positional embeddings. `release`: message_* 5e-4 / 1e-2, temporal_* 10 x base / 1e-3, head 4e-4 / wd,
-        prompts 10 x base / wd, CLIP base / wd. `uniform`: every parameter at base lr / wd.
-        (`ila.engine.optim.param_groups`, which the training engine's `create_optimizer` uses.)"""
-        from ila.engine.optim import param_groups
 
-        return param_groups(self, base_lr, weight_decay, scheme)
+# the head's groups, by key prefix: the MIT and the classifier are new (`head`), the prompts CLIP-initialised
+HEAD_GROUPS = {"head.mit.": "head", "head.classifier.": "head", "head.prompts.": "prompts"}
+
+
+def parameter_group_map(model: nn.Module, buffers: bool = False) -> dict[str, str]:
+    """The group of every parameter of `model` (`buffers=True`: of every state-dict key), by name: `message` and
+    `temporal` for what a video block declares its own (`TemporalBlock.trainable`, matched relative to the block),
+    `head` (MIT, classifier) and `prompts` by the head's prefixes, `clip` for everything else (the pretrained
+    towers and logit scale). `ILAModel.set_trainable` and `ila.engine.optim.param_groups` read it."""
+    blocks = [(prefix + ".", m) for prefix, m in model.named_modules() if prefix and isinstance(m, TemporalBlock)]
+    names = model.state_dict().keys() if buffers else (n for n, _ in model.named_parameters())
+    groups = {}
+    for name in names:
+        group = next((g for prefix, g in HEAD_GROUPS.items() if name.startswith(prefix)), None)
+        if group is None:
+            # the innermost block holding the name decides (blocks do not nest in ila, but a variant's might)
+            owner = max(((prefix, b) for prefix, b in blocks if name.startswith(prefix)), key=lambda pb: len(pb[0]),
+                        default=None)
+            group = owner[1].parameter_group(name[len(owner[0]):]) if owner else "clip"
+        groups[name] = group
+    return groups
 
 
 def parameter_group(name: str) -> str:
-    """Which release group a parameter belongs to: message (alignment), temporal (skip projections / temporal
-    attention), head (MIT, classifier), prompts, or clip (pretrained towers)."""
+    """The group of one key of a built-in variant's model from its name alone, for key lists without a model (a
+    weights file's): the built-in blocks' declarations (`trainable`) as name substrings. With a model,
+    `parameter_group_map(model)` is exact for every variant, a newly registered one's too."""
     if ".message_" in name or ".alignment." in name:
         return "message"
     if ".temporal_" in name:
         return "temporal"
-    if name.startswith("head.mit.") or name.startswith("head.classifier."):
-        return "head"
-    if name.startswith("head.prompts."):
-        return "prompts"
-    return "clip"
+    return next((g for prefix, g in HEAD_GROUPS.items() if name.startswith(prefix)), "clip")
 
 
 def build_model(cfg: ModelConfig) -> ILAModel:
-    """An ILA model with fresh weights for a config (use `ila.load_release` / `ila.from_clip` for weights)."""
+    """An ILA model with fresh weights for a config (`ila.create_model` builds one with weights)."""
     return ILAModel(cfg)
-
-
-def from_clip(weights, cfg: ModelConfig | None = None, **overrides) -> ILAModel:
-    """An ILA model whose CLIP towers start from CLIP weights; the new modules keep their release initialisation.
-
-    `weights`: an OpenAI `.pt` (TorchScript or state dict), an open_clip checkpoint, a state dict, or a pretrained
-    name such as `ViT-B-32:openai` (fetched through open_clip when online). The geometry is read from the weights;
-    `cfg` (e.g. a preset) and `overrides` set the rest (frames, head, classes, ...); an `image_resolution`
-    override resamples the spatial position embedding (timm's resampler) to the new patch grid.
-    """
-    state = read_clip_weights(weights)
-    base = (cfg or ModelConfig()).to_dict()
-    base.update(clip_geometry(state))
-    base.update(overrides)
-    cfg = ModelConfig.from_dict(base)
-    from ila.safe_load import check_model_fits
-
-    check_model_fits(cfg, state, weights if not isinstance(weights, dict) else "the CLIP weights")
-    model = ILAModel(cfg)
-    mapped = clip_to_ila_keys(state)
-    if model.text is None:
-        mapped = {k: v for k, v in mapped.items() if not k.startswith("text.") and k != "logit_scale"}
-    from ila.models.resample import fit_position_embeddings   # image_resolution=... overrides the weights' size
-
-    mapped = fit_position_embeddings(mapped, model)
-    own = model.state_dict()
-    wrong = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
-    unknown = [k for k in mapped if k not in own]
-    if wrong or unknown:
-        raise UserError(f"CLIP weights do not fit: {', '.join((wrong + unknown)[:3])}")
-    model.load_state_dict(mapped, strict=False)
-    return model

@@ -10,18 +10,27 @@ z_mut = Avg(a_t), is appended to the frame's tokens for the spatial attention an
 """
 from __future__ import annotations
 
+from typing import Callable, Collection
+
 import torch
 from timm.layers import DropPath
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.alignment import ImplicitAlignment, alignment_loss, merge_pairs
+from ila.models.alignment import ImplicitAlignment, alignment_loss, compose_linears, merge_pairs
 from ila.models.clip import MLP, Attention, Linear, activation
+from ila.models.fuse import FUSIONS, FusedLinear, as_fused_linear, fold_block_layer_norms
 from ila.models.registry import register_temporal
+from ila.models.temporal_block import TemporalBlock
 
 
-class ISTBlock(nn.Module):
-    """One IST block; `forward` returns the new tokens and stores the block's alignment in `self.last`."""
+class ISTBlock(TemporalBlock):
+    """One IST block; `forward` returns the new tokens (and, while `record` is on, keeps the block's alignment in
+    `self.last`). Its own parameters: the message projection and the alignment (group `message`), the two skip
+    projections (group `temporal`); `ln_1`, `attn`, `ln_2`, `mlp` are CLIP's block."""
+
+    trainable = {"message_*": "message", "alignment": "message", "temporal_*": "temporal"}
+    has_alignment_maps = True
 
     def __init__(self, width: int, heads: int, grid: int, frames: int, trunk: str = "separable",
                  hidden: int = 256, point_hidden: int = 128, mi_token: str = "release", drop_path: float = 0.0,
@@ -68,6 +77,36 @@ class ISTBlock(nn.Module):
             x = self.attn(self.ln_1(x), residual=x, queries=queries)
         x = self.mlp(self.ln_2(x), residual=x)
         return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points
+
+    def fuse(self, rewrites: Collection[str] | None = None) -> None:
+        """Rewrite the block in place for inference (`ila.fuse`; `rewrites`: names from FUSIONS, None: all).
+        `ln`: `ln_1` / `ln_2`'s affine folded into the attention's q/k/v projection / the MLP's first linear;
+        `skip`: `temporal_skip_fc` folded into the alignment's token projection (the interactive class token goes
+        through the skip alone) and replaced by the identity. (The alignment's own rewrites:
+        `ImplicitAlignment.fuse`; the CLIP modules inside: `ila.models.fuse.fuse`.)"""
+        rewrites = FUSIONS if rewrites is None else rewrites
+        if "ln" in rewrites:
+            fold_block_layer_norms(self)
+        if "skip" in rewrites and isinstance(self.temporal_skip_fc, nn.Linear):
+            onednn = "onednn" in rewrites
+            proj, skip = self.alignment.token_proj, self.temporal_skip_fc
+            self.alignment.token_proj = FusedLinear(*compose_linears(proj, skip), onednn=onednn)
+            self.alignment.class_proj = as_fused_linear(skip, onednn)
+            self.temporal_skip_fc = nn.Identity()
+
+    def alignment_maps(self, run: Callable[[], object]) -> dict[str, torch.Tensor]:
+        """The block's interactive points `(B, T-1, 4)` and 2-D alignment masks `(B, T-1, 2, S, S)` (previous,
+        current frame of each pair) in the forward pass `run()` performs; the alignment is kept only during it."""
+        self.record = True
+        try:
+            run()
+            al = self.last
+        finally:
+            self.record, self.last = False, None
+        if al is None:
+            raise ValueError("the forward pass did not run this block")
+        masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
+        return {"points": al.points, "masks": masks}
 
 
 def _check_alignment_sizes(cfg) -> None:

@@ -7,7 +7,9 @@ A variant is a function that builds a model's video blocks from its config, with
     def frame_blocks(cfg: ModelConfig, block_fn=FrameBlock) -> list[nn.Module]:
         return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu) for _ in range(cfg.vision_layers)]
 
-Every block maps tokens `(B*T, L, D)` -> (tokens, alignment loss, points or None) (see `ila.models.temporal`).
+Every block is a `TemporalBlock` (`ila.models.temporal_block`): it maps tokens `(B*T, L, D)` -> (tokens, alignment
+loss, points or None) and declares which of its parameters are its own (`trainable`: they train while CLIP is
+frozen, in the optimizer group they name), how it fuses for inference and whether it gives alignment maps.
 `temporal_variants()` lists the names (the config's allowed `model.temporal` values, the CLI's `--temporal`
 choices, the demo and the benchmarks read it); `create_blocks(cfg)` builds `cfg.temporal`'s blocks. A new
 variant is one module with one registration, imported before the config that names it is validated.
@@ -63,6 +65,8 @@ def register_temporal(name: str, *, description: str, min_frames: int = 2, refer
         raise ValueError(f"a temporal variant's name is a short identifier, not {name!r}")
 
     def decorate(build):
+        if getattr(build, "__module__", None) not in BUILTIN_MODULES:
+            _load_builtin()             # ila's own variants first, whichever module registers before them
         if name in _VARIANTS and _VARIANTS[name].build is not build:
             raise ValueError(f"temporal variant {name!r} is already registered (by {_VARIANTS[name].build.__module__})")
         _VARIANTS[name] = TemporalVariant(name, build, description, min_frames, reference, check)
@@ -104,5 +108,13 @@ def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
 def create_blocks(cfg: ModelConfig, block_fn: Callable | None = None) -> list[nn.Module]:
     """The video blocks of `cfg.temporal` for `cfg`, one per vision layer; `block_fn` replaces the variant's
     block class (same constructor arguments), e.g. a subclass to experiment with."""
+    from ila.models.temporal_block import TemporalBlock
+
     variant = temporal_variant(cfg.temporal)
-    return variant.build(cfg) if block_fn is None else variant.build(cfg, block_fn=block_fn)
+    blocks = variant.build(cfg) if block_fn is None else variant.build(cfg, block_fn=block_fn)
+    odd = next((b for b in blocks if not isinstance(b, TemporalBlock)), None)
+    if odd is not None:    # its parameters would all pass for CLIP's: frozen under freeze_clip, in the clip group
+        raise TypeError(f"temporal variant {variant.name!r} built a {type(odd).__name__}, which is not a "
+                        f"TemporalBlock: derive it from ila.models.temporal_block.TemporalBlock and declare its "
+                        f"own parameters in `trainable`")
+    return blocks

@@ -1,7 +1,8 @@
 """The baselines that share ILA's backbone and head: no temporal modelling, divided and joint space-time attention.
 
-Every video block maps tokens `(B*T, L, D)` -> (tokens, alignment loss, points) so the backbone treats all
-variants alike; the baselines return a zero loss and no points. Each variant is registered once
+Every video block is a `TemporalBlock` (`ila.models.temporal_block`) and maps tokens `(B*T, L, D)` -> (tokens,
+alignment loss, points) so the backbone treats all variants alike; the baselines return a zero loss and no points.
+Each block declares its own new parameters (`trainable`); the rest are CLIP's. Each variant is registered once
 (`ila.models.registry`) by the function that builds its blocks.
 """
 from __future__ import annotations
@@ -11,10 +12,12 @@ from torch import nn
 
 from ila.models.clip import Attention, ResidualAttentionBlock
 from ila.models.registry import register_temporal
+from ila.models.temporal_block import TemporalBlock
 
 
-class FrameBlock(ResidualAttentionBlock):
-    """`mean`: the plain CLIP block on each frame; frames meet only when the head averages them."""
+class FrameBlock(ResidualAttentionBlock, TemporalBlock):
+    """`mean`: the plain CLIP block on each frame; frames meet only when the head averages them. Nothing of its own
+    trains: every parameter is CLIP's."""
 
     def __init__(self, width: int, heads: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)
@@ -23,12 +26,15 @@ class FrameBlock(ResidualAttentionBlock):
         return super().forward(x, queries), x.new_zeros(()), None
 
 
-class DividedSTBlock(ResidualAttentionBlock):
+class DividedSTBlock(ResidualAttentionBlock, TemporalBlock):
     """`attention`: temporal self-attention over each patch's T tokens, then CLIP's spatial block
     (divided space-time attention as in TimeSformer). The temporal output projection starts at zero.
     A learned per-frame position embedding enters the temporal attention's input (as TimeSformer's time
     embedding): without it the attention is permutation-equivariant over frames and, with an order-blind
-    head, the whole model could not tell a video from its reversal."""
+    head, the whole model could not tell a video from its reversal. The temporal_* modules are its own (group
+    `temporal`); the rest is CLIP's block."""
+
+    trainable = {"temporal_*": "temporal"}
 
     def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)
@@ -50,9 +56,10 @@ class DividedSTBlock(ResidualAttentionBlock):
         return super().forward(x, queries), x.new_zeros(()), None
 
 
-class JointSTBlock(ResidualAttentionBlock):
+class JointSTBlock(ResidualAttentionBlock, TemporalBlock):
     """`joint`: one self-attention over all T x L tokens of a clip (joint space-time attention, as in ViViT's
-    unfactorised model). A reference for how attention cost grows with T; not one of ILA's baselines."""
+    unfactorised model). A reference for how attention cost grows with T; not one of ILA's baselines. Every
+    parameter is CLIP's (its attention simply sees more tokens)."""
 
     def __init__(self, width: int, heads: int, frames: int, quick_gelu: bool = True):
         super().__init__(width, heads, quick_gelu)

@@ -133,8 +133,14 @@ def _is_clip(probe: Probe) -> bool:
         return isinstance(probe.text, str) and not looks_like_path(probe.text)   # a pretrained name
     if not probe.is_file():
         return False
-    if probe.is_file(".safetensors"):
-        return True                                  # bare weights (ila's own carry metadata: `pretrained`)
+    if probe.is_file(".safetensors"):                # bare weights (ila's own carry metadata: `pretrained`)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(probe.path), framework="pt") as f:
+                return any(k in f.keys() for k in ("visual.conv1.weight", "module.visual.conv1.weight"))
+        except Exception:  # noqa: BLE001 - not a readable safetensors file: no reader's (the fallback says so)
+            return False
     state = probe.state_dict()
     return isinstance(state, dict) and any(k in state for k in ("visual.conv1.weight", "module.visual.conv1.weight"))
 

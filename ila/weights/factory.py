@@ -26,7 +26,7 @@ from ila.config import Config, config_from_dict, load_config
 from ila.data.preprocessing import Preprocessing
 from ila.errors import UserError, printable
 from ila.models.config import ModelConfig
-from ila.models.ila import ILAModel, parameter_group
+from ila.models.ila import ILAModel, parameter_group, parameter_group_map
 from ila.models.resample import fit_position_embeddings
 from ila.safe_load import held_bytes
 from ila.weights.sources import WeightsRecord, read_weights
@@ -53,9 +53,10 @@ def check_model_fits(cfg: ModelConfig, tensors: dict, source: Any) -> None:
 
 
 def tower_keys(model: nn.Module, image_only: bool = False) -> set[str]:
-    """The state-dict keys of the pretrained CLIP towers (the `clip` parameter group); `image_only`: the image
-    tower's alone."""
-    return {k for k in model.state_dict() if parameter_group(k) == "clip" and (k.startswith("visual.") or not image_only)}
+    """The state-dict keys of the pretrained CLIP towers (the `clip` group: what no video block declares its own
+    and no head holds); `image_only`: the image tower's alone."""
+    return {k for k, g in parameter_group_map(model, buffers=True).items()
+            if g == "clip" and (k.startswith("visual.") or not image_only)}
 
 
 def load_record(model: nn.Module, record: WeightsRecord, parts: Parts = "all") -> nn.Module:
@@ -67,7 +68,8 @@ def load_record(model: nn.Module, record: WeightsRecord, parts: Parts = "all") -
     theirs = fit_position_embeddings(record.state_dict, model)
     if parts == "tower":
         required = tower_keys(model, image_only=True)
-        given = {k for k in theirs if k.startswith("visual.") and parameter_group(k) == "clip"}
+        groups = parameter_group_map(model, buffers=True)      # the weights' own keys: by name where not the model's
+        given = {k for k in theirs if k.startswith("visual.") and groups.get(k, parameter_group(k)) == "clip"}
         theirs = {k: theirs[k] for k in given}
     elif record.tower_only:
         required = tower_keys(model)
@@ -206,5 +208,4 @@ def from_pretrained(name_or_dir: str | Path, revision: str | None = None, device
     """The model of a shared folder, a `.safetensors` file or a Hugging Face Hub repo id `ORG/NAME` (`revision`:
     a branch, tag or commit; `HF_HUB_OFFLINE=1`: from the cache only), in eval mode, carrying `class_names`,
     `config` and `preprocessing`; `ila.save_pretrained(model, DIR)` writes it back out."""
-    record = read_weights(name_or_dir, kind="pretrained", revision=revision, cache_dir=cache_dir)
-    return load_model(record, device=device)[0]
+    return load_model(name_or_dir, device=device, revision=revision, cache_dir=cache_dir)[0]

@@ -154,5 +154,9 @@ def read_weights(source: Any, kind: str | None = None, **options) -> WeightsReco
             probe.text.count("/") != 1
         raise UserError(f"{shown}: no such file or folder" + ("" if pathlike else " (nor a Hugging Face Hub repo id "
                                                                                   "ORG/NAME with this name)"))
+    if probe.is_file(".safetensors"):
+        raise UserError(f"{shown} has no ila config in its metadata (bare weights) and holds no CLIP weights; write "
+                        f"it with `ila convert` or `ila export --format hub`, or load the weights with safetensors "
+                        f"yourself")
     raise UserError(f"{shown} holds no weights ila can read: an ila checkpoint or run directory, a pretrained folder "
                     f"or .safetensors file, an authors' release checkpoint or CLIP weights")
