@@ -68,9 +68,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from ila.engine.convert import convert_release
+    from ila.convert import convert_release
 
-    convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes)
+    convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes,
+                    trim_classifier=args.trim_classifier)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -88,17 +89,15 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    if args.format == "hub":
-        from ila.hub import export_hub
+    from ila.export import export
 
-        export_hub(args.checkpoint, args.out, classes=args.classes)
-        return
-    from ila.engine.onnx_export import export
-
-    meta = export(args.checkpoint, args.out, args.format, frames=args.frames, size=args.size, classes=args.classes,
+    meta = export(args.checkpoint, args.out, args.format, classes=args.classes, frames=args.frames, size=args.size,
                   overrides=args.set or [], check=not args.no_check)
-    print(f"wrote {args.out} ({args.format}; {meta['frames']} frames of {meta['size']}px, {len(meta['class_names'])} "
-          f"classes; parity error {meta.get('parity_error', float('nan')):.1e}) and {args.out}.json")
+    if meta is not None:
+        pre = meta["preprocessing"]
+        print(f"wrote {args.out} ({args.format}; {pre['num_frames']} frames of {pre['input_size']}px, "
+              f"{len(meta['class_names'])} classes; parity error {meta.get('parity_error', float('nan')):.1e}) and "
+              f"{args.out}.json")
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
@@ -161,8 +160,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ila import __version__
+    from ila.data.annotations import ANNOTATION_FORMATS, format_choices
+    from ila.export import EXPORTERS
     from ila.models.registry import temporal_variants
+    from ila.version import __version__
     from ila.presets import DEMO_RECIPE
 
     parser = _Parser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
     p.add_argument("--variant", choices=["k400", "ssv2"], default=None, help="default: detected from the weights")
     p.add_argument("--classes", help="class-name file or comma-separated names to store in the checkpoint")
+    p.add_argument("--trim-classifier", action="store_true",
+                   help="a classifier (SSv2) with more outputs than --classes names: keep only the first ones "
+                        "(the authors' SSv2 release has 400 outputs for 174 classes)")
     p.set_defaults(func=_cmd_convert)
 
     p = add("prepare", help="a training-friendly copy of a dataset: short side, keyframes, H.264 (or JPEG)")
@@ -256,15 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-jpeg", action="store_true", help="JPEG frame folders instead of H.264 videos")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
     p.add_argument("--root", default="", help="folder the annotation's paths are relative to")
-    p.add_argument("--format", default="auto", choices=["auto", "list", "kinetics_csv", "ssv2", "frames"])
+    p.add_argument("--format", default="auto", choices=format_choices(),
+                   help=", ".join(["auto (from the folder or the file)"] + [f"{e.name} ({e.description})"
+                                                                           for e in ANNOTATION_FORMATS]))
     p.add_argument("--class-names", default=None, help="class-name file (default: from the annotation)")
     p.set_defaults(func=_cmd_prepare)
 
     p = add("export", help="a checkpoint to share (hub: config.json + model.safetensors + card) or to deploy "
                            "(onnx, exported: a graph clip -> logits, probs)")
     p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
-    p.add_argument("--format", required=True, choices=["hub", "onnx", "exported"],
-                   help="hub (a shareable folder), onnx (onnxruntime, TensorRT, ...) or exported (torch.export .pt2)")
+    p.add_argument("--format", required=True, choices=EXPORTERS.names(),
+                   help=", ".join(f"{e.name} ({e.description})" for e in EXPORTERS))
     p.add_argument("--out", required=True, metavar="PATH",
                    help="hub: a folder (or a .safetensors file); onnx/exported: the file (its metadata goes to PATH.json)")
     p.add_argument("--classes", help="class names to store (a file, a,b,c, kinetics400 or ssv2; text heads: baked "

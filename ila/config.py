@@ -24,6 +24,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from ila.data.annotations import format_choices
+from ila.data.decode import DECODERS
 from ila.errors import UserError
 from ila.models.config import ModelConfig
 from ila.models.registry import temporal_variants
@@ -41,7 +43,7 @@ class DataConfig:
     train_list: str = ""                    # training annotations (Kinetics list/CSV, SSv2 JSON, ...)
     val_list: str = ""                      # validation annotations (`ila eval`, per-epoch validation)
     class_names: str | list[str] | None = None  # class-name file, or the names as a YAML list
-    format: Literal["auto", "list", "kinetics_csv", "ssv2", "frames"] = "auto"  # annotation format
+    format: str = "auto"                    # annotation format: auto or a registered one (ANNOTATION_FORMATS)
     val_split: float = 0.0                  # hold out this fraction of a train_list folder for validation
     num_frames: int | None = None           # frames per clip; empty: the model's
     input_size: int | None = None           # crop side in pixels; empty: the model's resolution
@@ -51,7 +53,7 @@ class DataConfig:
     workers: int = 2                        # loader processes per training process
     grayscale: float = 0.2                  # chance a training clip is turned grey (release recipe: 0.2)
     augment: Literal["cpu", "device"] = "cpu"  # training recipe in the loader workers, or batched on the training device
-    decoder: Literal["pyav", "torchcodec", "torchcodec-cuda"] = "pyav"  # video decoder (torchcodec: optional
+    decoder: str = "pyav"                   # video decoder, a registered one (DECODERS; torchcodec: optional
                                             # extra, system FFmpeg; torchcodec-cuda: on the GPU, data.workers=0)
     decoder_threads: int = 1                # FFmpeg threads per decoder (0: FFmpeg picks); 1 pays best per core
     cache: Literal["none", "memory"] = "none"  # memory: decode every video once, serve clips from memory
@@ -127,7 +129,8 @@ class Config:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 # keys whose allowed values are what a registry holds when the config is read (a variant registered later counts)
-REGISTERED_CHOICES = {"model.temporal": temporal_variants, "train.schedule": SCHEDULES.names}
+REGISTERED_CHOICES = {"model.temporal": temporal_variants, "train.schedule": SCHEDULES.names,
+                      "data.format": format_choices, "data.decoder": DECODERS.names}
 _TOP = ("name", "output", "device")
 _INT64 = 2**63
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

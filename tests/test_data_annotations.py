@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from ila.data.annotations import Sample, detect_format, load_annotations, load_class_names, read_annotations
+from ila.data.annotations import (ANNOTATION_FORMATS, Sample, detect_format, load_annotations, load_class_names,
+                                  read_annotations)
 from ila.errors import UserError
 
 
@@ -124,3 +125,119 @@ def test_class_name_files(tmp_path):
         load_class_names(write(tmp_path / "gap.csv", "0,a\n2,b\n"))
     with pytest.raises(UserError, match=r"bad\.csv:2: class id 'x' is not an integer"):
         load_class_names(write(tmp_path / "bad.csv", "0,a\nx,b\n"))
+
+
+# ------------------------------------------------------------------------------------------ the format registry
+
+def _prepare_format_choices():
+    from ila.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    prepare = commands.choices["prepare"]
+    return next(a for a in prepare._actions if "--format" in a.option_strings).choices
+
+
+def test_formats_are_registered_once_by_their_readers():
+    from ila.data import annotations, folders
+
+    assert ANNOTATION_FORMATS.names() == ("list", "kinetics_csv", "ssv2", "frames", "folders")
+    assert ANNOTATION_FORMATS.get("list").obj is annotations.read_list
+    assert ANNOTATION_FORMATS.get("folders").obj is folders.read_folders
+    assert [e.name for e in ANNOTATION_FORMATS if e.info.get("folder")] == ["folders"]
+    assert all(e.description for e in ANNOTATION_FORMATS)
+
+
+def test_formats_load_whichever_data_module_is_imported_first():
+    """annotations never imports folders (the registry loads it by name): no import cycle, the same order."""
+    import subprocess
+    import sys
+
+    for first in ("ila.data.annotations", "ila.data.folders", "ila.data.prepare", "ila.config"):
+        code = f"import {first}; from ila.data.annotations import ANNOTATION_FORMATS as F; print(','.join(F.names()))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "list,kinetics_csv,ssv2,frames,folders", out.stderr
+
+
+def test_every_registered_format_is_a_valid_data_format_and_prepare_choice():
+    from ila.config import REGISTERED_CHOICES, config_keys, load_config
+
+    choices = ("auto",) + ANNOTATION_FORMATS.names()
+    assert REGISTERED_CHOICES["data.format"]() == choices
+    assert tuple(_prepare_format_choices()) == choices
+    assert next(r for r in config_keys() if r[0] == "data.format")[1:] == ("one of " + ", ".join(choices), "auto")
+    for name in choices:
+        assert load_config("tiny", [f"data.format={name}"]).data.format == name
+
+
+def test_an_unknown_format_names_exactly_the_registered_ones(tmp_path, capsys):
+    from ila.cli import main
+    from ila.config import load_config
+
+    allowed = ", ".join(("auto",) + ANNOTATION_FORMATS.names())
+    for value in ("xml", "List", "", "list,ssv2"):
+        with pytest.raises(UserError) as e:
+            load_config("tiny", [f"data.format={value}"])
+        assert str(e.value) == f"data.format={value!r} is not allowed; use one of {allowed}"
+    listing = write(tmp_path / "train.txt", "a.mp4 0\n")
+    with pytest.raises(UserError) as e:
+        read_annotations(listing, fmt="xml")
+    assert str(e.value) == f"unknown annotation format 'xml' for {listing}; use one of {allowed}"
+    with pytest.raises(SystemExit):
+        main(["prepare", listing, str(tmp_path / "out"), "--format", "xml"])
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "argument --format: invalid choice: 'xml'" in err
+    assert "choose from " + ", ".join(repr(c) for c in allowed.split(", ")) in err or \
+        "choose from " + allowed in err
+
+
+def test_a_format_registered_later_is_a_valid_data_format(tmp_path):
+    """A format registered by anyone (here: a test) is a valid data.format, an `ila prepare --format` choice, read
+    through `read_annotations` and `read_split`, and found by `auto`, without any other edit; then unregistered."""
+    from ila.config import load_config
+    from ila.data.annotations import Annotations, annotations_from_rows
+    from ila.engine.loaders import read_split
+
+    def read_tsv(path, root="", class_names=None, filename_pattern=None, allow_duplicates=False) -> Annotations:
+        rows = [(n, *line.split("\t")[::-1], None) for n, line in enumerate(open(path).read().splitlines(), 1)]
+        return annotations_from_rows(path, rows, root, class_names, allow_duplicates)
+
+    tsv = write(tmp_path / "train.tsv", "cat\ta.mp4\ndog\tb.mp4\n")
+    ANNOTATION_FORMATS.register("label_tab_path", read_tsv, description="LABEL<TAB>PATH lines",
+                                detect=lambda path, head: path.endswith(".tsv"))
+    try:
+        assert "label_tab_path" in _prepare_format_choices()
+        for fmt in ("label_tab_path", "auto"):
+            cfg = load_config("tiny", [f"data.format={fmt}", f"data.train_list={tsv}", f"data.root={tmp_path}"])
+            assert cfg.data.format == fmt
+            samples, names = read_split(cfg, "train")
+            assert names == ["cat", "dog"]
+            assert samples == [Sample(str(tmp_path / "a.mp4"), 0), Sample(str(tmp_path / "b.mp4"), 1)]
+        assert detect_format(tsv) == "label_tab_path"
+    finally:
+        ANNOTATION_FORMATS.unregister("label_tab_path")
+    assert "label_tab_path" not in _prepare_format_choices()
+    with pytest.raises(UserError, match="data.format='label_tab_path' is not allowed; use one of auto, list,"):
+        load_config("tiny", ["data.format=label_tab_path"])
+    assert detect_format(tsv) == "list"
+
+
+def test_folders_are_a_format_chosen_by_auto(tmp_path):
+    for cls, name in (("run", "a.mp4"), ("jump", "b.mkv"), ("jump", "c.webm")):
+        (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / cls / name).write_bytes(b"")
+    folder = str(tmp_path / "data")
+    assert detect_format(folder) == "folders"
+    for fmt in ("auto", "folders"):
+        ann = read_annotations(folder, fmt=fmt)
+        assert ann.class_names == ["jump", "run"] and [s.label for s in ann.samples] == [0, 0, 1]
+    assert read_annotations(folder, class_names=["run", "jump"]).class_names == ["run", "jump"]
+    listing = write(tmp_path / "train.txt", "a.mp4 0\n")
+    for path, fmt, words in ((folder, "list", r"is a folder; annotation format 'list' reads an annotation file"),
+                             (listing, "folders", r"is a file; annotation format 'folders' reads a folder"),
+                             (str(tmp_path / "none"), "folders", "dataset folder not found: "),
+                             (str(tmp_path / "none"), "auto", "annotation file not found: "),
+                             (str(tmp_path / "none"), "list", "annotation file not found: ")):
+        with pytest.raises(UserError, match=words) as e:
+            read_annotations(path, fmt=fmt)
+        assert "\n" not in str(e.value)

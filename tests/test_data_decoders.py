@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ila.data.decode import VideoReader, open_video
+from ila.data.decode import DECODERS, VideoReader, decodes_on_gpu, open_video
 from ila.data.decode_torchcodec import torchcodec_available
 from ila.errors import UserError
 
@@ -37,8 +37,95 @@ def test_torchcodec_bad_files_are_one_line_errors(tmp_path):
 
 def test_unknown_decoder_is_refused(motion):
     path = next(p for p in sorted((motion / "train").iterdir()) if p.suffix == ".mp4")
-    with pytest.raises(UserError, match="data.decoder must be one of pyav, torchcodec"):
+    with pytest.raises(UserError, match="data.decoder='decord' is not allowed; use one of pyav, torchcodec") as e:
         open_video(str(path), decoder="decord")
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ the registry
+
+def test_decoders_are_registered_once_where_they_are_written():
+    from ila.data import decode, decode_torchcodec
+
+    assert DECODERS.names() == ("pyav", "torchcodec", "torchcodec-cuda")
+    assert DECODERS.get("pyav").obj is decode.open_pyav
+    assert DECODERS.get("torchcodec").obj is decode_torchcodec.open_torchcodec
+    assert DECODERS.get("torchcodec-cuda").obj is decode_torchcodec.open_torchcodec_cuda
+    assert [d for d in DECODERS.names() if decodes_on_gpu(d)] == ["torchcodec-cuda"]
+    assert all(e.description for e in DECODERS)
+
+
+def test_no_import_cycle_between_decode_and_torchcodec():
+    """decode_torchcodec imports decode at the top; decode never imports decode_torchcodec (the registry loads it
+    by name): in a fresh interpreter either module imports first, and the registry holds the three decoders."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ila.data.decode as decode
+
+    tree = ast.parse(Path(decode.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and "decode_torchcodec" in m for m in imported)
+    for first in ("ila.data.decode", "ila.data.decode_torchcodec"):
+        code = (f"import {first}; from ila.data.decode import DECODERS; import sys; "
+                f"print(','.join(DECODERS.names()))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "pyav,torchcodec,torchcodec-cuda", out.stderr
+
+
+def test_every_registered_decoder_is_a_valid_data_decoder(capsys):
+    from ila.cli import main
+    from ila.config import REGISTERED_CHOICES, config_keys, load_config
+
+    assert REGISTERED_CHOICES["data.decoder"]() == DECODERS.names()
+    row = next(r for r in config_keys() if r[0] == "data.decoder")
+    assert row[1:] == ("one of " + ", ".join(DECODERS.names()), "pyav")
+    for name in DECODERS.names():
+        sets = ["data.workers=0", "data.augment=device"] if decodes_on_gpu(name) else []
+        assert load_config("tiny", [f"data.decoder={name}", *sets]).data.decoder == name
+        assert main(["config", "show", "tiny", "--set", f"data.decoder={name}", *sets]) in (0, None)
+        assert f"decoder: {name}" in capsys.readouterr().out
+
+
+def test_an_unknown_decoder_names_exactly_the_registered_ones(capsys):
+    from ila.cli import main
+    from ila.config import load_config
+
+    allowed = ", ".join(DECODERS.names())
+    for value in ("decord", "PyAV", "", "torchcodec,pyav"):
+        with pytest.raises(UserError) as e:
+            load_config("tiny", [f"data.decoder={value}"])
+        assert str(e.value) == f"data.decoder={value!r} is not allowed; use one of {allowed}"
+    assert main(["config", "show", "tiny", "--set", "data.decoder=decord"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ila config: error: data.decoder='decord' is not allowed; use one of {allowed}\n"
+
+
+def test_a_decoder_registered_later_is_a_valid_data_decoder(motion):
+    """A decoder registered by anyone (here: a test) is accepted by the config and used by `open_video` without
+    any other edit; unregistered, it is refused again."""
+    from ila.config import load_config
+
+    path = str(next(p for p in sorted((motion / "train").iterdir()) if p.suffix == ".mp4"))
+    opened = []
+
+    def open_recorded(path, threads=1, short_side=None):
+        opened.append((path, threads, short_side))
+        return VideoReader(path, threads=threads)
+
+    DECODERS.register("recorded", open_recorded, description="PyAV, noting each file")
+    try:
+        assert load_config("tiny", ["data.decoder=recorded"]).data.decoder == "recorded"
+        with open_video(path, threads=2, decoder="recorded", short_side=24) as reader:
+            assert reader.read([0]).shape[0] == 1
+        assert opened == [(path, 2, 24)]
+    finally:
+        DECODERS.unregister("recorded")
+    with pytest.raises(UserError, match="use one of pyav, torchcodec, torchcodec-cuda$"):
+        load_config("tiny", ["data.decoder=recorded"])
 
 
 # ------------------------------------------------------------------------------------------ decoder threads

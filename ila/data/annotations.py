@@ -3,6 +3,13 @@
 Every reader turns one file into a list of `Sample`s; labels written as names are mapped to indices
 through the class names (from a file, or sorted from the annotation itself). A malformed line raises
 `UserError` naming the file, the line and what is wrong.
+
+The formats are the entries of `ANNOTATION_FORMATS` (`data.format`, `ila prepare --format`), each registered
+once by the function that reads it; `ila.data.folders` registers `folders` (one subfolder per class). A reader
+is called as `reader(path, root=..., class_names=..., filename_pattern=..., allow_duplicates=...)` (class_names:
+None or a checked list of names) and returns `Annotations`. Its entry may say `folder=True` (it reads a
+folder, not a file) and `detect=fn(path, head)` (`head()`: the file's first non-empty line) for `auto`;
+`fallback=True` marks the format `auto` takes when no other one recognises a file.
 """
 from __future__ import annotations
 
@@ -15,10 +22,13 @@ import os
 import re
 import reprlib
 from dataclasses import dataclass
+from functools import cache
 
 from ila.errors import UserError
+from ila.registry import Entry, Registry
 
-FORMATS = ("list", "kinetics_csv", "ssv2", "frames")
+# data.format's values (besides "auto"); `folders` is registered by ila.data.folders, loaded on the first look-up
+ANNOTATION_FORMATS = Registry("annotation format", key="data.format", builtin=("ila.data.folders",))
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 SSV2_PATTERN = "{id}.webm"
@@ -77,34 +87,70 @@ def load_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
 
 def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=None,
                      filename_pattern: str | None = None, allow_duplicates: bool = False) -> Annotations:
-    """Read an annotation file; also return the class names its labels index.
+    """Read an annotation file, or a dataset folder; also return the class names its labels index.
 
-    fmt: "list" (`path LABEL`, space or comma separated), "kinetics_csv" (`label,youtube_id,time_start,
-    time_end,split`), "ssv2" (SSv2 train/validation JSON), "frames" (`dir NUM_FRAMES LABEL`) or "auto"
-    (by extension and content). class_names: a list, a class-name file path, or None (names come from the
-    annotation: sorted unique label names; for SSv2 the `labels.json` next to the list). filename_pattern:
-    the video file name of a CSV row or SSv2 entry, formatted with the row's fields. root is joined to
-    every path. A video listed twice is refused (it would be trained on or scored twice) unless
-    allow_duplicates (deliberate oversampling).
+    fmt: a registered format (`ANNOTATION_FORMATS`): "list" (`path LABEL`, space or comma separated),
+    "kinetics_csv" (`label,youtube_id,time_start,time_end,split`), "ssv2" (SSv2 train/validation JSON), "frames"
+    (`dir NUM_FRAMES LABEL`), "folders" (a folder with one subfolder per class), or "auto" (a folder: folders;
+    a file: by extension and content). class_names: a list, a class-name file path, or None (names come from
+    the annotation: sorted unique label names; for SSv2 the `labels.json` next to the list; for folders the
+    sorted subfolder names). filename_pattern: the video file name of a CSV row or SSv2 entry, formatted with
+    the row's fields. root is joined to every path of a file. A video listed twice is refused (it would be
+    trained on or scored twice) unless allow_duplicates (deliberate oversampling).
     """
-    if not os.path.isfile(path):
-        raise UserError(f"annotation file not found: {path}")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt not in FORMATS:
-        raise UserError(f"unknown annotation format {fmt!r} for {path}; expected one of {', '.join(FORMATS)}")
+    entry = annotation_format(path, fmt)
     if isinstance(class_names, (str, os.PathLike)):
         class_names = load_class_names(os.fspath(class_names))
     elif class_names is not None:
         class_names = _unique_names("class names", [str(name) for name in class_names])
-    if fmt == "ssv2":
-        if class_names is None:
-            class_names = _ssv2_labels_next_to(path)
-        rows = _read_ssv2(path, filename_pattern or SSV2_PATTERN)
-    elif fmt == "kinetics_csv":
-        rows = _read_kinetics_csv(path, filename_pattern or KINETICS_PATTERN)
-    else:
-        rows = _read_lines(path, frames=(fmt == "frames"))
+    return entry.obj(path, root=root, class_names=class_names, filename_pattern=filename_pattern,
+                     allow_duplicates=allow_duplicates)
+
+
+def annotation_format(path: str, fmt: str = "auto") -> Entry:
+    """The registered format that reads `path`: `fmt`, or for "auto" the one `detect_format` finds; a one-line
+    UserError when `fmt` is not registered or `path` is not what the format reads (a file or a folder)."""
+    if fmt != "auto" and fmt not in ANNOTATION_FORMATS:
+        raise UserError(f"unknown annotation format {_short(fmt)} for {path}; use one of "
+                        f"{', '.join(format_choices())}")
+    entry = ANNOTATION_FORMATS.get(detect_format(path) if fmt == "auto" else fmt)
+    if entry.info.get("folder"):
+        if not os.path.isdir(path):
+            raise UserError(f"{path} is a file; annotation format {entry.name!r} reads a folder" if os.path.exists(path)
+                            else f"dataset folder not found: {path}")
+    elif not os.path.isfile(path):
+        raise UserError(f"{path} is a folder; annotation format {entry.name!r} reads an annotation file (format auto "
+                        f"reads a folder with one subfolder per class)" if os.path.isdir(path)
+                        else f"annotation file not found: {path}")
+    return entry
+
+
+def format_choices() -> tuple[str, ...]:
+    """What `data.format` and `ila prepare --format` accept: "auto" and every registered format."""
+    return ("auto",) + ANNOTATION_FORMATS.names()
+
+
+def detect_format(path: str) -> str:
+    """Guess the format: a folder -> the folder format (folders); a file -> the first registered file format
+    whose `detect` recognises it (`.json` -> ssv2; a CSV header naming `youtube_id` -> kinetics_csv; three
+    fields with a frame count and no video extension -> frames), otherwise the fallback (list)."""
+    folder = os.path.isdir(path)
+    if not folder and not os.path.isfile(path):
+        raise UserError(f"annotation file not found: {path}")
+    head = cache(lambda: next((line.strip() for line in _lines(_read_text(path)) if line.strip()), ""))
+    kind = [e for e in ANNOTATION_FORMATS if bool(e.info.get("folder")) == folder]
+    found = next((e.name for e in kind if e.info.get("detect") and e.info["detect"](path, head)), None)
+    found = found or next((e.name for e in kind if e.info.get("fallback")), None)
+    if found is None:
+        raise UserError(f"{path}: no registered annotation format reads a {'folder' if folder else 'file'} like it; "
+                        f"give the format (one of {', '.join(ANNOTATION_FORMATS.names())})")
+    return found
+
+
+def annotations_from_rows(path: str, rows: list[tuple], root: str = "", class_names: list[str] | None = None,
+                          allow_duplicates: bool = False) -> Annotations:
+    """Samples from a reader's rows (line, relative path, label as written, frame count or None): paths and
+    labels checked, duplicates refused (unless allow_duplicates), labels mapped to class indices."""
     if not rows:
         raise UserError(f"{path}: no samples in the annotation file")
     for line, rel, label, _ in rows:
@@ -122,18 +168,45 @@ def read_annotations(path: str, root: str = "", fmt: str = "auto", class_names=N
     return Annotations(samples, class_names)
 
 
-def detect_format(path: str) -> str:
-    """Guess the format: `.json` -> ssv2; a CSV header naming `youtube_id` -> kinetics_csv; three fields
-    with a frame count and no video extension -> frames; otherwise list."""
-    if path.lower().endswith(".json"):
-        return "ssv2"
-    first = next((line.strip() for line in _lines(_read_text(path)) if line.strip()), "")
-    if "youtube_id" in [f.strip() for f in first.split(",")]:
-        return "kinetics_csv"
-    fields = first.split()
-    if len(fields) == 3 and _DIGITS.fullmatch(fields[1]) and not fields[0].lower().endswith(VIDEO_EXTENSIONS):
-        return "frames"
-    return "list"
+# ----------------------------------------------------------------------------------------------------
+# the registered file formats
+
+def _is_json(path: str) -> bool:
+    return path.lower().endswith(".json")
+
+
+def _looks_like_frames(path: str, head) -> bool:
+    fields = head().split()
+    return (not _is_json(path) and len(fields) == 3 and _DIGITS.fullmatch(fields[1]) is not None
+            and not fields[0].lower().endswith(VIDEO_EXTENSIONS))
+
+
+@ANNOTATION_FORMATS.register("list", description="`PATH LABEL` lines (space or comma separated)", fallback=True)
+def read_list(path: str, root: str = "", class_names=None, filename_pattern=None, allow_duplicates=False):
+    return annotations_from_rows(path, _read_lines(path, frames=False), root, class_names, allow_duplicates)
+
+
+@ANNOTATION_FORMATS.register(
+    "kinetics_csv", description="Kinetics CSV (label,youtube_id,time_start,time_end,split)",
+    detect=lambda path, head: not _is_json(path) and "youtube_id" in [f.strip() for f in head().split(",")])
+def read_kinetics_csv(path: str, root: str = "", class_names=None, filename_pattern=None, allow_duplicates=False):
+    rows = _read_kinetics_csv(path, filename_pattern or KINETICS_PATTERN)
+    return annotations_from_rows(path, rows, root, class_names, allow_duplicates)
+
+
+@ANNOTATION_FORMATS.register("ssv2", description="Something-Something v2 train/validation JSON",
+                             detect=lambda path, head: _is_json(path))
+def read_ssv2(path: str, root: str = "", class_names=None, filename_pattern=None, allow_duplicates=False):
+    if class_names is None:
+        class_names = _ssv2_labels_next_to(path)
+    rows = _read_ssv2(path, filename_pattern or SSV2_PATTERN)
+    return annotations_from_rows(path, rows, root, class_names, allow_duplicates)
+
+
+@ANNOTATION_FORMATS.register("frames", description="frame folders: `DIR NUM_FRAMES LABEL` lines",
+                             detect=_looks_like_frames)
+def read_frames(path: str, root: str = "", class_names=None, filename_pattern=None, allow_duplicates=False):
+    return annotations_from_rows(path, _read_lines(path, frames=True), root, class_names, allow_duplicates)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ila.data.dataset import VideoDataset
-from ila.data.decode import VideoReadError, open_video
+from ila.data.decode import VideoReadError, decodes_on_gpu, open_video
 from ila.errors import UserError
 
 # (path, size, mtime_ns, short_side) -> uint8 (F, H, W, 3) or the reason the file cannot be read
@@ -76,7 +76,7 @@ class MemoryVideoDataset(VideoDataset):
 
     def __init__(self, *args, verbose: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.decoder == "torchcodec-cuda":
+        if decodes_on_gpu(self.decoder):
             raise UserError("data.cache=memory keeps decoded frames in CPU memory; set data.decoder=torchcodec "
                             "or pyav with it (or data.cache=none to decode on the GPU)")
         start = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ila.data.annotations import Sample
-from ila.data.decode import CUDA_IN_WORKERS, VideoReadError, check_threads, open_video
+from ila.data.decode import CUDA_IN_WORKERS, VideoReadError, check_threads, decodes_on_gpu, open_video
 from ila.data.sampling import item_rng, sample_indices, test_views
 from ila.data.transforms import TestTransform, TrainTransform
 from ila.errors import UserError
@@ -118,7 +118,7 @@ class VideoDataset(Dataset):
                 raise VideoReadError(path, e.reason) from None
             self._note_bad(path, e.reason)
             video = torch.zeros(self.clips * self.crops, self.num_frames, 3, self.input_size, self.input_size,
-                                device="cuda" if self.decoder == "torchcodec-cuda" else "cpu")   # as the good ones
+                                device="cuda" if decodes_on_gpu(self.decoder) else "cpu")   # as the good ones
             label, error = sample.label, e.reason or "unreadable"
         return dict(video=video, label=label, index=index, sample_index=index, skipped=0, skipped_files="",
                     error=error)
@@ -277,7 +277,7 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed
     (seed, epoch) unless a sampler is given, and seeded workers."""
     if sampler is None and shuffle:
         sampler = EpochShuffleSampler(dataset, seed)
-    on_gpu = getattr(dataset, "decoder", None) == "torchcodec-cuda"
+    on_gpu = decodes_on_gpu(getattr(dataset, "decoder", None))
     if on_gpu and num_workers:
         raise UserError(CUDA_IN_WORKERS)
     return VideoLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,

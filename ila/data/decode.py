@@ -20,6 +20,7 @@ import av
 import numpy as np
 
 from ila.errors import UserError
+from ila.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -34,12 +35,13 @@ class VideoReadError(UserError):
         self.reason = reason if reason is not None else path
 
 
-DECODERS = ("pyav", "torchcodec", "torchcodec-cuda")
+# data.decoder's values: each opener registered where it is written; the torchcodec ones by
+# ila.data.decode_torchcodec, loaded on the first look-up (it imports this module, not the other way round)
+DECODERS = Registry("decoder", key="data.decoder", builtin=("ila.data.decode_torchcodec",))
 # the one line for GPU decoding asked of a loader worker (build_loader refuses workers, a worker refuses to decode)
 CUDA_IN_WORKERS = ("data.decoder=torchcodec-cuda decodes in the training process (CUDA cannot be used in forked "
                    "loader workers); set data.workers=0")
 MAX_THREADS = 64
-_warned: set[str] = set()
 
 
 def check_threads(threads) -> int:
@@ -51,32 +53,22 @@ def check_threads(threads) -> int:
 
 
 def open_video(path: str, threads: int = 1, decoder: str = "pyav", short_side: int | None = None):
-    """A reader for a video file or, for a directory, a frame folder. `decoder="torchcodec"` reads video files
-    with torchcodec where it can be used, else (after one warning) with PyAV; `short_side`, the size reads will
-    ask for, lets torchcodec set up one decoder that resizes. `"torchcodec-cuda"` decodes on the current CUDA
-    device (NVDEC) and reads give CUDA tensors; it raises instead of falling back (`check_cuda_decoding`).
+    """A reader for a video file or, for a directory, a frame folder. `decoder`: a registered decoder (`DECODERS`):
+    "pyav"; "torchcodec" reads video files with torchcodec where it can be used, else (after one warning) with
+    PyAV; `short_side`, the size reads will ask for, lets torchcodec set up one decoder that resizes.
+    "torchcodec-cuda" decodes on the current CUDA device (NVDEC) and reads give CUDA tensors; it raises instead of
+    falling back (`check_cuda_decoding`). A decoder's entry is called as `opener(path, threads=, short_side=)`.
     `threads`: decoder threads (`check_threads`); the frames are the same whatever the count."""
     threads = check_threads(threads)
+    opener = DECODERS.get(decoder).obj
     if os.path.isdir(path):
         return FrameFolderReader(path)
-    if decoder == "torchcodec-cuda":
-        from ila.data.decode_torchcodec import TorchCodecReader, check_cuda_decoding
+    return opener(path, threads=threads, short_side=short_side)
 
-        return TorchCodecReader(path, threads=threads, device=check_cuda_decoding(), short_side=short_side)
-    if decoder == "torchcodec":
-        from ila.data.decode_torchcodec import TorchCodecReader, torchcodec_available
 
-        usable, why = torchcodec_available()
-        if usable:
-            return TorchCodecReader(path, threads=threads, short_side=short_side)
-        if why not in _warned:
-            _warned.add(why)
-            import warnings
-
-            warnings.warn(f"{why}; decoding with PyAV", stacklevel=2)
-    elif decoder != "pyav":
-        raise UserError(f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-    return VideoReader(path, threads=threads)
+def decodes_on_gpu(decoder: str) -> bool:
+    """Whether the registered `decoder` gives frames on a CUDA device (its entry says `device="cuda"`)."""
+    return decoder in DECODERS and DECODERS.get(decoder).info.get("device") == "cuda"
 
 
 def check_file(path: str) -> None:
@@ -271,6 +263,12 @@ class VideoReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@DECODERS.register("pyav", description="PyAV (FFmpeg) on the CPU, seeking to keyframes")
+def open_pyav(path: str, threads: int = 1, short_side: int | None = None) -> VideoReader:
+    """The `pyav` decoder: a `VideoReader` (it resizes per read, so `short_side` is not needed up front)."""
+    return VideoReader(path, threads=threads)
 
 
 class FrameFolderReader:

@@ -13,17 +13,26 @@ CUDA tensors. torchcodec's decoder transforms run on the CPU only, so there the 
 decoding runs in the training process (`data.workers=0`); `check_cuda_decoding` refuses it in one line where it
 cannot run. NOT TESTED ON A GPU in the session that wrote it: the CPU-testable parts (refusals, `resize_frames`,
 tensor frames through the dataset) are tested; `benchmarks/gpu_data.sh` has a row for a GPU session.
+
+Both are entries of `ila.data.decode.DECODERS`, registered here (`open_torchcodec`, `open_torchcodec_cuda`); the
+registry imports this module on its first look-up, and this module imports `ila.data.decode` (never the reverse).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-
 import torch
+from torch.utils.data import get_worker_info
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
-from ila.data.decode import CUDA_IN_WORKERS, VideoReadError, check_file, checked_indices, scaled_size
+from ila.data.decode import (CUDA_IN_WORKERS, DECODERS, VideoReadError, VideoReader, check_file, checked_indices,
+                              scaled_size)
 from ila.errors import UserError
 
 _AVAILABLE: tuple[bool, str] | None = None
+_warned: set[str] = set()
 
 
 def torchcodec_available() -> tuple[bool, str]:
@@ -43,8 +52,6 @@ def torchcodec_available() -> tuple[bool, str]:
 def check_cuda_decoding() -> str:
     """The device torchcodec decodes on for `data.decoder=torchcodec-cuda` (`cuda:N`, the current device), or a
     one-line UserError saying what to set instead."""
-    from torch.utils.data import get_worker_info
-
     if get_worker_info() is not None:
         raise UserError(CUDA_IN_WORKERS)
     usable, why = torchcodec_available()
@@ -59,12 +66,31 @@ def check_cuda_decoding() -> str:
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 frames (N, H, W, 3) resized to `size` = (width, height) where they are (bilinear, antialiased):
     the decoder-side resize for devices whose decoder cannot resize (torchcodec's transforms are CPU-only)."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     chw = F.resize(frames.permute(0, 3, 1, 2), [size[1], size[0]], interpolation=InterpolationMode.BILINEAR,
                    antialias=True)
     return chw.permute(0, 2, 3, 1)
+
+
+@DECODERS.register("torchcodec", description="torchcodec on the CPU (optional extra; PyAV after one warning where "
+                                               "it cannot be used)")
+def open_torchcodec(path: str, threads: int = 1, short_side: int | None = None):
+    """The `torchcodec` decoder: a `TorchCodecReader` on the CPU, or PyAV's `VideoReader` (one warning per reason)
+    where torchcodec cannot be used."""
+    usable, why = torchcodec_available()
+    if usable:
+        return TorchCodecReader(path, threads=threads, short_side=short_side)
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"{why}; decoding with PyAV", stacklevel=3)
+    return VideoReader(path, threads=threads)
+
+
+@DECODERS.register("torchcodec-cuda", description="torchcodec on the current CUDA GPU (NVDEC; frames stay there, "
+                                                    "data.workers=0)", device="cuda")
+def open_torchcodec_cuda(path: str, threads: int = 1, short_side: int | None = None):
+    """The `torchcodec-cuda` decoder: a `TorchCodecReader` on the current CUDA device (`check_cuda_decoding`
+    refuses in one line where it cannot run)."""
+    return TorchCodecReader(path, threads=threads, device=check_cuda_decoding(), short_side=short_side)
 
 
 class TorchCodecReader:
@@ -149,8 +175,6 @@ def _warn_cpu_fallback(decoder) -> None:
     global _FALLBACK_WARNED
     if not _FALLBACK_WARNED and bool(getattr(decoder, "cpu_fallback", False)):
         _FALLBACK_WARNED = True
-        import warnings
-
         warnings.warn(f"torchcodec fell back to CPU decoding ({decoder.cpu_fallback}); data.decoder=torchcodec-cuda "
                       f"is not decoding on the GPU", stacklevel=3)
 

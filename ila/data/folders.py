@@ -7,14 +7,15 @@
 A video is a file with a video extension, or a frame folder (a folder holding JPEG/PNG images directly, which
 is not descended into). Hidden files and folders are ignored. `split_holdout` takes a deterministic,
 class-stratified fraction of such a folder for validation: a file's place depends only on its own path inside
-the class folder, so adding videos never moves the others between the splits.
+the class folder, so adding videos never moves the others between the splits. Such a folder is the annotation
+format `folders` (`ANNOTATION_FORMATS`), which `read_annotations` and `data.format=auto` choose for a folder.
 """
 from __future__ import annotations
 
 import os
 import zlib
 
-from ila.data.annotations import VIDEO_EXTENSIONS, Annotations, Sample
+from ila.data.annotations import ANNOTATION_FORMATS, VIDEO_EXTENSIONS, Annotations, Sample
 from ila.data.decode import IMAGE_EXTENSIONS
 from ila.errors import UserError
 
@@ -59,6 +60,13 @@ def read_class_folders(folder: str, class_names: list[str] | None = None) -> Ann
         raise UserError(f"{folder}: no videos in its class subfolders ({', '.join(e.lstrip('.') for e in VIDEO_EXTENSIONS[:5])}"
                         f" files or frame folders)")
     return Annotations(samples, names)
+
+
+@ANNOTATION_FORMATS.register("folders", description="a folder with one subfolder per class (no annotation file)",
+                             folder=True, fallback=True)
+def read_folders(path: str, root: str = "", class_names=None, filename_pattern=None, allow_duplicates=False):
+    """The `folders` format (`read_class_folders`): the paths are the files found, so `root` is not joined."""
+    return read_class_folders(path, class_names)
 
 
 def split_holdout(samples: list[Sample], fraction: float, folder: str) -> tuple[list[Sample], list[Sample]]:

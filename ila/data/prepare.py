@@ -2,8 +2,9 @@
 
     prepare(src, out, short_side=320, gop=16)   # every annotated video -> out/videos/<relative path>.mp4
 
-`src` is anything `read_annotations` reads (lists, Kinetics CSV, SSv2 JSON, frame-folder lists, and whatever it
-learns to read later) or a folder with one subfolder per class (`read_class_folders`; its layout is kept). Videos are decoded once, resized in FFmpeg's scaler so the short side is `short_side`
+`src` is anything `read_annotations` reads in a registered format (`ANNOTATION_FORMATS`: lists, Kinetics CSV, SSv2
+JSON, frame-folder lists, a folder with one subfolder per class, whose layout is kept, and whatever is registered
+later). Videos are decoded once, resized in FFmpeg's scaler so the short side is `short_side`
 (never enlarged), optionally resampled to `fps`, and written as H.264 (yuv420p, a keyframe every `gop` frames:
 seeking then decodes at most `gop` frames) or as JPEG frames (`frames_jpeg`). Work runs in `workers` processes
 with a progress bar. Every output is written under a temporary name, checked (its frames counted), then renamed:
@@ -15,14 +16,18 @@ data.class_names=OUT/classes.txt` (frame folders: `data.format=frames`).
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
+from ila.atomic import write_text
+from ila.data.annotations import VIDEO_EXTENSIONS, annotation_format, read_annotations
 from ila.data.decode import IMAGE_EXTENSIONS, VideoReadError, VideoReader, open_video
 from ila.errors import UserError
 
@@ -68,8 +73,6 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
             frames_jpeg: bool = False, workers: int = 1, root: str = "", fmt: str = "auto", class_names=None,
             progress: bool = True, jpeg_quality: int = 90) -> PrepareResult:
     """Write the copy (see the module); returns what was done."""
-    from ila.data.annotations import read_annotations
-
     if not 2 <= short_side <= MAX_SHORT_SIDE:
         raise UserError(f"--short-side {short_side} is not allowed; use pixels in [2, {MAX_SHORT_SIDE}]")
     if gop is not None and not 1 <= gop <= MAX_GOP:
@@ -83,22 +86,16 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out} exists and is not a folder; choose another output folder")
-    if os.path.isdir(src):                          # a folder with one subfolder per class
-        from ila.data.annotations import load_class_names
-        from ila.data.folders import read_class_folders
-
+    if src.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(src):
+        raise UserError(f"{src} is a video; ila prepare copies a dataset: give its annotation file or a folder "
+                        f"with one subfolder per class")
+    if annotation_format(src, fmt).info.get("folder"):  # a dataset folder (e.g. one subfolder per class)
         same = out_dir.resolve() == Path(src).resolve()
         if same or Path(src).resolve() in out_dir.resolve().parents:
             where = "the dataset folder" if same else f"inside the dataset folder {src}"
             raise UserError(f"{out} is {where}; write the copy to another folder")
-        names = load_class_names(class_names) if isinstance(class_names, str) else class_names
-        ann, root = read_class_folders(src, names), root or src      # the class/video layout is kept
+        ann, root = read_annotations(src, fmt=fmt, class_names=class_names), root or src  # the layout is kept
     else:
-        from ila.data.annotations import VIDEO_EXTENSIONS
-
-        if src.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(src):
-            raise UserError(f"{src} is a video; ila prepare copies a dataset: give its annotation file or a folder "
-                            f"with one subfolder per class")
         ann = read_annotations(src, root=root, fmt=fmt, class_names=class_names)
     names = output_names([s.path for s in ann.samples], frames_jpeg, root)
     if out_dir.resolve() in [Path(s.path).resolve().parent for s in ann.samples[:1]]:
@@ -118,8 +115,6 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
             outcomes = (_task((i, t)) for i, t in enumerate(tasks))
             pool = None
         else:
-            import multiprocessing as mp
-
             pool = mp.get_context("spawn" if os.name == "nt" else "forkserver").Pool(min(workers, len(tasks)))
             outcomes = pool.imap_unordered(_task, list(enumerate(tasks)), chunksize=1)
         for i, status, info in outcomes:
@@ -147,8 +142,6 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
 
 
 def _write_outputs(out_dir: Path, src: str, ann, names, done, result: PrepareResult, frames_jpeg: bool) -> None:
-    from ila.engine.atomic import write_text
-
     lines = []
     for i, (sample, name) in enumerate(zip(ann.samples, names)):
         if i in done:
@@ -278,8 +271,6 @@ def _write_video(src: str, dest: str, short_side: int, gop: int | None, fps: flo
     rate, (w, h), frames = _source_frames(src, short_side, fps)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}{PARTIAL}{os.getpid()}.mp4"
-    from fractions import Fraction
-
     options = {"preset": "veryfast", "crf": "20", "threads": "1"}
     if gop:
         options.update(g=str(gop), keyint_min=str(gop), sc_threshold="0")

@@ -11,7 +11,8 @@ from ila.errors import UserError
 
 
 def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
-    """(samples, class names) of `data.train_list` or `data.val_list`; names from `class_names`, the
+    """(samples, class names) of `data.train_list` or `data.val_list` (an annotation file or a folder with one
+    subfolder per class: `read_annotations` reads either, in `data.format`); names from `class_names`, the
     config's `data.class_names`, or the annotation itself, in that order."""
     from ila.data.annotations import read_annotations
 
@@ -24,14 +25,11 @@ def read_split(cfg: Config, split: str, class_names: list[str] | None = None):
         raise UserError(f"data.{split}_list is empty; set it to the {split} annotation file or a folder with one "
                         f"subfolder per class (--set data.{split}_list=PATH)")
     names = class_names or class_names_from(cfg.data.class_names)
-    if os.path.isdir(path):                       # a folder with one subfolder per class
-        from ila.data.folders import read_class_folders, split_holdout
-
-        ann = read_class_folders(path, names)
-        if holdout:
-            ann.samples = split_holdout(ann.samples, cfg.data.val_split, path)[split == "val"]
-        return ann.samples, list(ann.class_names)
     ann = read_annotations(path, root=cfg.data.root, fmt=cfg.data.format, class_names=names)
+    if holdout:
+        from ila.data.folders import split_holdout
+
+        ann.samples = split_holdout(ann.samples, cfg.data.val_split, path)[split == "val"]
     names = ann.class_names or names
     if not names:
         names = [str(i) for i in range(max(s.label for s in ann.samples) + 1)]
