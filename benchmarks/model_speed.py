@@ -8,7 +8,8 @@
 Rows: `unfused` (the one training/evaluation forward, in eval mode for inference; the training step), `fused`
 (`ila.fuse(model)`, inference only); with --ablation also the fused model without each rewrite (`fused -X`) and
 with each rewrite alone (`fused only X`); with --amp the unfused model under autocast; with --compile the unfused
-model through torch.compile; with --baseline-src DIR ila's model from another checkout (today's main, say) on the same weights; with
+model through torch.compile; with --baseline-src DIR ila's model from another checkout (today's main, say) on the same weights, unfused and fused
+by that checkout's own `fuse`; with
 --release-src DIR the authors' published model (their `models/xclip.py`, from a
 checkout of github.com/Francis-Rings/ILA in DIR; it needs einops, ftfy and regex) on identical weights, in eval
 mode with their alignment's `is_training` flag off for inference (their forward switches itself to train mode
@@ -79,7 +80,8 @@ def rows_for(args) -> list[Row]:
         rows.append(Row("authors' code", release=True))
     if args.baseline_src:
         rows += ([Row(f"baseline fast={spec}", baseline=True, baseline_fast=spec) for spec in args.baseline_fast]
-                 if args.baseline_fast else [Row("baseline checkout", baseline=True)])
+                 if args.baseline_fast else [Row("baseline checkout", baseline=True),
+                                             Row("baseline fused", (), baseline=True)])
     if args.amp:
         rows.append(Row(f"unfused {args.amp} autocast", None, getattr(torch, {"bf16": "bfloat16",
                                                                             "fp16": "float16"}[args.amp])))
@@ -198,6 +200,8 @@ class Runner:
         self.release = next((release_model(args, self.cfg, self.model, self.text).to(device)
                              for row in rows if row.release), None)
         self.baseline = next((baseline_model(args, self.model).to(device) for row in rows if row.baseline), None)
+        self.baseline_fused = next((copy.deepcopy(self.baseline).fuse() for row in rows
+                                    if row.baseline and row.fused is not None), None)   # its own ila.fuse
         for spec in args.baseline_fast or ():  # checked once here, not in the timed loop
             if not hasattr(self.baseline, "fast"):
                 raise SystemExit(f"--baseline-fast: the checkout in {args.baseline_src} has no FastPath switches "
@@ -212,7 +216,8 @@ class Runner:
     def forward(self, row: Row):
         if row.release:
             return self.release(self.video, None)[0]
-        model = self.baseline if row.baseline else self.model if row.fused is None else self.fused[row.fused]
+        model = (self.baseline_fused if row.fused is not None else self.baseline) if row.baseline else \
+            self.model if row.fused is None else self.fused[row.fused]
         if row.baseline_fast is not None:
             model.fast = row.baseline_fast  # the old checkout's switches: 'off' = its straightforward path
         if row.compile:

@@ -10,17 +10,30 @@ import os
 import sys
 
 from ila.errors import UserError, one_line, printable
+from ila.info import print_info
+from ila.data.synthetic import make_dataset
+from ila.config import load_config
+from ila.engine.train import resume_config, train
+from ila.engine.evaluate import run_eval
+from ila.engine.predict import run_predict
+from ila.convert import convert_release
+from ila.data.prepare import prepare
+from ila.export import export
+from ila.engine.features import run_features
+from ila.demo import run_demo
+from ila.data.annotations import ANNOTATION_FORMATS, format_choices
+from ila.export import EXPORTERS
+from ila.models.registry import temporal_variants
+from ila.version import __version__
+from ila.presets import DEMO_RECIPE
+from ila.presets import did_you_mean
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from ila.info import print_info
-
     print_info(args.preset, temporal=args.temporal, frames=args.frames, text_classes=args.classes)
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> None:
-    from ila.data.synthetic import make_dataset
-
     low, _, high = args.motion.partition(",")
     try:
         motion = (float(low), float(high or low))
@@ -32,9 +45,6 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from ila.config import load_config
-    from ila.engine.train import resume_config, train
-
     sets = list(args.set or [])
     if args.output:
         sets.append(f"output={args.output}")
@@ -48,35 +58,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_config(args: argparse.Namespace) -> None:
-    from ila.config import load_config
-
     print(load_config(args.config, args.set or []).to_yaml(), end="")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from ila.engine.evaluate import run_eval
-
     run_eval(args.checkpoint, args.set or [], output=args.output, classes=args.classes)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from ila.engine.predict import run_predict
-
     return run_predict(args.checkpoint, args.videos, topk=args.topk, as_json=args.json, classes=args.classes,
                        visualize=args.visualize, block=args.block, overrides=args.set or [], window=args.window,
                        stride=args.stride, csv_out=args.csv, timeline=args.timeline)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from ila.convert import convert_release
-
     convert_release(args.release, args.out, num_frames=args.frames, variant=args.variant, classes=args.classes,
                     trim_classifier=args.trim_classifier)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from ila.data.prepare import prepare
-
     r = prepare(args.src, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
                 frames_jpeg=args.frames_jpeg, workers=args.workers, root=args.root, fmt=args.format,
                 class_names=args.class_names)
@@ -89,8 +89,6 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from ila.export import export
-
     meta = export(args.checkpoint, args.out, args.format, classes=args.classes, frames=args.frames, size=args.size,
                   overrides=args.set or [], check=not args.no_check)
     if meta is not None:
@@ -101,15 +99,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
-    from ila.engine.features import run_features
-
     run_features(args.checkpoint, args.inputs, args.out, per_frame=args.per_frame, clips=args.clips,
                  text=args.text, text_file=args.text_file, batch_size=args.batch_size, overrides=args.set or [])
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ila.demo import run_demo
-
     run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs,
              settings=[s for s in args.settings.split(",") if s], seeds=args.seeds, data=args.data,
              variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None)
@@ -160,12 +154,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ila.data.annotations import ANNOTATION_FORMATS, format_choices
-    from ila.export import EXPORTERS
-    from ila.models.registry import temporal_variants
-    from ila.version import __version__
-    from ila.presets import DEMO_RECIPE
-
     parser = _Parser(prog="ila", description="ILA video recognition: train, evaluate, predict.",
                                      epilog="`ila COMMAND --help` shows each command's options and examples.")
     parser.add_argument("--version", action="version", version=f"ila {__version__}")
@@ -316,8 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _unknown_command(argv: list[str], parser: argparse.ArgumentParser) -> str | None:
     """A one-line 'did you mean' for a misspelled subcommand, or None."""
-    from ila.presets import did_you_mean
-
     commands = list(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is None or first in commands or argv[0].startswith("-"):

@@ -30,6 +30,10 @@ from ila.errors import UserError
 from ila.models.config import ModelConfig
 from ila.models.registry import temporal_variants
 from ila.registry import Registry
+from ila.presets import did_you_mean
+from ila.presets import PRESETS, did_you_mean, preset_name
+from ila.labels import BUILTIN
+from ila.presets import PRESETS, did_you_mean, get_preset, preset_name
 
 # train.schedule's values: registered by the engine's optimizer factory (ila.engine.optim), where they are built
 SCHEDULES = Registry("schedule", key="train.schedule", builtin=("ila.engine.optim",))
@@ -247,8 +251,6 @@ def _apply(obj, section: str, values: dict) -> None:
         if section == "model" and key == "fast":  # saved before ila.fuse: the fast path is now the one forward
             continue
         if key not in hints:
-            from ila.presets import did_you_mean
-
             raise UserError(f"unknown config key '{section}.{key}'; {section} keys are: {', '.join(known)}"
                             + did_you_mean(key, known).replace("'", f"'{section}.", 1))
         registered = REGISTERED_CHOICES.get(f"{section}.{key}")
@@ -269,8 +271,6 @@ def _set_dotted(raw: dict, assignment: str) -> None:
         raw[parts[0]] = value
         return
     if len(parts) != 2 or parts[0] not in _SECTIONS:
-        from ila.presets import did_you_mean
-
         every = [row[0] for row in config_keys()]
         raise UserError(f"unknown config key '{key}'; keys look like section.key with section one of "
                         f"{', '.join(_SECTIONS)} (or top-level {', '.join(_TOP)}){did_you_mean(key.strip(), every)}")
@@ -311,7 +311,6 @@ def _read_source(source: str | Path) -> tuple[dict, str]:
             raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, eval), "
                             f"not {_a(raw)}")
         return _absolute_paths(raw, path.resolve().parent), path.stem
-    from ila.presets import PRESETS, did_you_mean, preset_name
 
     name = preset_name(str(source))
     if name is None:
@@ -340,8 +339,6 @@ def _absolute(key: str, value, base: Path):
         if value in ("auto", "none") or (not exists and (":" in value or not pathlike)):
             return value
     if key == "class_names" and not exists:
-        from ila.labels import BUILTIN
-
         if "," in value or value.strip().lower() in BUILTIN:    # names, or a shipped list (`kinetics400`)
             return value
     return os.path.abspath(candidate)
@@ -403,8 +400,6 @@ def config_from_dict(raw: dict, name: str | None = None, complete: bool = False,
     recipe: dict = {}
     data_recipe: dict = {}
     if preset not in (None, "", "none", "None"):
-        from ila.presets import PRESETS, did_you_mean, get_preset, preset_name
-
         if not isinstance(preset, str) or preset_name(preset) is None:
             raise UserError(f"model.preset={_shown(preset)} is not allowed; use one of {', '.join(PRESETS)}"
                             + (did_you_mean(preset, list(PRESETS)) if isinstance(preset, str) else ""))

@@ -19,6 +19,7 @@ from ila.errors import UserError
 from ila.models.config import ModelConfig
 from ila.weights.factory import load_model
 from ila.weights.sources import read_weights
+from ila.hub import save_pretrained, save_safetensors_file
 
 
 def _trimmed(record, keep: int):
@@ -58,7 +59,6 @@ def convert_release(release: str | Path, out: str | Path, num_frames: int | None
     if Path(out).suffix in (".pt", ".pth"):
         save_checkpoint(out, model, cfg, names)
     else:                       # a shareable folder, or one .safetensors file (ila.hub)
-        from ila.hub import save_pretrained, save_safetensors_file
 
         source = f"the authors' release checkpoint {Path(release).name}, converted by `ila convert`"
         save = save_safetensors_file if Path(out).suffix == ".safetensors" else save_pretrained

@@ -30,6 +30,17 @@ import torch
 from ila.errors import UserError
 from ila.models.registry import temporal_variants
 from ila.presets import DEMO_RECIPE, PRESETS
+from ila.data.synthetic import make_appearance_dataset, make_dataset
+from ila.config import load_config
+from ila.atomic import write_text
+from ila.weights.checkpoint import latest_checkpoint
+from ila.engine.evaluate import run_eval
+from ila.engine.loaders import read_split, video_dataset
+from ila.engine.report import read_metrics
+from ila.engine.train import run_dir_of, train
+from ila.info import count_flops, count_parameters
+from ila.data.synthetic import appearance_class_names, class_names
+from ila.engine.predict import run_predict
 
 VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")
@@ -76,8 +87,6 @@ QUICK = Budget(train_clips=32, val_clips=16, epochs=2, batch_size=8, warmup_epoc
 
 def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False) -> Path:
     """Generate the motion set (or the appearance set) under `root` unless the same one is already there."""
-    from ila.data.synthetic import make_appearance_dataset, make_dataset
-
     params = {"train": budget.train_clips, "val": budget.val_clips, "size": budget.size, "frames": budget.frames,
               "seed": seed, "motion": list(budget.motion), "distractors": budget.distractors, "texture": budget.texture}
     kind = "appearance" if appearance else "motion"
@@ -106,8 +115,6 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
     """The run's `ila` config: the `demo` preset with `model.temporal` set and this demo's recipe; `frozen`
     starts from the pretrained `tower` checkpoint and trains only alignment, skip projections and head;
     `pretrain` is the tower's single-frame appearance run."""
-    from ila.config import load_config
-
     data, run = data.resolve(), run.resolve()
     model = {"preset": "demo", "temporal": variant}
     train = {"init": "none", "epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr,
@@ -137,8 +144,6 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
 
 def write_config(cfg, path: Path) -> Path:
     """The YAML that `ila train --config` reads to train this model again."""
-    from ila.atomic import write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, cfg.to_yaml())
     return path
@@ -148,13 +153,6 @@ def write_config(cfg, path: Path) -> Path:
 
 def train_and_eval(cfg, config_path: Path, log) -> dict:
     """Train one model with the engine (`ila train`), then evaluate its final checkpoint (`ila eval`)."""
-    from ila.weights.checkpoint import latest_checkpoint
-    from ila.engine.evaluate import run_eval
-    from ila.engine.loaders import read_split, video_dataset
-    from ila.engine.report import read_metrics
-    from ila.engine.train import run_dir_of, train
-    from ila.info import count_flops, count_parameters
-
     run_dir = run_dir_of(cfg)
     if run_dir.exists():
         if not (run_dir / "config.yaml").is_file():
@@ -226,10 +224,6 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     """Run the demo for `seeds` training seeds (seed, seed + 1, ...) on the `data` kind of generated set;
     returns {"SETTING/VARIANT": [metrics and speeds per seed]} (also written to OUT/results.json).
     `variants`: registered temporal variants (default: every one that is not a cost reference)."""
-    from ila.atomic import write_text
-    from ila.data.synthetic import appearance_class_names, class_names
-    from ila.engine.predict import run_predict
-
     started = time.perf_counter()
     if data not in DATA_KINDS:
         raise UserError(f"unknown --data {data!r}; choose from {', '.join(DATA_KINDS)}")

@@ -21,6 +21,8 @@ import numpy as np
 
 from ila.errors import UserError
 from ila.registry import Registry
+from av.video.reformatter import VideoReformatter
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -248,7 +250,6 @@ class VideoReader:
         rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
         w, h = scaled_size(*(self._size if all(self._size) else (frame.width, frame.height)), short_side)
         if self._reformatter is None:   # one scaler for the reader: FFmpeg's set-up is not repeated per frame
-            from av.video.reformatter import VideoReformatter
 
             self._reformatter = VideoReformatter()
         rgb = self._reformatter.reformat(frame, width=w, height=h, format="rgb24",
@@ -289,8 +290,6 @@ class FrameFolderReader:
 
     def read(self, indices, short_side: int | None = None) -> np.ndarray:
         """Frames at `indices` as uint8 (N, H, W, 3); `short_side` as for `VideoReader.read`."""
-        from PIL import Image
-
         cache: dict[int, np.ndarray] = {}
         for i in indices:
             if i in cache:

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 from ila.data.decode import (CUDA_IN_WORKERS, DECODERS, VideoReadError, VideoReader, check_file, checked_indices,
                               scaled_size)
 from ila.errors import UserError
+import av
 
 _AVAILABLE: tuple[bool, str] | None = None
 _warned: set[str] = set()
@@ -181,8 +182,6 @@ def _warn_cpu_fallback(decoder) -> None:
 
 def _header_size(path: str) -> tuple[int, int] | None:
     """The video stream's (width, height) from the container header (PyAV, no decoding); None if unknown."""
-    import av
-
     try:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.video:

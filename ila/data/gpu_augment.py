@@ -25,6 +25,8 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from ila.data.transforms import _CROP_POSITIONS, MEAN, SCALES, STD, resize_short_side
+from torch.utils.data import default_collate
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)   # v2.ColorJitter(0.4, 0.4, 0.2, 0.1)
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
@@ -215,8 +217,6 @@ def _saturation(x, f):
 
 def _hue(x, f):
     """torchvision's `adjust_hue` (HSV rotation) with a factor per clip."""
-    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
-
     hsv = _rgb_to_hsv(x)
     h, s, v = hsv.unbind(dim=-3)
     h = (h + f.squeeze(-3)).remainder_(1.0)
@@ -243,8 +243,6 @@ class RawClip:
 def pad_collate(items: list[dict]) -> dict:
     """Collate items whose `video` is uint8 (T, 3, h, w) of differing sizes: `video` (B, T, 3, H, W) padded
     with zeros at the bottom / right, `size` (B, 2) each clip's (h, w); the other fields as torch collates."""
-    from torch.utils.data import default_collate
-
     videos = [item["video"] for item in items]
     height, width = max(v.shape[-2] for v in videos), max(v.shape[-1] for v in videos)
     batch = default_collate([{k: v for k, v in item.items() if k != "video"} for item in items])

@@ -30,6 +30,8 @@ from ila.atomic import write_text
 from ila.data.annotations import VIDEO_EXTENSIONS, annotation_format, read_annotations
 from ila.data.decode import IMAGE_EXTENSIONS, VideoReadError, VideoReader, open_video
 from ila.errors import UserError
+from tqdm import tqdm
+from PIL import Image
 
 PARTIAL = ".partial-"
 
@@ -107,7 +109,6 @@ def prepare(src: str, out: str, short_side: int = 320, gop: int | None = None, f
     result = PrepareResult()
     done: dict[int, int] = {}                       # sample -> frames of its output
     bad: dict[int, tuple[str, str]] = {}            # sample -> (path, reason); reported in input order
-    from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="video", disable=not progress, dynamic_ncols=True)
     try:
@@ -299,8 +300,6 @@ def _write_video(src: str, dest: str, short_side: int, gop: int | None, fps: flo
 
 
 def _write_frames(src: str, dest: str, short_side: int, fps: float | None, quality: int) -> int:
-    from PIL import Image
-
     _, _, frames = _source_frames(src, short_side, fps)
     tmp = f"{dest}{PARTIAL}{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)

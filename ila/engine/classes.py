@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 from ila.errors import UserError
+from ila.labels import BUILTIN, builtin_class_names
+from ila.data.annotations import load_class_names
+import sys
+from ila.models.clip import tokenize
 
 
 def class_names_from(spec: str | list[str] | None) -> list[str] | None:
@@ -21,12 +25,9 @@ def class_names_from(spec: str | list[str] | None) -> list[str] | None:
     if spec is None or spec == "" or isinstance(spec, list):
         return list(spec) if spec else None
     if Path(spec).is_file():
-        from ila.data.annotations import load_class_names
-
         return load_class_names(str(spec))
     if "," in spec:
         return [name.strip() for name in spec.split(",") if name.strip()]
-    from ila.labels import BUILTIN, builtin_class_names
 
     if (names := builtin_class_names(spec)) is not None:
         return names
@@ -48,8 +49,6 @@ def class_list(cfg, saved: list[str], classes: str | list[str] | None = None, ov
         raise UserError(f"{source} carries no class names; pass them with --classes FILE or a,b,c")
     if given and saved and list(given) != list(saved) and model is not None and getattr(model, "text", None) is None \
             and len(given) == model.cfg.num_classes:
-        import sys
-
         print(f"renaming the classifier's {len(given)} classes to the given names ({given[0]!r}, ...; was "
               f"{saved[0]!r}, ...)", file=sys.stderr)
     return names
@@ -75,7 +74,6 @@ def class_text(model: nn.Module, class_names: list[str], device: torch.device) -
     text_tower = getattr(model, "text", None)
     if text_tower is None:
         return ClassText()
-    from ila.models.clip import tokenize
 
     tokens = tokenize(class_names, context_length=model.cfg.context_length).to(device)
     if any(p.requires_grad for p in text_tower.parameters()):

@@ -20,6 +20,11 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ila.errors import UserError
+import sys
+import threading
+import time
+import signal
+import ctypes
 
 
 @dataclass
@@ -73,23 +78,15 @@ def stop_with_launcher() -> None:
     (`prctl(PR_SET_PDEATHSIG)`); elsewhere a watcher thread notices the parent is gone within a second."""
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
         return
-    import signal
-    import sys
-    import threading
-
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
 
     def watch() -> None:
-        import time
-
         while True:
             if os.getppid() != parent:
                 print(f"ila: the torchrun launcher (pid {parent}) is gone; stopping worker {os.getpid()}",

@@ -34,6 +34,11 @@ from ila.atomic import write_text
 from ila.engine.classes import ClassText, class_text
 from ila.engine.session import probabilities, run_videos
 from ila.errors import UserError
+from ila.engine.loaders import read_split, video_dataset
+from ila.engine import report
+from ila.atomic import output_dir
+from ila.engine.runlock import RunLock
+from ila.engine.session import InferenceSession
 
 
 class UnreadableVideos(UserError):
@@ -75,8 +80,6 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
     (metrics, indices, scores, labels, samples, skipped) where the indices, scores and labels cover the readable
     videos and `skipped` lists the others as (index, path, reason). Unreadable videos raise `UnreadableVideos`
     naming all of them unless `data.bad_files=skip`."""
-    from ila.engine.loaders import read_split, video_dataset
-
     samples, _ = read_split(cfg, "val", class_names)
     clips = cfg.eval.clips if clips is None else clips
     crops = cfg.eval.crops if crops is None else crops
@@ -138,11 +141,6 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     """`ila eval`: score the validation list with a checkpoint and write metrics (with which weights and which
     data produced them), per-class accuracy and the confusion matrix (CSV and PNG) to `output` (default:
     `default_output`)."""
-    from ila.engine import report
-    from ila.atomic import output_dir
-    from ila.engine.runlock import RunLock
-    from ila.engine.session import InferenceSession
-
     session = InferenceSession(checkpoint, classes, overrides, distributed=True)
     cfg, names, env = session.cfg, session.class_names, session.env
     out = Path(output) if output else default_output(checkpoint, session.record)
@@ -176,8 +174,6 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
 
 def write_eval_outputs(out: Path, metrics: dict, names: list[str], samples, scores: torch.Tensor,
                        labels: torch.Tensor, cfg, provenance: dict | None = None) -> None:
-    from ila.engine import report
-
     summary = {k: v for k, v in metrics.items() if k not in ("per_class", "counts", "confusion")}
     summary.update(provenance or {})
     summary.update(clips=cfg.eval.clips, crops=cfg.eval.crops, release_bn_quirk=cfg.eval.release_bn_quirk,

@@ -28,6 +28,11 @@ import torch
 
 from ila.atomic import atomic_path, write_text
 from ila.errors import UserError
+from ila.engine.predict import video_files
+from ila.engine.classes import class_names_from
+from ila.engine.session import InferenceSession
+from safetensors.torch import save_file
+from safetensors import safe_open
 
 FORMAT = "ila-features/1"
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
@@ -36,8 +41,6 @@ LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
 def video_inputs(inputs: list[str]) -> list[str]:
     """Video files as given, the video files inside each folder (sorted), and the paths of list files (one per
     line, a trailing integer label ignored; relative to the current folder, else to the list's folder)."""
-    from ila.engine.predict import video_files
-
     found: list[str] = []
     for item in inputs:
         if os.path.isfile(item) and item.lower().endswith(LIST_SUFFIXES):
@@ -72,9 +75,6 @@ def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per
                  clips: int = 1, text: str | None = None, text_file: str | None = None,
                  batch_size: int | None = None, overrides: list[str] | tuple = ()) -> dict:
     """`ila features`: write the embeddings of the videos (and names) to `out`; returns what was written."""
-    from ila.engine.classes import class_names_from
-    from ila.engine.session import InferenceSession
-
     out = Path(out)
     if out.suffix not in (".safetensors", ".npy"):
         raise UserError(f"--out {out}: end it with .safetensors (features, paths and names) or .npy (one array)")
@@ -129,8 +129,6 @@ def _write(out: Path, tensors: dict, result: dict, checkpoint, per_frame: bool, 
     info = {"ila_format": FORMAT, "checkpoint": str(checkpoint), "per_frame": per_frame, "clips": clips,
             "videos": result["videos"], "texts": result["texts"], "skipped": result["skipped"]}
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         with atomic_path(out) as tmp:
             save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in info.items()})
         return
@@ -148,7 +146,6 @@ def read_features(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if path.suffix == ".npy":
         info = json.loads(path.with_suffix(".json").read_text())
         return {info["array"]: torch.from_numpy(np.load(path, allow_pickle=False))}, info
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, {k: json.loads(v) for k, v in (f.metadata() or {}).items()}

@@ -23,6 +23,10 @@ import torch
 from torch import nn
 
 from ila.errors import UserError
+from ila.data.preprocessing import Preprocessing
+from ila.engine.session import InferenceSession
+from ila.atomic import atomic_path, write_text
+import importlib.util
 
 TOLERANCE = 1e-4
 
@@ -45,9 +49,6 @@ def deployable(checkpoint, classes=None, overrides=()) -> tuple[Deployable, dict
     """The fused model of a checkpoint (through the inference session, on the CPU) wrapped as a `Deployable`, and
     its metadata: the preprocessing record (`ila.data.preprocessing`, as in checkpoints and pretrained folders),
     the head and the class names."""
-    from ila.data.preprocessing import Preprocessing
-    from ila.engine.session import InferenceSession
-
     session = InferenceSession(checkpoint, classes, overrides, device="cpu")
     model, names = session.model, session.class_names
     meta = {"format": "ila-deployable/1", "input": "video", "outputs": ["logits", "probs"],
@@ -71,8 +72,6 @@ def _check_shape(meta: dict, frames: int | None, size: int | None) -> tuple[int,
 def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: int | None = None,
            classes=None, overrides=(), check: bool = True) -> dict:
     """Write `out` (and `out`.json) from a checkpoint; returns the metadata with the parity check's error."""
-    from ila.atomic import atomic_path, write_text
-
     if fmt not in ("onnx", "exported"):
         raise UserError(f"--format {fmt!r}: this exporter writes onnx or exported")
     out = Path(out)
@@ -108,8 +107,6 @@ def _suffix(fmt: str) -> str:
 
 
 def _need(*modules: str) -> None:
-    import importlib.util
-
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'ila[export]'")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ila.config import SCHEDULES
+from ila.models.ila import parameter_group_map
 
 BETAS, EPS = (0.9, 0.98), 1e-8          # the release's AdamW
 
@@ -42,8 +43,6 @@ def param_groups(model: nn.Module, base_lr: float = 8e-6, weight_decay: float = 
     """AdamW parameter groups of `model`'s trainable parameters, named `GROUP` / `GROUP_no_decay` in the order
     their first parameter appears; no weight decay on 1-D tensors, biases and positional embeddings. Each
     parameter's group is `ila.models.ila.parameter_group_map`'s (the one map `ILAModel.set_trainable` reads)."""
-    from ila.models.ila import parameter_group_map
-
     if scheme not in ("release", "uniform"):
         raise ValueError(f"parameter-group scheme {scheme!r}: use release or uniform")
     rates = release_rates(base_lr, weight_decay)

@@ -19,15 +19,18 @@ import torch
 from ila.atomic import atomic_path
 from ila.engine.session import InferenceSession
 from ila.errors import UserError
+from ila.data.decode import IMAGE_EXTENSIONS
+from ila.data.folders import find_videos
+from ila.data.transforms import MEAN, STD
+import math
+from ila.data.decode import VideoReadError
+from ila.atomic import write_text
 
 
 def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
     """Files as given, and every video inside each folder (recursively: video files and frame folders, in
     sorted order); a folder holding images directly is one frame-folder video. With `errors`, an input that
     gives nothing is recorded there (path -> reason) instead of raising."""
-    from ila.data.decode import IMAGE_EXTENSIONS
-    from ila.data.folders import find_videos
-
     found = []
     for item in inputs:
         item = str(item)
@@ -88,7 +91,6 @@ def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tenso
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from ila.data.transforms import MEAN, STD
 
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     frames = ((video.float() * std + mean) / 255).clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -262,8 +264,6 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     """`ila predict`: print the top-k classes of every video (or of every window of each video with
     `window`); optionally a CSV, alignment pictures and timelines. Every output path is checked before any
     video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named)."""
-    import math
-
     if topk < 1:
         raise UserError(f"--topk {topk}: use 1 or more")
     if stride is not None and window is None:
@@ -287,8 +287,6 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     if window is None:
         results = session.predict(paths, topk)
     else:
-        from ila.data.decode import VideoReadError
-
         results = []
         for path in paths:
             try:
@@ -307,8 +305,6 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     for r in failed:
         print(f"ila predict: error: {r['video']}: {r['error']}", file=sys.stderr)
     if csv_out:
-        from ila.atomic import write_text
-
         write_text(csv_out, predictions_csv(shown))
         print(f"wrote {csv_out}", file=sys.stderr)
     good = [r for r in results if "error" not in r]

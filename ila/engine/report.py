@@ -20,6 +20,8 @@ from tqdm import tqdm
 from ila.atomic import atomic_path, write_text
 from ila.engine.optim import describe_schedule
 from ila.errors import UserError
+import zlib
+from torch.utils.tensorboard import SummaryWriter
 
 
 class Progress:
@@ -71,7 +73,6 @@ class Reporter:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         elif self.path.exists():
             self.path.unlink()
-        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
 
@@ -110,8 +111,6 @@ def start_wandb(project: str, run_dir: Path, config: dict):
     """A Weights & Biases run logging beside TensorBoard, its files under `run_dir/wandb`. The run's id follows
     the run directory, so a resumed run continues the same W&B run. `WANDB_MODE=offline` logs without a network
     (`wandb sync` uploads later)."""
-    import zlib
-
     try:
         import wandb
     except ImportError:

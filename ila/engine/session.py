@@ -35,6 +35,10 @@ from ila.engine.precision import amp_dtype, autocast
 from ila.errors import UserError
 from ila.weights.factory import load_model
 from ila.weights.sources import read_weights
+from ila.models.clip import tokenize
+from ila.data.decode import open_video
+from ila.data.transforms import TestTransform
+from tqdm import tqdm
 
 
 class Batched(NamedTuple):
@@ -152,8 +156,6 @@ class InferenceSession:
     @torch.no_grad()
     def text_embeddings(self, names: list[str]) -> torch.Tensor:
         """Names -> CLIP text features `(K, E)` of a text-head model."""
-        from ila.models.clip import tokenize
-
         if getattr(self.model, "text", None) is None:
             raise UserError("--text: this model has a classifier head and no text tower, so it has no text embeddings")
         tokens = tokenize(names, context_length=self.model.cfg.context_length).to(self.env.device)
@@ -191,9 +193,6 @@ class InferenceSession:
         `eval.batch_size` windows at a time, so memory does not grow with the video's length. A last window
         ending at the video's end is added when the stride leaves the tail uncovered. Returns the video's
         duration and, per window, its start/end time (s), the top-k and all class probabilities."""
-        from ila.data.decode import open_video
-        from ila.data.transforms import TestTransform
-
         cfg, t = self.cfg, self.cfg.data.num_frames
         transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
         with open_video(path) as reader:
@@ -244,8 +243,6 @@ def run_videos(dataset, fn: Callable[[torch.Tensor], torch.Tensor], env: dist.En
     on every process in index order. Unreadable videos are collected, never run; a non-finite output is a
     UserError naming the video. `release_bn_model`: its alignment BatchNorms run on batch statistics after the
     first batch (`release_bn_mode`)."""
-    from tqdm import tqdm
-
     sampler = dist.ShardSampler(len(dataset), env)
     data = loader(dataset, batch_size, sampler, min(workers, max(len(sampler) - 1, 0)), seed)
     indices, outputs, labels, failed = [], [], [], []

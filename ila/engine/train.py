@@ -39,6 +39,14 @@ from ila.errors import UserError, one_line, printable
 from ila.models.ila import build_model
 from ila.weights import checkpoint as stored
 from ila.weights.factory import check_model_fits, load_model
+from ila.presets import PRESETS
+from ila.weights.pretrained import is_hub_id
+import os
+from ila.engine.runlock import RunLock
+from ila.config import load_config
+from ila.data.transforms import MixupCutmix
+from ila.engine.report import run_header
+from ila.engine.evaluate import evaluate_split
 
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",
@@ -154,7 +162,6 @@ class Trainer:
                             f"train.accumulation); lower train.batch_size or train.accumulation")
         self.total_steps = t.epochs * self.steps_per_epoch
         self.scheduler = create_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-        from ila.data.transforms import MixupCutmix
 
         self.mixup = MixupCutmix(len(self.class_names), t.mixup, t.cutmix, t.mixup_switch_prob, t.label_smoothing)
         self.text = class_text(model, self.class_names, env.device)
@@ -216,7 +223,6 @@ class Trainer:
                   f"{self.steps_per_epoch} steps/epoch x {t.epochs} epochs, global batch "
                   f"{t.batch_size * env.world * t.accumulation} ({env.world} process(es), {env.device}, "
                   f"amp {self.amp or 'off'})" + (f"; resuming at step {self.step}" if self.state else ""))
-            from ila.engine.report import run_header
 
             weights = (f"resumed from step {self.step} ({self.run_dir})" if self.state else describe_init(cfg))
             for line in run_header(cfg, self.model, self.optimizer, self.steps_per_epoch, weights):
@@ -354,8 +360,6 @@ class Trainer:
             self._validate(finished)
 
     def _validate(self, epoch: int) -> None:
-        from ila.engine.evaluate import evaluate_split
-
         if self.env.distributed:                     # rank 0's BatchNorm statistics everywhere, as saved
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
@@ -395,8 +399,6 @@ def initial_model(cfg: Config) -> nn.Module:
     open_clip name such as ViT-B-32:openai). `train.init_parts=tower` takes only the image tower."""
     init = cfg.train.init
     if init == "auto":
-        from ila.presets import PRESETS
-
         init = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
     if init in ("", "none"):
         if cfg.train.init_parts == "tower":
@@ -411,8 +413,6 @@ def describe_init(cfg: Config) -> str:
     """Where `initial_model` takes the weights from, in words (the first line of a run)."""
     init = cfg.train.init
     if init == "auto":
-        from ila.presets import PRESETS
-
         clip = PRESETS[cfg.preset].clip if cfg.preset in PRESETS else ""
         return (f"CLIP {clip} through open_clip (train.init=auto: preset {cfg.preset}'s)" if clip
                 else "fresh initialisation (train.init=auto: no pretrained weights for this model)")
@@ -420,7 +420,6 @@ def describe_init(cfg: Config) -> str:
         return "fresh initialisation (train.init=none)"
     if Path(init).exists():
         return f"{Path(init).resolve()} (train.init)"
-    from ila.weights.pretrained import is_hub_id
 
     if is_hub_id(init):
         return f"the Hub model {init} (train.init)"
@@ -430,8 +429,6 @@ def describe_init(cfg: Config) -> str:
 def check_files_exist(cfg: Config, splits: dict[str, list]) -> None:
     """Before any training: every video of the lists must exist. Missing ones are an error (counted, the first
     few named), or, with `data.bad_files=skip`, a warning (they are skipped when read)."""
-    import os
-
     for split, samples in splits.items():
         missing = [s.path for s in samples if not os.path.exists(s.path)]
         if not missing:
@@ -448,8 +445,6 @@ def check_files_exist(cfg: Config, splits: dict[str, list]) -> None:
 def train(cfg: Config, resume: str | Path | None = None) -> Path:
     """Train (or continue) the run described by `cfg`; returns the run directory. The main process holds the
     run directory's lock (`ila.engine.runlock`) for the whole run."""
-    from ila.engine.runlock import RunLock
-
     dist.stop_with_launcher()
     env = dist.setup(cfg.device)
     lock = RunLock(run_dir_of(cfg)).acquire() if env.main else None
@@ -463,8 +458,6 @@ def train(cfg: Config, resume: str | Path | None = None) -> Path:
 
 def resume_config(resume: str | Path, overrides: list[str] | tuple = ()) -> Config:
     """The config saved in a checkpoint (or run directory), with `--set` overrides applied."""
-    from ila.config import load_config
-
     state = stored.read_checkpoint(resume, resume=True)
     require_complete(state.get("config"), str(resume))    # never fill a saved model's gaps with defaults
     cfg = load_config(state["config"], overrides) if overrides else config_from_dict(state["config"])

@@ -50,6 +50,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ila.errors import UserError
 from ila.models.clip import Attention
+from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
 
 FUSIONS = ("bn", "skip", "quick_gelu", "onednn", "ln", "qkv", "point_head")
 
@@ -241,8 +242,6 @@ def fuse(model: nn.Module, ablation: Iterable[str] | str | None = ()) -> nn.Modu
     Each module that has a `fuse(rewrites)` method rewrites itself (`TemporalBlock.fuse`: a variant's blocks own
     their rewrites, as timm's `reparameterize_model` asks each module); the CLIP modules they are made of (blocks,
     MLPs, attentions, linears) are rewritten here."""
-    from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
-
     left_out = parse_ablation(ablation)
     if getattr(model, "fused", ()):
         raise UserError("this model is already fused; fuse an unfused model (fusing twice would fold twice)")

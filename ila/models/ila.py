@@ -18,6 +18,7 @@ from ila.models.heads import ClassifierHead, TextHead
 from ila.models.ist_block import ISTBlock
 from ila.models.registry import create_blocks
 from ila.models.temporal_block import TemporalBlock
+from ila.models.fuse import fuse
 
 DELTA_DECAY_START = 30  # the release halves the disturbance offset at the start of every epoch from 30 on
 
@@ -77,8 +78,6 @@ class ILAModel(nn.Module):
         """Rewrite this model, in place, for inference: same outputs, less work (`ila.models.fuse`). `ablation`:
         rewrites to leave out (names from `ila.models.fuse.FUSIONS`), to measure each one. Returns the model,
         which is in eval mode and refuses `train()` from then on."""
-        from ila.models.fuse import fuse
-
         return fuse(self, ablation)
 
     def train(self, mode: bool = True) -> "ILAModel":

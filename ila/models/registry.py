@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ila.errors import UserError
+from ila.models.temporal_block import TemporalBlock
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,8 +109,6 @@ def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
 def create_blocks(cfg: ModelConfig, block_fn: Callable | None = None) -> list[nn.Module]:
     """The video blocks of `cfg.temporal` for `cfg`, one per vision layer; `block_fn` replaces the variant's
     block class (same constructor arguments), e.g. a subclass to experiment with."""
-    from ila.models.temporal_block import TemporalBlock
-
     variant = temporal_variant(cfg.temporal)
     blocks = variant.build(cfg) if block_fn is None else variant.build(cfg, block_fn=block_fn)
     odd = next((b for b in blocks if not isinstance(b, TemporalBlock)), None)

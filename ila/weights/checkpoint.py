@@ -246,7 +246,7 @@ def _is_checkpoint(probe: Probe) -> bool:
     return isinstance(content, dict) and content.get("format") == FORMAT
 
 
-@register_reader("checkpoint", _is_checkpoint, "an ila checkpoint (.pt) or run directory")
+@register_reader("checkpoint", _is_checkpoint, "an ila checkpoint (.pt) or run directory", order=10)
 def read(probe: Probe, resume: bool = False, quiet: bool = False, **_) -> WeightsRecord:
     """An ila checkpoint file or run directory (best.pt, else the newest step checkpoint that loads)."""
     if probe.is_dir():

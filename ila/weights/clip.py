@@ -14,6 +14,9 @@ from ila import safe_load
 from ila.errors import UserError, printable
 from ila.models.clip import clip_geometry, clip_to_ila_keys
 from ila.weights.sources import Probe, WeightsRecord, register_reader
+from safetensors.torch import load_file
+from safetensors import safe_open
+import socket
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -29,7 +32,6 @@ def _online(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (where open_clip fetches weights) can be reached: one connection attempt."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    import socket
 
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
@@ -82,8 +84,6 @@ def pretrained_file(name: str) -> str:
 def _read_file(path: str) -> dict:
     """The tensors of a CLIP weights file, read without running anything in it."""
     if path.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         try:
             return load_file(path)
         except Exception as e:  # noqa: BLE001
@@ -134,7 +134,6 @@ def _is_clip(probe: Probe) -> bool:
     if not probe.is_file():
         return False
     if probe.is_file(".safetensors"):                # bare weights (ila's own carry metadata: `pretrained`)
-        from safetensors import safe_open
 
         try:
             with safe_open(str(probe.path), framework="pt") as f:
@@ -142,10 +141,12 @@ def _is_clip(probe: Probe) -> bool:
         except Exception:  # noqa: BLE001 - not a readable safetensors file: no reader's (the fallback says so)
             return False
     state = probe.state_dict()
-    return isinstance(state, dict) and any(k in state for k in ("visual.conv1.weight", "module.visual.conv1.weight"))
+    return isinstance(state, dict) and any(k in state for k in ("visual.conv1.weight", "module.visual.conv1.weight")) \
+        and not any(isinstance(k, str) and ".message_attn." in k for k in state)      # an authors' release
 
 
-@register_reader("clip", _is_clip, "CLIP weights: an OpenAI .pt, an open_clip file, or a name such as ViT-B-32:openai")
+@register_reader("clip", _is_clip, "CLIP weights: an OpenAI .pt, an open_clip file, or a name such as ViT-B-32:openai",
+                 order=90)
 def read(probe: Probe, **_) -> WeightsRecord:
     if isinstance(probe.spec, dict):
         state = clip_state_dict(probe.spec)

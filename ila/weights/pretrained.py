@@ -24,6 +24,8 @@ from ila.data.preprocessing import Preprocessing
 from ila.errors import UserError, printable
 from ila.models.config import ModelConfig
 from ila.weights.sources import Probe, WeightsRecord, register_reader
+from safetensors.torch import load_file
+from safetensors import safe_open
 
 FORMAT = "ila-pretrained/1"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
@@ -79,8 +81,6 @@ def _first_line(e: Exception) -> str:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001
@@ -89,8 +89,6 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def safetensors_metadata(path: Path) -> dict:
     """The metadata of a safetensors file (its header only)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
@@ -197,7 +195,7 @@ def _is_pretrained(probe: Probe) -> bool:
 
 
 @register_reader("pretrained", _is_pretrained, "a pretrained folder, a .safetensors file with ila metadata, or a "
-                                                "Hub repo id ORG/NAME")
+                                                "Hub repo id ORG/NAME", order=20)
 def read(probe: Probe, revision: str | None = None, cache_dir: str | Path | None = None, **_) -> WeightsRecord:
     path = resolve(probe.text, revision, cache_dir)
     record = read_file(path) if path.is_file() else read_folder(path)

@@ -26,7 +26,7 @@ def _is_release(probe: Probe) -> bool:
     return state is not None and any(".message_attn." in k for k in state)
 
 
-@register_reader("release", _is_release, "an authors' release checkpoint (.pth)")
+@register_reader("release", _is_release, "an authors' release checkpoint (.pth)", order=30)
 def read(probe: Probe, num_frames: int | None = None, variant: str | None = None, **_) -> WeightsRecord:
     """`num_frames` (default: the checkpoint's) must be what its MIT was trained for; `variant`: k400 or ssv2
     (default: from the keys)."""

@@ -122,10 +122,12 @@ class Reader:
     read: Callable[..., WeightsRecord]
 
 
-def register_reader(name: str, match: Callable[[Probe], bool], description: str = ""):
-    """Decorator: register `read(probe, **options)` as the reader of sources `match` accepts."""
+def register_reader(name: str, match: Callable[[Probe], bool], description: str = "", order: int = 50):
+    """Decorator: register `read(probe, **options)` as the reader of sources `match` accepts. Readers are asked
+    in `order` (ila's: checkpoint 10, pretrained 20, release 30, clip 90: the most specific first), whatever
+    order their modules were imported in."""
     def decorate(read):
-        SOURCES.register(name, Reader(match, read), description=description)
+        SOURCES.register(name, Reader(match, read), description=description, order=order)
         return read
 
     return decorate
@@ -145,7 +147,7 @@ def read_weights(source: Any, kind: str | None = None, **options) -> WeightsReco
         raise UserError(f"weights {printable(repr(probe.text))}: give a file, a folder, a Hub repo id or a CLIP name")
     if kind is not None:
         return SOURCES.get(kind, "weights kind").obj.read(probe, **options)
-    for entry in SOURCES:
+    for entry in sorted(SOURCES, key=lambda e: e.order):
         if entry.obj.match(probe):
             return entry.obj.read(probe, **options)
     shown = printable(probe.text if probe.text is not None else "the state dict")
