@@ -141,8 +141,10 @@ def load_model(weights: Any = None, model: Any = None, parts: Parts = "all", ove
         if record is not None and parts == "all":
             _agree(cfg.model, record)
     elif record.complete:
-        raw = record.config or {"model": record.model, **(record.preprocessing.config_sections()
-                                                             if record.preprocessing else {})}
+        raw = dict(record.config or {"model": record.model})
+        if record.preprocessing is not None:        # the preprocessing record sets the clips the model is fed
+            for section, values in record.preprocessing.config_sections().items():
+                raw[section] = {**(raw.get(section) or {}), **values}
         try:
             cfg = load_config(raw, overrides) if overrides else config_from_dict(raw)
         except UserError as e:
