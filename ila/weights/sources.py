@@ -24,6 +24,7 @@ import torch
 from ila import safe_load
 from ila.data.preprocessing import Preprocessing
 from ila.errors import UserError, printable
+from ila.presets import preset_name
 from ila.registry import Registry
 
 SOURCES = Registry("source of weights", key="weights",
@@ -145,6 +146,10 @@ def read_weights(source: Any, kind: str | None = None, **options) -> WeightsReco
     probe = Probe(source)
     if isinstance(probe.text, str) and (not probe.text.strip() or "\0" in probe.text):
         raise UserError(f"weights {printable(repr(probe.text))}: give a file, a folder, a Hub repo id or a CLIP name")
+    if isinstance(probe.text, str) and probe.path is None and preset_name(probe.text) is not None:
+        raise UserError(f"{printable(probe.text)} is a preset, a model without weights: give its weights (an ila "
+                        f"checkpoint or run, a pretrained folder or Hub id, the authors' checkpoint: `ila convert "
+                        f"RELEASE.pth OUT --classes ...`), or train one (`ila train --config {probe.text}`)")
     if kind is not None:
         return SOURCES.get(kind, "weights kind").obj.read(probe, **options)
     for entry in sorted(SOURCES, key=lambda e: e.order):
