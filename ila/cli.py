@@ -62,13 +62,14 @@ def _cmd_config(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    run_eval(args.checkpoint, args.set or [], output=args.output, classes=args.classes)
+    run_eval(args.checkpoint, args.set or [], output=args.output, classes=args.classes, overwrite=args.overwrite)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    return run_predict(args.checkpoint, args.videos, topk=args.topk, as_json=args.json, classes=args.classes,
-                       visualize=args.visualize, block=args.block, overrides=args.set or [], window=args.window,
-                       stride=args.stride, csv_out=args.csv, timeline=args.timeline)
+    return run_predict(args.checkpoint or args.model, args.videos, topk=args.topk, as_json=args.json,
+                       classes=args.classes, visualize=args.visualize, block=args.block, overrides=args.set or [],
+                       window=args.window, stride=args.stride, csv_out=args.csv, timeline=args.timeline,
+                       temporal=args.temporal)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -129,8 +130,8 @@ EXAMPLES = {
     "eval": ["ila eval --checkpoint runs/demo", "ila eval --checkpoint runs/demo/best.pt --set eval.clips=4 eval.crops=3",
              "ila eval --checkpoint runs/demo --set data.val_list=my_test_videos/ data.num_frames=16"],
     "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
-                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png",
-                "ila predict --checkpoint runs/demo clip.mp4 --visualize pictures/ --block -1"],
+                "ila predict --model ViT-B-32.pt --temporal mean --classes dancing,cooking,swimming clip.mp4",
+                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png"],
     "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv",
                 "ila convert ssv2_b16_8.pth ssv2_b16_8_ila.pt --variant ssv2 --classes labels.json"],
     "export": ["ila export --checkpoint runs/demo --format hub --out shared/demo-ila",
@@ -203,13 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", help="accuracy of a checkpoint on data.val_list (clips x crops views)")
     p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
     _add_set(p)
-    p.add_argument("--output", help="where metrics.json, per_class.csv and confusion.csv/png go "
-                                     "(default: eval/ beside the checkpoint)")
+    p.add_argument("--output", help="where metrics.json, per_class.csv and confusion.csv/png go (default: eval/ "
+                                     "beside the checkpoint; for a shared folder, .safetensors file or Hub id, "
+                                     "eval/NAME in the current folder, never inside the shared folder). An earlier "
+                                     "evaluation there is replaced only if it used the same weights and data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation in --output even if it used other weights or other data")
     p.add_argument("--classes", help="class-name file or comma-separated names (default: the checkpoint's)")
     p.set_defaults(func=_cmd_eval)
 
     p = add("predict", help="top-k classes of video files or folders")
-    p.add_argument("--checkpoint", required=True, help="an ila checkpoint, run directory, shared folder or Hub id")
+    source = p.add_mutually_exclusive_group(required=True)       # one of them: the same option by two names
+    source.add_argument("--checkpoint", help="an ila checkpoint, run directory, shared folder or Hub id")
+    source.add_argument("--model", help="any model, as --checkpoint takes it (an ila checkpoint or run, a shared "
+                                        "folder or Hub id, an authors' release checkpoint), or CLIP weights (a file "
+                                        "or a name such as ViT-B-32:openai) with --temporal mean and --classes: CLIP "
+                                        "zero-shot, frames averaged")
+    p.add_argument("--temporal", choices=temporal_variants(), default=None,
+                   help="CLIP weights: the temporal variant to score them with (mean: CLIP zero-shot; the others add "
+                        "modules CLIP's weights leave untrained, so train first); a trained model: its own variant")
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ila import jsonsafe
 from ila.version import __version__
 from ila.config import config_from_dict
 from ila.data.preprocessing import Preprocessing
-from ila.atomic import atomic_path, write_text
+from ila.atomic import atomic_folder, atomic_path
 from ila.engine.checkpoint import unwrap
 from ila.engine.classes import check_class_count, class_names_from
 from ila.errors import UserError
@@ -56,15 +57,29 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
 
 
-def _write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def _write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], atomic: bool = True) -> None:
+    """The safetensors file, serialised here and written by Python: a full disk is an OSError (one line), never
+    safetensors' own error type; and its writer, which replaces the path by a new file, never meets a FIFO or a
+    device node (`atomic_path` refuses those). `atomic=False`: `path` is in a private staging folder."""
+    data = safetensors_bytes(tensors, metadata=metadata)
+    if not atomic:
+        path.write_bytes(data)
+        return
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
+
+
+# the order in which the files move in where a folder cannot be swapped whole (see `ila.atomic.atomic_folder`)
+_FOLDER_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[str] | None = None, config=None,
                     source: str = "", evaluation: dict | None = None) -> Path:
-    """Write `config.json`, `model.safetensors` and a `README.md` model card into `directory` (each file atomically;
-    other files in the folder are kept). `class_names` default to the model's own (`model.class_names`)."""
+    """Write `config.json`, `model.safetensors` and a `README.md` model card into `directory`, all three at once:
+    they are written into a fresh folder beside it which then trades places with it in one step, so a kill or a
+    full disk at any moment leaves the old three files or the new three, never a mix (`ila.atomic.atomic_folder`;
+    leftovers of a killed export are cleared by the next one). Other files in the folder (a Hub clone's `.git`,
+    `.gitattributes`) are kept. `class_names` default to the model's own (`model.class_names`)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{directory} is a file; give a folder to save the model in")
@@ -72,9 +87,11 @@ def save_pretrained(model: nn.Module, directory: str | Path, class_names: list[s
     names = list(class_names if class_names is not None else getattr(model, "class_names", None) or [])
     _check_names(model, names)
     meta = pretrained_config(config, names, source or getattr(model, "source", "") or "", evaluation)
-    _write_weights(directory / WEIGHTS_FILE, _tensors(model), {"format": "pt"})  # one key: byte-identical files
-    write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
-    write_text(directory / CARD_FILE, model_card(meta, directory.resolve().name))
+    tensors = _tensors(model)
+    with atomic_folder(directory, _FOLDER_FILES, "model folder") as stage:
+        _write_weights(stage / WEIGHTS_FILE, tensors, {"format": "pt"}, atomic=False)  # one key: byte-identical
+        (stage / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (stage / CARD_FILE).write_text(model_card(meta, directory.resolve().name), encoding="utf-8")
     return directory
 
 
@@ -162,9 +179,9 @@ def evaluation_of(record) -> dict | None:
         metrics = record.path.parent / "eval" / "metrics.json"
         found = None
         if metrics.is_file():
-            try:
-                found = json.loads(metrics.read_text())
-            except (OSError, ValueError):
+            try:                                # bounded JSON; anything unreadable: no evaluation shown
+                found = jsonsafe.loads(metrics.read_text(encoding="utf-8"), metrics)
+            except (OSError, ValueError, UserError):
                 found = None
         weights = found.get("weights") if isinstance(found, dict) else None
         if isinstance(weights, dict) and weights.get("sha256") == record.sha256:

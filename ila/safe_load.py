@@ -18,6 +18,16 @@ pickled callable is ever called. Sizes are checked before memory is taken: only 
 read (torch never compresses the records it reads back), every record must lie inside the file, a storage may
 not declare more bytes than its record holds, and all storages together may not exceed the file's size; a
 tensor may not reach outside its storage. Every failure is a one-line `UserError`.
+
+Reading is bounded by the pickle's size (`_Unpickler`), so any file is read in time and memory proportional to it:
+the values built (counted in cells: one per item a container or call copies) may not exceed
+`_CELLS_PER_BYTE` per pickle byte (plus a floor); what a value unfolds to when shared references are followed
+(the "billion laughs" of pickles: a memo entry fetched again and again, each level doubling the last) may not
+exceed `_WEIGHT_PER_BYTE` per byte (plus a floor), so whoever walks the result (validation, `repr`, `json`, a
+comparison) does bounded work; containers nest at most `_MAX_DEPTH` deep; a container may not change once
+placed inside another (only data holding itself does that). Containers built from the file are never hashed:
+dict keys and set items may only be strings, bytes, numbers of at most 64 bits, None and short flat tuples of
+those (tuples whose hashes were crafted to collide are refused), so inserting a key costs at most its length.
 """
 from __future__ import annotations
 
@@ -78,6 +88,12 @@ _DTYPES = {name: getattr(torch, name) for name in (
     "complex64", "complex128", "float", "double", "half", "long", "int", "short")}
 _MAX_DIMS = 64
 _MAX_NESTING = 256
+# reading budgets (see the module docstring); a real checkpoint uses a small fraction of each (tests/test_safe_load)
+_CELLS_PER_BYTE, _CELLS_FLOOR = 16, 1 << 20         # values built: cells per pickle byte, plus a floor
+_WEIGHT_PER_BYTE, _WEIGHT_FLOOR = 64, 1 << 18       # what any value unfolds to through shared references
+_MAX_DEPTH = 100                                    # container nesting (ila's deepest: a TorchScript module, ~20)
+_MAX_KEY_TUPLE = 16                                 # items of a tuple used as a dict key / set item
+_MAX_SAME_HASH = 8                                  # distinct tuple keys sharing one hash (a hash-flooding file)
 _MAX_CODE_BYTES = 16 << 20      # code/ text read for parameter/buffer names (all files together)
 _VIEW_ALLOWANCE = 64 << 20      # bytes overlapping views (e.g. expanded tensors) may add beyond the file's size
 _LOCAL = threading.local()
@@ -192,7 +208,8 @@ _NP_KINDS = set("biufc")
 
 def _numpy_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.kind not in _NP_KINDS or dtype.fields is not None:
-        raise _Refuse(f"numpy scalar of dtype {dtype!r}: only numbers are read")
+        raise _Refuse(f"numpy scalar of dtype {dtype if isinstance(dtype, np.dtype) else _describe(dtype)}: only "
+                      f"numbers are read")
     if not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise _Refuse("a numpy scalar's bytes do not fit its dtype")
     return np.frombuffer(data, dtype=dtype)[0]
@@ -200,7 +217,7 @@ def _numpy_scalar(dtype, data=None):
 
 def _numpy_dtype(spec, align=False, copy=False):
     if not isinstance(spec, str) or len(spec) > 8:
-        raise _Refuse(f"numpy dtype {spec!r}: only simple number types are read")
+        raise _Refuse(f"numpy dtype {_describe(spec)}: only simple number types are read")
     try:
         dtype = np.dtype(spec)
     except TypeError as e:
@@ -323,19 +340,316 @@ def _declarations(text: str, module: str) -> dict[str, tuple[tuple[str, ...], tu
 
 # ------------------------------------------------------------------ the unpickler
 
+_SIZED = frozenset({str, bytes, bytearray, list, tuple, dict, set, frozenset, collections.OrderedDict})
+_KEY_ATOMS = frozenset({str, bytes, int, float, bool, type(None)})
+_NUMBERS = frozenset({int, float, bool, complex, type(None)})
+
+
+def _describe(value) -> str:
+    """A few words about a value read from a file, without walking it (the repr of a shared structure can take
+    longer than the universe has)."""
+    kind = type(value)
+    if kind in (str, bytes):
+        return one_line(repr(value[:40]), 60)
+    if kind in (float, bool, type(None)) or (kind is int and value.bit_length() <= 64):
+        return repr(value)
+    return f"{'an' if kind.__name__[:1].lower() in 'aeiou' else 'a'} {kind.__name__}"
+
+
+def _key_atom(value) -> bool:
+    kind = type(value)
+    return kind in _KEY_ATOMS and (kind is not int or value.bit_length() <= 64)
+
+
 class _Unpickler(pickle._Unpickler):
-    """Python's own unpickler (the pure-Python one, whose opcodes can be restricted) with three restrictions:
+    """Python's own unpickler (the pure-Python one, whose opcodes can be restricted) with these restrictions:
     `find_class` knows only `_GLOBALS` (and stand-ins for `__torch__` classes), `persistent_load` only the file's
-    storages, and BUILD (setting an object's state) applies only to the stand-ins, never to a tensor or other
-    object whose `__setstate__` is code."""
+    storages, BUILD (setting an object's state) applies only to the stand-ins, never to a tensor or other object
+    whose `__setstate__` is code; and every opcode that builds or fills a container, or calls something, is
+    accounted against the budgets of the module docstring.
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    Each container built is kept (`_kept`, so that ids are never reused while reading) with, by id, its `_weight`
+    (what it unfolds to: 1 + the weights of what it holds, a shared part counted each time it is held) and
+    `_depth` (how deep it nests); `_placed` holds the ids of those already inside another container (they may
+    not change any more: a weight once added to a parent stays true). Plain dicts of ints and one list, so that
+    the garbage collector has nothing more to track than the values themselves.
+    """
 
-    def __init__(self, file, storage: callable, script_classes: dict | None = None, declarations: dict = None):
+    class _Opcodes(dict):
+        def __missing__(self, code: int):
+            raise _Malformed(f"its pickle has an unknown opcode 0x{code:02x}")
+
+    dispatch = _Opcodes(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, storage: callable, nbytes: int, script_classes: dict | None = None,
+                 declarations: dict = None):
         super().__init__(file, encoding="utf-8")
         self._storage = storage
         self._script_classes = script_classes
         self._declarations = declarations or {}
+        self._nbytes = max(0, int(nbytes))
+        self._max_cells = _CELLS_FLOOR + _CELLS_PER_BYTE * self._nbytes
+        self._cells = 0
+        self._max_weight = _WEIGHT_FLOOR + _WEIGHT_PER_BYTE * self._nbytes
+        self._kept: list = []
+        self._weight: dict[int, int] = {}
+        self._depth: dict[int, int] = {}
+        self._placed: set[int] = set()
+        self._key_hashes: dict[int, list] = {}
+
+    # ---------------------------------------------------------------- budgets
+
+    def _spend(self, cells: int) -> None:
+        self._cells += cells
+        if self._cells > self._max_cells:
+            raise _Refuse(f"its pickle builds more than {self._max_cells:,} values, more than "
+                          f"{self._nbytes:,} bytes of pickle can describe")
+
+    def _contents(self, items, container=None) -> tuple[int, int]:
+        """(weight, depth) of `items` put inside a container; the containers among them are marked placed."""
+        weights, depths, placed, weight, depth = self._weight, self._depth, self._placed, 0, 0
+        for item in items:
+            kind = type(item)
+            if kind is str or kind is bytes or kind is bytearray:
+                weight += 1 + (len(item) >> 6)
+            elif kind is int:
+                weight += 1 + (item.bit_length() >> 9)
+            else:
+                key = id(item)
+                known = weights.get(key)
+                if known is None:
+                    weight += 1
+                    continue
+                if item is container:
+                    raise _Refuse("it puts a container inside itself (data holding itself is never a weight file)")
+                weight += known
+                if depths[key] > depth:
+                    depth = depths[key]
+                placed.add(key)
+        return weight, depth
+
+    def _record(self, obj, weight: int, depth: int):
+        if weight > self._max_weight:
+            raise _Refuse(f"its values unfold to more than {self._max_weight:,} items through shared references (a "
+                          f"part repeated again and again, a 'billion laughs'), far more than {self._nbytes:,} bytes "
+                          f"of pickle hold")
+        if depth > _MAX_DEPTH:
+            raise _Refuse(f"its containers nest more than {_MAX_DEPTH} deep")
+        key = id(obj)
+        if key not in self._weight:
+            self._kept.append(obj)
+        self._weight[key], self._depth[key] = weight, depth
+        return obj
+
+    def _new(self, obj, items, cells: int):
+        """`obj`, just built from `items`, recorded."""
+        self._spend(cells)
+        if not items:
+            return self._record(obj, 1, 1)
+        weight, depth = self._contents(items)
+        return self._record(obj, 1 + weight, 1 + depth)
+
+    def _grow(self, obj, items) -> None:
+        """`items` are about to be put into `obj`, a container built earlier."""
+        key = id(obj)
+        if key in self._placed:
+            raise _Refuse("it changes a container after placing it inside another (only data holding itself does "
+                          "that)")
+        self._spend(len(items))
+        weight, depth = self._contents(items, obj)
+        self._record(obj, self._weight.get(key, 1) + weight, max(self._depth.get(key, 1), 1 + depth))
+
+    def _check_key(self, key) -> None:
+        """A dict key or set item: hashing it must cost no more than its length, and it may not be crafted to
+        collide with the others (inserting n keys of one hash takes n^2 comparisons)."""
+        if _key_atom(key):
+            return
+        if type(key) is tuple and len(key) <= _MAX_KEY_TUPLE and all(_key_atom(v) for v in key):
+            seen = self._key_hashes.setdefault(hash(key), [])
+            if any(other == key for other in seen):
+                return
+            if len(seen) >= _MAX_SAME_HASH:
+                raise _Refuse("its dict keys were made to share one hash, so that inserting them takes quadratic "
+                              "time")
+            seen.append(key)
+            return
+        if isinstance(key, torch.dtype):
+            return
+        raise _Refuse(f"it uses {_describe(key)} as a dict key or set item; only strings, numbers and short flat "
+                      f"tuples of them are read as keys")
+
+    def _check_keys(self, keys) -> None:
+        for key in keys:
+            self._check_key(key)
+
+    # ---------------------------------------------------------------- containers
+
+    def _load_empty_list(self):
+        self.append(self._new([], (), 1))
+
+    def _load_empty_dict(self):
+        self.append(self._new({}, (), 1))
+
+    def _load_empty_set(self):
+        self.append(self._new(set(), (), 1))
+
+    def _load_list(self):
+        items = self.pop_mark()
+        self.append(self._new(items, items, len(items)))
+
+    def _load_tuple(self):
+        items = self.pop_mark()
+        self.append(self._new(tuple(items), items, len(items)))
+
+    def _load_tuple1(self):
+        items = self.stack[-1:]
+        if not items:
+            raise _Malformed("TUPLE1 with no value on the stack")
+        self.stack[-1:] = [self._new(tuple(items), items, 1)]
+
+    def _load_tuple2(self):
+        items = self.stack[-2:]
+        if len(items) != 2:
+            raise _Malformed("TUPLE2 with fewer than two values on the stack")
+        self.stack[-2:] = [self._new(tuple(items), items, 2)]
+
+    def _load_tuple3(self):
+        items = self.stack[-3:]
+        if len(items) != 3:
+            raise _Malformed("TUPLE3 with fewer than three values on the stack")
+        self.stack[-3:] = [self._new(tuple(items), items, 3)]
+
+    def _load_frozenset(self):
+        items = self.pop_mark()
+        self._check_keys(items)
+        self.append(self._new(frozenset(items), items, len(items)))
+
+    def _load_dict(self):
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise _Malformed("a dict of an odd number of keys and values")
+        self._check_keys(items[0::2])
+        made = self._new({}, items, len(items))
+        for i in range(0, len(items), 2):
+            made[items[i]] = items[i + 1]
+        self.append(made)
+
+    def _append_items(self, items) -> None:
+        target = self.stack[-1]
+        if not isinstance(target, list):
+            raise _Refuse(f"it appends to {_describe(target)}, which only code does")
+        self._grow(target, items)
+        target.extend(items)
+
+    def _load_append(self):
+        value = self.stack.pop()
+        self._append_items([value])
+
+    def _load_appends(self):
+        self._append_items(self.pop_mark())
+
+    def _set_items(self, items) -> None:
+        target = self.stack[-1]
+        if not isinstance(target, dict):
+            raise _Refuse(f"it sets items of {_describe(target)}, which only code does")
+        if len(items) % 2:
+            raise _Malformed("SETITEMS with an odd number of keys and values")
+        self._check_keys(items[0::2])
+        self._grow(target, items)
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_setitem(self):
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._set_items([key, value])
+
+    def _load_setitems(self):
+        self._set_items(self.pop_mark())
+
+    def _load_additems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if not isinstance(target, set):
+            raise _Refuse(f"it adds set items to {_describe(target)}, which only code does")
+        self._check_keys(items)
+        self._grow(target, items)
+        target.update(items)
+
+    # ---------------------------------------------------------------- calls (of the few globals allowed)
+
+    def _check_constructor(self, func, args: tuple) -> None:
+        """The containers a pickle may call with contents hash them: the keys are checked first."""
+        if not args:
+            return
+        arg, kind = args[0], type(args[0])
+        if func is set or func is frozenset:
+            if kind in (list, tuple):
+                self._check_keys(arg)
+            elif not (kind in (str, bytes) or isinstance(arg, (set, frozenset, dict))):  # already checked
+                raise _Refuse(f"it builds a {func.__name__} from {_describe(arg)}")
+        elif not isinstance(arg, dict):
+            if kind not in (list, tuple):
+                raise _Refuse(f"it builds a dict from {_describe(arg)}")
+            for pair in arg:
+                if type(pair) not in (list, tuple) or len(pair) != 2:
+                    raise _Malformed("a dict built from something other than (key, value) pairs")
+                self._check_key(pair[0])
+
+    def _call(self, func, args, kwargs, make):
+        """The result of `make()` (calling `func` with `args`, `kwargs`), accounted: the cells it may copy from
+        its arguments, and a weight and depth of everything it was given."""
+        if type(args) is not tuple or (kwargs is not None and type(kwargs) is not dict):
+            raise _Malformed("a call whose arguments are not a tuple")
+        parts = list(args) + (list(kwargs.values()) if kwargs else [])
+        self._spend(1 + len(parts) + sum(len(p) for p in parts if type(p) in _SIZED))
+        if func is set or func is frozenset or func is collections.OrderedDict or func is _ConfigNode:
+            self._check_constructor(func, args)
+        result = make()
+        if type(result) in _NUMBERS or type(result) in (str, bytes):
+            return result
+        weight, depth = self._contents(parts)
+        key = id(result)
+        if key in self._weight:                 # an argument given back (restore_type_tag): never smaller
+            weight, depth = max(self._weight[key] - 1, weight), max(self._depth[key], depth)
+        return self._record(result, 1 + weight, depth)
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        self.stack[-1] = self._call(func, args, None, lambda: func(*args))
+
+    def _load_newobj(self):
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, None, lambda: cls.__new__(cls, *args)))
+
+    def _load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, kwargs, lambda: cls.__new__(cls, *args, **kwargs)))
+
+    def _instantiate(self, klass, args):      # INST and OBJ
+        args = tuple(args)
+
+        def make():
+            if args or not isinstance(klass, type) or hasattr(klass, "__getinitargs__"):
+                return klass(*args)
+            return klass.__new__(klass)
+        self.append(self._call(klass, args, None, make))
+
+    for _code, _name in (("EMPTY_LIST", "_load_empty_list"), ("EMPTY_DICT", "_load_empty_dict"),
+                         ("EMPTY_SET", "_load_empty_set"), ("LIST", "_load_list"), ("TUPLE", "_load_tuple"),
+                         ("TUPLE1", "_load_tuple1"), ("TUPLE2", "_load_tuple2"), ("TUPLE3", "_load_tuple3"),
+                         ("FROZENSET", "_load_frozenset"), ("DICT", "_load_dict"), ("APPEND", "_load_append"),
+                         ("APPENDS", "_load_appends"), ("SETITEM", "_load_setitem"), ("SETITEMS", "_load_setitems"),
+                         ("ADDITEMS", "_load_additems"), ("REDUCE", "_load_reduce"), ("NEWOBJ", "_load_newobj"),
+                         ("NEWOBJ_EX", "_load_newobj_ex")):
+        dispatch[getattr(pickle, _code)[0]] = locals()[_name]
+    del _code, _name
+
+    # ---------------------------------------------------------------- names, state, storages
 
     def find_class(self, module: str, name: str):
         full = f"{module}.{name}"
@@ -361,9 +675,13 @@ class _Unpickler(pickle._Unpickler):
         state = self.stack.pop()
         inst = self.stack[-1]
         if isinstance(inst, (ScriptObject, _ConfigNode)):
+            self._grow(inst, (state,))
+            if type(state) is dict:
+                self._spend(len(state))           # a stand-in keeps a copy
             inst.__setstate__(state)
         elif type(inst) is collections.OrderedDict and isinstance(state, dict) \
                 and all(type(k) is str and not k.startswith("__") for k in state):
+            self._grow(inst, (state,))
             inst.__dict__.update(state)           # a state_dict's `_metadata` (module versions)
         elif isinstance(inst, np.dtype):          # numpy's dtype state: only its byte order matters here
             if isinstance(state, tuple) and len(state) > 1 and state[1] == ">":
@@ -375,13 +693,14 @@ class _Unpickler(pickle._Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise _Refuse(f"it refers to an object outside the pickle ({one_line(repr(pid), 60)})")
+            raise _Refuse(f"it refers to an object outside the pickle ({_describe(pid)})")
         return self._storage(pid)
 
 
-def _unpickle(file, storage, **kwargs):
+def _unpickle(file, storage, nbytes: int, **kwargs):
+    """One pickle from `file`, read within the budgets of a pickle of `nbytes` bytes."""
     try:
-        return _Unpickler(file, storage, **kwargs).load()
+        return _Unpickler(file, storage, nbytes, **kwargs).load()
     except (_Refuse, _Malformed, UserError):
         raise
     except RecursionError:
@@ -526,11 +845,12 @@ def _load_zip(f: BinaryIO, size: int, weights: bool = True):
 
     pkl = archive.read_into("data.pkl").numpy().tobytes()
     if script:
-        result = _unpickle(io.BytesIO(pkl), storage, script_classes={}, declarations=archive.code_declarations())
+        result = _unpickle(io.BytesIO(pkl), storage, len(pkl), script_classes={},
+                           declarations=archive.code_declarations())
         if not isinstance(result, ScriptObject):
             raise _Malformed("a TorchScript archive whose data is not a module")
         return result
-    return _unpickle(io.BytesIO(pkl), storage)
+    return _unpickle(io.BytesIO(pkl), storage, len(pkl))
 
 
 # ------------------------------------------------------------------ legacy files
@@ -570,14 +890,14 @@ def _load_legacy(f: BinaryIO, size: int, weights: bool = True):
         raise _Malformed("a storage reference before the file's header")
 
     try:
-        magic = _unpickle(f, no_storage)
+        magic = _unpickle(f, no_storage, size)
     except _Malformed:
         magic = None
     if magic != _LEGACY_MAGIC:
         raise _Malformed("not a PyTorch file (neither a zip archive nor a legacy torch.save file)")
-    if _unpickle(f, no_storage) != _LEGACY_PROTOCOL:
+    if _unpickle(f, no_storage, size) != _LEGACY_PROTOCOL:
         raise _Malformed("a legacy torch.save file of an unknown protocol version")
-    info = _unpickle(f, no_storage)
+    info = _unpickle(f, no_storage, size)
     if not isinstance(info, dict) or not info.get("little_endian", True):
         raise _Malformed("a legacy file written on a big-endian machine; only little-endian files are read")
 
@@ -597,11 +917,12 @@ def _load_legacy(f: BinaryIO, size: int, weights: bool = True):
                                      dtype)
         return storages[key]
 
-    result = _unpickle(f, storage)
+    result = _unpickle(f, storage, size)
     if not weights:
         return result
-    keys = _unpickle(f, no_storage)
-    if not isinstance(keys, list) or set(keys) != set(storages) or len(keys) != len(storages):
+    keys = _unpickle(f, no_storage, size)
+    if not isinstance(keys, list) or not all(type(k) is str for k in keys) or set(keys) != set(storages) \
+            or len(keys) != len(storages):
         raise _Malformed("its list of storages does not match the storages its data uses")
     for key in keys:
         st = storages[key]

@@ -7,9 +7,15 @@ Each case is reproducible from its seed: the failure message names the seed and 
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import pickletools
 import random
+import re
+import struct
+import time
+import zipfile
 
 import yaml
 
@@ -351,5 +357,456 @@ def test_fuzz_model_geometry_builds_whenever_it_validates():
                     assert logits.shape == (2, 3 if cfg.head == "text" else cfg.num_classes)
                     assert torch.isfinite(logits).all()
         outcomes.append(_run("model", seed, " ".join(sets), build))
+    torch.set_num_threads(threads)
+    _report(outcomes)
+
+
+# ----------------------------------------------------------------------------------------------- weight files
+# Seeded mutations of pickles (bytes, opcodes, memo references, nesting, shared structures), fed to ila's
+# restricted unpickler (`ila.safe_load.load`) and to `ila.read_weights`; and of shared model folders (config.json
+# values and structure, the safetensors header's 8-byte length and JSON) fed to `ila.from_pretrained`. Every case
+# must end, within CASE_SECONDS (measured), in a well-formed result or a one-line UserError.
+
+CASE_SECONDS = 2.0
+
+
+def _timed(kind: str, seed: int, mutation: str, fn) -> str:
+    start = time.perf_counter()
+    outcome = _run(kind, seed, mutation, fn)
+    elapsed = time.perf_counter() - start
+    if elapsed > CASE_SECONDS:
+        return f"{kind} seed {seed} ({mutation[:120]}): took {elapsed:.2f} s (bound {CASE_SECONDS} s)"
+    return outcome
+
+
+def _pickle_ops(data: bytes) -> list[tuple[int, int, object]]:
+    """(start, end, opcode) of each opcode of the pickle `data` (a valid one)."""
+    ops = list(pickletools.genops(data))
+    starts = [pos for _, _, pos in ops] + [len(data)]
+    return [(starts[i], starts[i + 1], op) for i, (op, _, _) in enumerate(ops)]
+
+
+def _get(i: int) -> bytes:
+    return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+
+
+def _put(i: int) -> bytes:
+    return b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
+
+
+PICKLE_SNIPPETS = [b"0", b"2", b"(", b"1", b"]", b"}", b")", b"t", b"l", b"d", b"a", b"e", b"s", b"u", b"R", b"b",
+                   b"\x81", b"\x85", b"\x86", b"\x87", b"N", b"\x88", b"K\x07", b"J\xff\xff\xff\x7f", b".",
+                   b"\x8a\x09" + b"\xff" * 9, b"X\x05\x00\x00\x00hello", b"X\xff\xff\xff\x7f", b"T\xff\xff\xff\x7f",
+                   b"\x8b\xff\xff\xff\x7f", b"ctorch\nFloatStorage\n", b"c__builtin__\nset\n", b"ctorch\nSize\n",
+                   b"ccollections\nOrderedDict\n", b"cos\nsystem\n", b"c__builtin__\neval\n", b"Q", b"P0\n",
+                   b"ctorch._utils\n_rebuild_tensor_v2\n", b"\x80\x05", b"\x95\xff\xff\xff\xff\x00\x00\x00\x00",
+                   b"g99999\n", b"p0\n", b"I" + b"9" * 5000 + b"\n", b"L" + b"9" * 5000 + b"L\n", b"F1e999\n"]
+
+
+def _memo_indices(ops) -> list[int]:
+    return sorted({arg for _, _, op, arg in ops if op.name in ("BINPUT", "LONG_BINPUT")}) or [0]
+
+
+def _pickle_mutation(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    """One mutation of a valid pickle: bytes, opcodes, memo references, nesting or shared structures."""
+    ops = [(s, e, op, arg) for (s, e, op), (_, arg, _) in zip(_pickle_ops(data), pickletools.genops(data))]
+    kind = rng.choice(["flip", "flip", "set_byte", "insert_bytes", "delete_bytes", "truncate", "delete_op",
+                       "duplicate_op", "swap_ops", "insert_op", "insert_op", "memo_ref", "memo_fanout", "memo_dag",
+                       "nest", "repeat_ops", "string_byte"])
+    n = len(data)
+    start, end, op, arg = rng.choice(ops[1:-1] or ops)
+    if kind == "flip":
+        i = rng.randrange(n)
+        return data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:], f"flip byte {i}"
+    if kind == "set_byte":
+        i = rng.randrange(n)
+        return data[:i] + bytes([rng.randrange(256)]) + data[i + 1:], f"set byte {i}"
+    if kind == "insert_bytes":
+        i = rng.randint(0, n)
+        return data[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))) + data[i:], f"insert at {i}"
+    if kind == "delete_bytes":
+        i = rng.randrange(n)
+        return data[:i] + data[i + rng.randint(1, 20):], f"delete at {i}"
+    if kind == "truncate":
+        i = rng.randrange(n)
+        return data[:i], f"truncate at {i}"
+    if kind == "delete_op":
+        return data[:start] + data[end:], f"delete {op.name} at {start}"
+    if kind == "duplicate_op":
+        return data[:end] + data[start:end] + data[end:], f"duplicate {op.name} at {start}"
+    if kind == "swap_ops":
+        s2, e2, op2, _ = ops[min(ops.index((start, end, op, arg)) + 1, len(ops) - 1)]
+        return data[:start] + data[s2:e2] + data[start:end] + data[e2:], f"swap {op.name} and {op2.name}"
+    if kind == "insert_op":
+        snippet = rng.choice(PICKLE_SNIPPETS)
+        return data[:start] + snippet + data[start:], f"insert {snippet[:12]!r} before {op.name} at {start}"
+    if kind == "string_byte":        # a byte inside a string or a number: the pickle stays well-formed
+        texts = [(s, e) for s, e, o, _ in ops if o.name in ("BINUNICODE", "SHORT_BINSTRING", "BININT1", "BININT",
+                                                             "BINFLOAT")]
+        s, e = rng.choice(texts)
+        i = rng.randrange(s + 1, e) if e - s > 1 else s
+        return data[:i] + bytes([rng.choice(b"abcxyz019._")]) + data[i + 1:], f"change byte {i} of a value"
+    memo = _memo_indices(ops)
+    puts = [(s, e, a) for s, e, o, a in ops if o.name in ("BINPUT", "LONG_BINPUT")]
+    if kind == "memo_ref":           # a memo fetch or store names another entry (or one that does not exist)
+        refs = [(s, e, o) for s, e, o, _ in ops if o.name in ("BINGET", "LONG_BINGET", "BINPUT", "LONG_BINPUT")]
+        s, e, o = rng.choice(refs)
+        index = rng.choice(memo + [max(memo) + 1, 255, 2 ** 31])
+        code = (_get if "GET" in o.name else _put)(index)
+        return data[:s] + code + data[e:], f"{o.name} -> {index} at {s}"
+    s, e, index = rng.choice(puts)
+    if kind == "memo_fanout":        # a value memoized there is replaced by a list of k fetches of it
+        k = rng.choice([2, 10, 100, 1000])
+        return data[:e] + b"0(" + _get(index) * k + b"l" + data[e:], f"list of {k} fetches of memo {index}"
+    if kind == "memo_dag":           # ... by a DAG of `levels` levels, each holding the last twice
+        levels, base, as_tuple = rng.choice([3, 10, 17, 30, 80]), max(memo) + 1, rng.random() < 0.5
+        chain = b"0" + _get(index) + _put(base) + b"0"
+        for j in range(1, levels):
+            twice = _get(base + j - 1) * 2
+            chain += (twice + b"\x86" if as_tuple else b"(" + twice + b"l") + _put(base + j) + b"0"
+        chain += _get(base + levels - 1)
+        shape = "tuple" if as_tuple else "list"
+        return data[:e] + chain + data[e:], f"{shape} DAG of {levels} levels over memo {index}"
+    if kind == "nest":               # the value memoized there wrapped in k one-item tuples
+        k = rng.choice([1, 5, 50, 99, 100, 101, 150, 5000])
+        return data[:e] + b"\x85" * k + data[e:], f"memo {index} nested in {k} tuples"
+    # repeat_ops: a run of opcodes repeated several times
+    i = ops.index((start, end, op, arg))
+    j = min(len(ops) - 1, i + rng.randint(1, 6))
+    segment = data[start:ops[j][0]]
+    times = rng.choice([2, 3, 50])
+    return data[:start] + segment * times + data[start:], f"{times} x ops {i}..{j}"
+
+
+def _mutate_pickle(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    names = []
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        try:
+            mutated, name = _pickle_mutation(rng, data)
+        except Exception:  # noqa: BLE001 - a previous mutation made it unparsable: mutate bytes only
+            i = rng.randrange(len(data) or 1)
+            mutated, name = data[:i] + bytes([rng.randrange(256)]) + data[i + 1:], f"set byte {i}"
+        data = mutated
+        names.append(name)
+    return data, " + ".join(names)
+
+
+def _zip_records(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def _write_zip(path, records: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+
+
+def _legacy_parts(data: bytes) -> list[bytes]:
+    """A legacy torch.save file as its five pickles (magic, protocol, system info, data, storage keys) and the raw
+    storages after them."""
+    parts, f = [], io.BytesIO(data)
+    for _ in range(5):
+        start = f.tell()
+        for _op in pickletools.genops(f):
+            pass
+        parts.append(data[start:f.tell()])
+    return parts + [data[f.tell():]]
+
+
+def _fuzz_container():
+    """A state dict and its surroundings as an authors' container has them: tensors (one a view of another's
+    storage, half and integer ones), module metadata, nested config, shared references, sets, sizes, dtypes."""
+    import collections
+
+    import torch
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3)
+    model = collections.OrderedDict([("0.weight", w), ("0.bias", torch.randn(4)), ("view", w[1:, ::2]),
+                                     ("half", torch.randn(2, 2).half()), ("steps", torch.arange(5))])
+    model._metadata = collections.OrderedDict([("", {"version": 1}), ("0", {"version": 2})])
+    shared = ["abseiling", "air drumming"]
+    return {"model": model, "config": {"MODEL": {"ARCH": "ViT-B/32", "FRAMES": 8, "DROP": 0.1},
+                                       "lr": 1e-3, "flags": [True, False, None], "big": 2 ** 70, "t": (1, "a", 2.5)},
+            "names": shared, "again": shared, "set": {1, 2, "z"}, "frozen": frozenset({3}),
+            "size": torch.Size([2, 3]), "keys": {(1, "a"): 1, 7: "seven"}, "epoch": 3, "dtype": torch.float16,
+            "complex": complex(1, 2)}
+
+
+def _check_loaded(value, limit: int) -> None:
+    """What a successful read must be: inert values of the kinds a weight file holds, nesting at most 100 deep,
+    unfolding (shared parts counted each time) to at most `limit` items, every tensor readable."""
+    import collections
+
+    import numpy as np
+    import torch
+
+    from ila import safe_load
+
+    named = set(map(id, safe_load._GLOBALS.values()))
+    stack, visits = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        visits += 1
+        assert visits <= limit and depth <= 101, (visits, depth)
+        if isinstance(item, dict):
+            for key in item:
+                assert isinstance(key, (str, int, float, bool, type(None), bytes, torch.dtype)) or (
+                    type(key) is tuple and all(isinstance(k, (str, int, float, bool, type(None), bytes)) for k in key)
+                ), type(key)
+            stack.extend((v, depth + 1) for v in [*item.keys(), *item.values()])
+            if type(item) is collections.OrderedDict:
+                stack.extend((v, depth + 1) for v in vars(item).values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, safe_load.ScriptObject):
+            stack.extend((v, depth + 1) for v in vars(item).values())
+        elif torch.is_tensor(item):
+            assert item.numel() < 1 << 24
+            item.float().sum()                            # every element lies inside its storage
+        else:
+            assert isinstance(item, (str, bytes, int, float, bool, type(None), complex, slice, torch.dtype,
+                                     np.generic, np.dtype, safe_load._StorageType, safe_load._Storage,
+                                     safe_load._TensorType)) or id(item) in named or (
+                isinstance(item, type) and issubclass(item, safe_load.ScriptObject)), type(item)
+
+
+def _same_content(a, b) -> bool:
+    import torch
+
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape \
+            and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same_content(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same_content(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+PICKLE_CASES = 320
+
+
+def test_fuzz_pickles_read_by_safe_load(tmp_path):
+    """Mutated `torch.save` pickles, as zip archives (240 cases) and legacy files (80), read by ila's unpickler."""
+    import torch
+
+    from ila import safe_load
+
+    base = tmp_path / "base.pt"
+    torch.save(_fuzz_container(), base)
+    records = _zip_records(base)
+    pkl_name = next(n for n in records if n.endswith("data.pkl"))
+    legacy = tmp_path / "base-legacy.pt"
+    torch.save(_fuzz_container(), legacy, _use_new_zipfile_serialization=False)
+    parts = _legacy_parts(legacy.read_bytes())
+    expected = {"zip": safe_load.load(base), "legacy": safe_load.load(legacy)}
+    outcomes, same = [], 0
+    for seed in range(PICKLE_CASES):
+        rng = random.Random(seed)
+        form = "legacy" if seed % 4 == 3 else "zip"
+        path = tmp_path / f"case-{form}.pt"
+        if form == "zip":
+            data, mutation = _mutate_pickle(rng, records[pkl_name])
+            _write_zip(path, {**records, pkl_name: data})
+        else:
+            data, mutation = _mutate_pickle(rng, parts[3])
+            path.write_bytes(b"".join(parts[:3]) + data + b"".join(parts[4:]))
+        limit = safe_load._WEIGHT_FLOOR + safe_load._WEIGHT_PER_BYTE * path.stat().st_size
+
+        def read():
+            nonlocal same
+            content = safe_load.load(path)
+            if _same_content(content, expected[form]):
+                same += 1
+            else:
+                _check_loaded(content, limit)
+        outcomes.append(_timed(f"pickle/{form}", seed, mutation, read))
+    _report(outcomes)
+    assert same < outcomes.count("ok")           # some mutations read as other, still well-formed, values
+
+
+def test_fuzz_pickles_read_as_weights(tmp_path):
+    """Mutated pickles of an ila checkpoint, read by `ila.read_weights` (every reader's probe, then its checks)."""
+    import torch
+
+    import ila
+    from ila.config import load_config
+    from ila.weights.checkpoint import FORMAT
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    state = {"format": FORMAT, "config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(8)],
+             "model": ila.build_model(cfg.model).state_dict(), "train_state": None}
+    base = tmp_path / "base.pt"
+    torch.save(state, base)
+    records = _zip_records(base)
+    pkl_name = next(n for n in records if n.endswith("data.pkl"))
+    expected = ila.read_weights(base)
+    outcomes = []
+    for seed in range(PICKLE_CASES // 2):
+        rng = random.Random(1000 + seed)
+        data, mutation = _mutate_pickle(rng, records[pkl_name])
+        path = tmp_path / "case.pt"
+        _write_zip(path, {**records, pkl_name: data})
+
+        def read():
+            record = ila.read_weights(path)
+            assert isinstance(record.state_dict, dict) and record.state_dict
+            assert all(isinstance(k, str) and torch.is_tensor(v) for k, v in record.state_dict.items())
+            assert isinstance(record.class_names, list) and all(isinstance(c, str) for c in record.class_names)
+            if list(record.state_dict) == list(expected.state_dict):
+                assert all(v.shape == expected.state_dict[k].shape for k, v in record.state_dict.items())
+        outcomes.append(_timed("read_weights", seed, mutation, read))
+    _report(outcomes)
+
+
+def _pretrained_base(root):
+    """A shared model folder of the tiny preset, and the same as one `.safetensors` file with its config in the
+    metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    import ila
+    from ila.config import load_config
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = ila.build_model(cfg.model)
+    folder = root / "base"
+    ila.save_pretrained(model, folder, class_names=[f"c{i}" for i in range(8)], config=cfg)
+    single = root / "single.safetensors"
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(single), metadata={"format": "pt", "ila_format": "ila-pretrained/1",
+                                              "ila_config": (folder / "config.json").read_text()})
+    return folder, single
+
+
+def _check_model(model, expected) -> None:
+    import torch
+
+    state = model.state_dict()
+    assert isinstance(model, torch.nn.Module) and list(state) == list(expected)
+    assert all(state[k].shape == expected[k].shape and state[k].dtype == expected[k].dtype for k in state)
+    assert isinstance(model.class_names, list) and all(isinstance(c, str) for c in model.class_names)
+
+
+JSON_SNIPPETS = ["[" * 70 + "]" * 70, "[" * 5000, "9" * 5000, "-" + "9" * 40, "1e999", "-1e999", "1" * 31, "NaN",
+                 "Infinity", '"\\ud800"', "{}", "[]", "null", '{"a": ' * 70 + "1" + "}" * 70]
+
+
+def _mutate_config_json(rng: random.Random, text: str) -> tuple[bytes, str]:
+    """config.json: one value replaced by another type, dropped or duplicated; the text mutated; or a JSON bomb put
+    in place of a value."""
+    choice = rng.random()
+    if choice < 0.45:
+        mutated, name = _type_mutation(rng, json.loads(text))
+        return json.dumps(mutated).encode(), name
+    if choice < 0.65:
+        values = [m for m in re.finditer(r'(?<=: )(-?[\d.]+|true|false|"[^"]*")', text)]
+        m = rng.choice(values)
+        snippet = rng.choice(JSON_SNIPPETS)
+        return (text[:m.start()] + snippet + text[m.end():]).encode(), f"value at {m.start()} -> {snippet[:20]}"
+    return _mutate_text(rng, text)
+
+
+def _mutate_safetensors(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    """A safetensors file: its 8-byte header length, its JSON header (values, structure, text) or its data."""
+    n = struct.unpack("<Q", data[:8])[0]
+    header, rest = data[8:8 + n], data[8 + n:]
+    kind = rng.choice(["length", "length", "header_value", "header_value", "header_text", "header_bomb", "data"])
+    if kind == "length":
+        new = rng.choice([0, 1, n - 1, n + 1, n + 8, n // 2, len(data), len(data) - 8, 2 ** 32, 2 ** 63,
+                          2 ** 64 - 1, 100_000_001, rng.randrange(2 ** 64)])
+        return struct.pack("<Q", new) + data[8:], f"length: {n} -> {new}"
+    if kind == "data":
+        i = rng.randrange(len(rest))
+        return data[:8 + n] + rest[:i] + bytes([rest[i] ^ 0xFF]) + rest[i + 1:], f"data: flip byte {i}"
+    if kind == "header_bomb":        # a JSON bomb as a tensor's shape, its dtype, or a key of its own
+        snippet = rng.choice(JSON_SNIPPETS)
+        meta = json.loads(header)
+        name = rng.choice(sorted(k for k in meta if k != "__metadata__"))
+        where = rng.choice(["shape", "dtype", "data_offsets", "new key"])
+        text = json.dumps(meta)
+        if where == "new key":
+            text = '{"bomb": ' + snippet + ", " + text[1:]
+        else:
+            text = text.replace(json.dumps(name) + ": {", json.dumps(name) + ': {"' + where + '": ' + snippet
+                                + ", ", 1)
+            text = text.replace(', "' + where + '": ' + json.dumps(meta[name][where]), "", 1)
+        header = text.encode()
+        return struct.pack("<Q", len(header)) + header + rest, f"header bomb: {snippet[:20]} as {name}.{where}"
+    if kind == "header_value":
+        meta = json.loads(header)
+        name = rng.choice(sorted(meta))
+        entry = meta[name]
+        if name == "__metadata__":
+            key = rng.choice(sorted(entry))
+            entry[key] = rng.choice(["", "{}", "x", json.dumps({"ila_format": 1}), "[" * 100])
+            what = f"header value: __metadata__.{key}"
+        else:
+            field = rng.choice(["dtype", "shape", "data_offsets"])
+            entry[field] = rng.choice([
+                "F16", "I64", "BOOL", "F64", "U8", "X", None, [], [0], [-1], [2 ** 40, 2 ** 40], [1, 2, 3],
+                [entry["data_offsets"][0], entry["data_offsets"][1] + 4], [0, len(rest) + 1], [5, 3],
+                list(reversed(entry.get("shape") or [1])), [n, n], [0.5, 1]])
+            what = f"header value: {name}.{field} -> {entry[field]!r}"
+        header = json.dumps(meta).encode()
+        header += b" " * (-len(header) % 8)
+        return struct.pack("<Q", len(header)) + header + rest, what
+    mutated, name = _mutate_text(rng, header.decode("utf-8", "replace"))
+    return struct.pack("<Q", len(mutated)) + mutated + rest, f"header text: {name}"
+
+
+def test_fuzz_pretrained_folders_and_files(tmp_path):
+    """A shared model folder with a mutated config.json (200 cases) or model.safetensors header (160), and the
+    one-file form with a mutated header or config metadata (160), read by `ila.from_pretrained`."""
+    import shutil
+
+    import torch
+
+    import ila
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder, single = _pretrained_base(tmp_path)
+    expected = ila.from_pretrained(folder).state_dict()
+    config_text = (folder / "config.json").read_text()
+    weights = (folder / "model.safetensors").read_bytes()
+    single_bytes = single.read_bytes()
+    outcomes = []
+    for seed in range(520):
+        rng = random.Random(2000 + seed)
+        case = tmp_path / "case"
+        if seed < 360:
+            shutil.rmtree(case, ignore_errors=True)
+            case.mkdir()
+            (case / "config.json").write_text(config_text)
+            (case / "model.safetensors").write_bytes(weights)
+            if seed < 200:
+                data, mutation = _mutate_config_json(rng, config_text)
+                (case / "config.json").write_bytes(data)
+                kind = "config.json"
+            else:
+                data, mutation = _mutate_safetensors(rng, weights)
+                (case / "model.safetensors").write_bytes(data)
+                kind = "model.safetensors"
+            source = case
+        else:
+            source = tmp_path / "case.safetensors"
+            if seed % 2:
+                data, mutation = _mutate_safetensors(rng, single_bytes)
+            else:        # the config carried in the metadata
+                n = struct.unpack("<Q", single_bytes[:8])[0]
+                meta = json.loads(single_bytes[8:8 + n])
+                text, mutation = _mutate_config_json(rng, meta["__metadata__"]["ila_config"])
+                meta["__metadata__"]["ila_config"] = text.decode("utf-8", "replace")
+                header = json.dumps(meta).encode()
+                header += b" " * (-len(header) % 8)
+                data = struct.pack("<Q", len(header)) + header + single_bytes[8 + n:]
+            source.write_bytes(data)
+            kind = "one .safetensors file"
+        outcomes.append(_timed(kind, seed, mutation, lambda: _check_model(ila.from_pretrained(source), expected)))
     torch.set_num_threads(threads)
     _report(outcomes)

@@ -5,7 +5,7 @@
     2  ila.presets, ila.config                                               (the typed config)
     3  ila.weights.*                                                         (every source of weights -> a model)
     4  ila.engine.*, ila.info                                                (training, inference, reports)
-    5  ila.hub, ila.export, ila.convert, ila.cli, ila.demo, ila (the public API), ila.__main__
+    5  ila.hub, ila.pipeline, ila.export, ila.convert, ila.cli, ila.demo, ila (the public API), ila.__main__
 
 Every import statement counts, module level or inside a function; a `from ila import X` names module `ila.X` when X
 is one, else the package `ila` itself (the top). Each module is also imported alone in a fresh interpreter
@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ila"
-LAYERS = [("ila.errors", "ila.version", "ila.registry", "ila.labels", "ila.safe_load", "ila.atomic"),
+LAYERS = [("ila.errors", "ila.version", "ila.registry", "ila.labels", "ila.safe_load", "ila.atomic",
+           "ila.jsonsafe"),
           ("ila.data", "ila.models"),
           ("ila.presets", "ila.config"),
           ("ila.weights",),
           ("ila.engine", "ila.info"),
-          ("ila.hub", "ila.export", "ila.convert", "ila.cli", "ila.demo", "ila.__main__", "ila")]
+          ("ila.hub", "ila.pipeline", "ila.export", "ila.convert", "ila.cli", "ila.demo", "ila.__main__", "ila")]
 # imports allowed inside functions: optional extras (onnx, onnxruntime, onnxscript, torchcodec, wandb) and heavy
 # libraries only a few paths need (matplotlib for pictures, timm for schedules and resampling, open_clip for the
 # tokenizer and CLIP names, huggingface_hub for Hub ids)

@@ -249,9 +249,39 @@ def test_window_arguments_are_checked_first(run, long_video, capsys):
     for argv, message in [(["--window", "0"], "--window 0.0: give a window length"),
                           (["--stride", "2"], "--stride needs --window"),
                           (["--timeline", "t.png"], "--timeline needs --window"),
-                          (["--window", "2", "--stride", "nan"], "--stride nan")]:
+                          (["--window", "2", "--stride", "nan"], "--stride nan"),
+                          (["--window", "1e-9"], "--window 1e-09: give at least 0.001 s"),
+                          (["--window", "4", "--stride", "1e-7"], "--stride 1e-07: give at least 0.001 s")]:
         code, _, err = run_cli(capsys, "predict", "--checkpoint", run, long_video, *argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    # shorter than one frame of this video (8 fps): refused when the video is read, naming the minimum
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", run / "best.pt", long_video, "--window", "0.05")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--window 0.05 s is shorter than one frame of this video (0.125 s, 8 fps); use --window 0.125 or more" in err
+
+
+def test_windows_follow_the_frame_timestamps(run, tmp_path, capsys):
+    """A variable-frame-rate Matroska file declaring 25 fps: 10 frames over 0-9 s, then 250 frames over 10-20 s.
+    Frame index / declared rate made it 10.4 s long, its first 5 s window holding 0-14.6 s."""
+    from fractions import Fraction
+
+    import av
+
+    path, base = tmp_path / "vfr.mkv", Fraction(1, 1000)
+    times = [float(k) for k in range(10)] + [10 + k / 25 for k in range(250)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"bf": "0", "threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = base
+        for t in times:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), int(8 * t), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = int(round(t / base)), base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", run, path, "--window", "5", "--json")
+    result = json.loads(out)[0]
+    assert code == 0 and result["duration"] == 20.0, err
+    assert [(w["start"], w["end"]) for w in result["windows"]] == [(0, 5), (5, 10), (10, 15), (15, 20)]
 
 
 # ------------------------------------------------------------------------------------------- predict errors

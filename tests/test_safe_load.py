@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -650,3 +651,194 @@ def test_a_damaged_training_state_cannot_be_resumed_but_still_evaluates(tmp_path
     code = main(["train", "--resume", str(tmp_path / "damaged.pt")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "train_state" in err, err
+
+
+# ------------------------------------------------------------------ bounded reading: time and memory follow the size
+
+def _get(i: int) -> bytes:
+    return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+
+
+def _put(i: int) -> bytes:
+    return b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
+
+
+def _str(s: str) -> bytes:
+    data = s.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _doubling(levels: int, leaf: bytes, build: bytes) -> bytes:
+    """Opcodes leaving on the stack a value of `levels` levels, each level holding the previous one twice
+    (`build` makes it from two memo fetches): 2^levels leaves described in ~7 bytes a level."""
+    out = leaf + _put(0) + b"0"
+    for i in range(1, levels):
+        out += build.replace(b"A", _get(i - 1)) + _put(i) + b"0"
+    return out + _get(levels - 1)
+
+
+def _tuple_dag(levels: int) -> bytes:
+    return _doubling(levels, b"K\x01K\x01\x86", b"AA\x86")
+
+
+def _list_dag(levels: int) -> bytes:
+    return _doubling(levels, b"]", b"](AAe")
+
+
+def _laughs(fan: int = 10, levels: int = 9) -> bytes:
+    """The billion laughs: a string, a list of `fan` fetches of it, a list of `fan` fetches of that..."""
+    out = _str("lol" * 20) + _put(0) + b"0"
+    for i in range(1, levels):
+        out += b"](" + _get(i - 1) * fan + b"e" + _put(i) + b"0"
+    return out + _get(levels - 1)
+
+
+def _colliding_pairs(n: int) -> list[tuple[int, int]]:
+    """`n` distinct tuples (a, b) of small integers with one hash (CPython's tuple hash is invertible in its last
+    item, and an integer below 2**61-1 hashes to itself): a dict of them takes n^2 comparisons to fill."""
+    m = 1 << 64
+    p1, p2, p5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+    rotl = lambda x, r: ((x << r) | (x >> (64 - r))) % m          # noqa: E731
+    target = hash((0, 0)) % m
+    before_len = (target - (2 ^ (p5 ^ 3527539))) % m
+    acc2 = rotl(before_len * pow(p1, -1, m) % m, 33)               # undo the last multiply and rotate-left-31
+    pairs = []
+    for a in range(1, 10 * n):
+        acc1 = rotl((p5 + (hash(a) % m) * p2) % m, 31) * p1 % m
+        lane = (acc2 - acc1) * pow(p2, -1, m) % m
+        b = lane if lane < (1 << 61) - 1 else lane - m if lane > m - (1 << 61) + 1 else None
+        if b is not None and b != -1 and hash((a, b)) == hash((0, 0)):
+            pairs.append((a, b))
+            if len(pairs) == n:
+                return pairs
+    raise AssertionError("no colliding tuples found")
+
+
+def _flood(n: int) -> bytes:
+    items = b"".join(b"(\x8a\x08" + struct.pack("<q", a) + b"\x8a\x08" + struct.pack("<q", b) + b"tK\x00"
+                     for a, b in _colliding_pairs(n))
+    return b"}(" + items + b"u"
+
+
+def _self_holding() -> bytes:
+    return b"]" + _put(0) + _get(0) + b"a"                     # a list appended to itself
+
+
+def _changed_after_placing() -> bytes:
+    # L = []; D = [L, L]; then L grows by 200 items after D counted it: D would unfold to far more than counted
+    return b"]" + _put(0) + b"0](" + _get(0) + _get(0) + b"e" + _put(1) + b"0" + _get(0) + b"(" + b"N" * 200 + b"e0" \
+        + _get(1)
+
+
+ATTACKS = {     # name: (pickle opcodes after PROTO 2, leaving one value; what the refusal says)
+    "tuple DAG as a dict key (80 levels)": (b"}" + _tuple_dag(80) + b"K\x00s", "unfold to more than"),
+    "small tuple DAG as a dict key": (b"}" + _tuple_dag(10) + b"K\x00s", "as a dict key"),
+    "tuple DAG in a frozenset": (b"(" + _tuple_dag(10) + b"\x91", "as a dict key or set item"),
+    "tuple DAG in set(...) (protocol 2)": (b"c__builtin__\nset\n(" + _tuple_dag(10) + b"l\x85R", "set item"),
+    "tuple DAG as an OrderedDict key": (b"ccollections\nOrderedDict\n((" + _tuple_dag(10) + b"K\x00tl\x85R",
+                                        "as a dict key"),
+    "list DAG as a value (80 levels)": (b"}" + _str("model") + _list_dag(80) + b"s", "unfold to more than"),
+    "memo billion laughs": (_laughs(), "billion laughs"),
+    "deep nesting (50,000 lists)": (b"]" * 50_000 + b"a" * 49_999, "nest more than"),
+    "deep nesting (tuples)": (b"N" + b"\x85" * 50_000, "nest more than"),
+    "a list holding itself": (_self_holding(), "inside itself"),
+    "a list changed after it was placed": (_changed_after_placing(), "after placing it"),
+    "keys crafted to share one hash": (_flood(64), "share one hash"),
+    "a huge integer as a key": (b"}\x8a\x40" + b"\x01" * 64 + b"K\x00s", "as a dict key"),
+}
+
+
+def _raw_archive(path: Path, body: bytes) -> Path:
+    """A torch zip archive whose data.pkl is PROTO 2, `body`, STOP."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02" + body + b".")
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+def test_the_attack_pickles_are_what_they_claim():
+    """Plain pickle builds them (so the refusals below are the reader's doing, not malformed input)."""
+    assert len(pickle.loads(b"\x80\x02" + _laughs(3, 4) + b".")) == 3
+    deep = pickle.loads(b"\x80\x02" + _tuple_dag(6) + b".")
+    assert deep[0] is deep[1] and len(str(deep)) > 2 ** 6
+    pairs = _colliding_pairs(64)
+    assert len(set(pairs)) == 64 and len({hash(p) for p in pairs}) == 1
+    assert len(pickle.loads(b"\x80\x02" + _flood(64) + b".")) == 64
+    lst = pickle.loads(b"\x80\x02" + _self_holding() + b".")
+    assert lst[0] is lst
+    assert pickle.loads(b"\x80\x02" + _changed_after_placing() + b".")[0] == [None] * 200
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_amplifying_pickles_are_refused_in_well_under_a_second(tmp_path, name):
+    body, says = ATTACKS[name]
+    path = _raw_archive(tmp_path / "attack.pt", body)
+    assert path.stat().st_size < 110_000
+    for call in (load, ila.read_weights):
+        start = time.perf_counter()
+        with pytest.raises(UserError) as err:
+            call(path)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 1.0, (name, call.__name__, elapsed)
+        assert isinstance(err.value, FileRefused) and says in str(err.value), (name, str(err.value))
+        assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_the_hash_dag_needs_the_limits(tmp_path):
+    """Without the key rule, the 80-level tuple DAG as a key would hash for 2^80 steps: in a subprocess with a
+    2-second limit, Python's own unpickler does not finish it."""
+    path = tmp_path / "dag.pkl"
+    path.write_bytes(b"\x80\x02}" + _tuple_dag(80) + b"K\x00s.")
+    code = f"import pickle; pickle.loads(open({str(path)!r}, 'rb').read())"
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", code], timeout=2, capture_output=True)
+
+
+def _measured(monkeypatch) -> list:
+    """Records (pickle bytes, cells, largest weight, deepest nesting) of every pickle the reader reads."""
+    from ila import safe_load
+
+    seen, original = [], safe_load._Unpickler.load
+
+    def load_and_measure(self):
+        result = original(self)
+        seen.append((self._nbytes, self._cells, max(self._weight.values(), default=0),
+                     max(self._depth.values(), default=0)))
+        return result
+    monkeypatch.setattr(safe_load._Unpickler, "load", load_and_measure)
+    return seen
+
+
+def test_real_checkpoints_stay_far_inside_the_budgets(tmp_path, monkeypatch):
+    """ila's own checkpoints (with a training state), a TorchScript CLIP archive, a large state dict and the
+    authors' release container use a small fraction of each budget, per byte of pickle (the floors aside)."""
+    from ila import safe_load
+
+    files = {}
+    state = _resumable_state()
+    files["ila checkpoint"] = tmp_path / "ila.pt"
+    torch.save(state, files["ila checkpoint"])
+    files["TorchScript CLIP"] = tmp_path / "clip.pt"
+    torch.jit.script(MiniCLIP().eval()).save(str(files["TorchScript CLIP"]))
+    files["8,000 tensors, zip"] = tmp_path / "many.pt"
+    many = {f"blocks.{i}.weight": torch.zeros(2) for i in range(8000)}
+    torch.save(many, files["8,000 tensors, zip"])
+    files["8,000 tensors, legacy"] = tmp_path / "many-legacy.pt"
+    torch.save(many, files["8,000 tensors, legacy"], _use_new_zipfile_serialization=False)
+    release = Path(os.environ.get("ILA_PARITY_FIXTURES", ROOT.parent / "shared" / "fixtures" / "official"))
+    release = release / "k400_tiny_release.pth"
+    if release.exists():
+        files["release container"] = release
+    seen = _measured(monkeypatch)
+    for name, path in files.items():
+        seen.clear()
+        start = time.perf_counter()
+        content = load(path)
+        elapsed = time.perf_counter() - start
+        nbytes, cells, weight, depth = max(seen)
+        assert cells <= nbytes and weight <= nbytes // 2 and depth <= 20, (name, nbytes, cells, weight, depth)
+        assert cells * 8 < safe_load._CELLS_PER_BYTE * nbytes and weight * 50 < safe_load._WEIGHT_PER_BYTE * nbytes
+        assert elapsed < 10, (name, elapsed)
+        if name.startswith("8,000"):
+            assert len(content) == 8000
+    assert load(files["ila checkpoint"])["train_state"]["rng"][0].keys() == state["train_state"]["rng"][0].keys()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import json
 import math
 import os
 import re
@@ -24,6 +23,7 @@ import reprlib
 from dataclasses import dataclass
 from functools import cache
 
+from ila import jsonsafe
 from ila.errors import UserError
 from ila.registry import Entry, Registry
 
@@ -548,11 +548,7 @@ def _load_json(path: str, text: str | None = None):
             seen.add(key)
         return dict(pairs)
 
-    try:
-        return json.loads(_read_text(path) if text is None else text, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as e:
+    try:        # jsonsafe: bounded nesting and numbers, every other problem one line naming the file
+        return jsonsafe.loads(_read_text(path) if text is None else text, path, object_pairs_hook=unique_keys)
+    except jsonsafe.InvalidJSON as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except ValueError as e:                            # e.g. an integer of more than 4300 digits
-        raise UserError(f"{path}: JSON that cannot be read ({str(e).split(';')[0][:120]})") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to be an annotation file") from None

@@ -5,8 +5,10 @@ A video is indexed by demuxing its packets (no decoding): frame i is the i-th fr
 order, which is exact for variable frame rates. `read` seeks to the keyframe before the first wanted
 frame, decodes forward (skipping unwanted frames that no other frame references), converts only the
 wanted frames to RGB, stops after the last one, and seeks again whenever a keyframe lies between two
-wanted frames. Rotation metadata is applied. Any file that
-cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason. `threads`
+wanted frames. Rotation metadata is applied. `frame_times()` gives when each frame is shown, from the packets'
+timestamps read at indexing (a declared frame rate or duration that they contradict is not used). Any file that
+cannot give frames raises `VideoReadError` (a `UserError`) naming the path and the reason. A frame folder's image
+larger than `MAX_FRAME_PIXELS` (by its header) is refused before it is decoded. `threads`
 (`data.decoder_threads`) sets FFmpeg's decoder threads (frame + slice threading; 0: FFmpeg's choice); the frames
 are the same at any count, and one thread gives the most frames per CPU-second (benchmarks/decoder_threads.py).
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from bisect import bisect_right
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -25,6 +29,9 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# the largest frame-folder image read (8192 x 8192; an 8K frame is 7680 x 4320): a larger one is refused from its
+# header, before any pixel is allocated (PIL's own decompression-bomb limit, when lower, refuses earlier)
+MAX_FRAME_PIXELS = 8192 * 8192
 
 
 class VideoReadError(UserError):
@@ -83,6 +90,16 @@ def check_file(path: str) -> None:
         raise VideoReadError(path, "empty file (0 bytes)")
 
 
+class FrameTimes(NamedTuple):
+    """When the frames of a video are shown: `times`, seconds from the first frame, one per frame in presentation
+    order (non-decreasing); `duration`, seconds: the last frame's time plus the interval before it; `source`:
+    "timestamps" (the packets' pts x time base) or "frame rate" (a stream without timestamps, one rate)."""
+
+    times: np.ndarray
+    duration: float
+    source: str
+
+
 def checked_indices(path: str, indices, num_frames: int) -> list[int]:
     """`indices` as ints, each in 0..num_frames-1 (else ValueError / IndexError)."""
     indices = [int(i) for i in indices]
@@ -138,7 +155,7 @@ class VideoReader:
         return stream
 
     def _index_packets(self) -> None:
-        pts, keys, timestamps = [], [], True
+        pts, keys, durations, timestamps = [], [], [], True
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0:
@@ -147,6 +164,7 @@ class VideoReader:
                 timestamps &= t is not None
                 pts.append(t if t is not None else len(pts))
                 keys.append(bool(packet.is_keyframe))
+                durations.append(packet.duration or 0)
         except av.error.EOFError:
             pass                                      # a stream that ends early: keep what was read
         except av.error.FFmpegError as e:
@@ -159,6 +177,7 @@ class VideoReader:
         self._keyframes = [i for i, j in enumerate(order) if keys[j]] or [0]
         self._frame_of_pts = {p: i for i, p in enumerate(self._pts)}
         self._seekable = timestamps and len(self._frame_of_pts) == len(self._pts)
+        self._has_timestamps, self._durations = timestamps, durations
 
     @property
     def num_frames(self) -> int:
@@ -168,6 +187,51 @@ class VideoReader:
     def fps(self) -> float:
         rate = self._stream.average_rate or self._stream.guessed_rate
         return float(rate) if rate else 0.0
+
+    def frame_times(self) -> FrameTimes:
+        """When each frame is shown (`FrameTimes`), from the timestamps read at indexing (no decoding): frame i at
+        (pts_i - pts_0) x time base; the last frame lasts as long as the interval before it. The declared frame
+        rate and duration are not used where timestamps exist (a variable frame rate, or a header that says
+        1e-6 fps, cannot skew them). A stream without usable timestamps (none, or all equal) is timed by its one
+        frame rate (equal packet durations, else the declared rate) where that agrees with its declared
+        duration; otherwise a `VideoReadError` says why."""
+        n, base = self.num_frames, self._stream.time_base
+        if self._has_timestamps and base and base > 0:
+            rel = np.asarray(self._pts, dtype=np.float64) - float(self._pts[0])
+            times = rel * base.numerator / base.denominator if base.numerator != 1 else rel / base.denominator
+            steps = np.diff(times)
+            steps = steps[steps > 0]
+            if len(steps):
+                return FrameTimes(times, float(times[-1] + steps[-1]), "timestamps")
+        rate = self._one_rate()
+        declared = self._declared_duration() if n > 1 else None
+        if declared and abs(n / rate - declared) > max(0.1 * declared, 1.5 / rate):
+            raise VideoReadError(self.path, f"no usable frame timestamps, and its frame rate ({rate:.4g} fps: {n} "
+                                            f"frames in {n / rate:.4g} s) contradicts its declared duration "
+                                            f"({declared:.4g} s), so its frames cannot be placed in time; re-encode "
+                                            f"it with timestamps (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        return FrameTimes(np.arange(n, dtype=np.float64) / rate, n / rate, "frame rate")
+
+    def _one_rate(self) -> float:
+        """The stream's one frame rate: equal packet durations, else the declared rate (VideoReadError: none)."""
+        base, durations = self._stream.time_base, set(self._durations)
+        if len(durations) == 1 and base and base > 0 and min(durations) > 0:
+            rate = 1 / float(min(durations) * base)
+        else:
+            rate = self.fps
+        if not (np.isfinite(rate) and rate > 0):
+            raise VideoReadError(self.path, "no usable frame timestamps and no frame rate, so its frames cannot be "
+                                            "placed in time; re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        return rate
+
+    def _declared_duration(self) -> float | None:
+        """The duration the file declares (its stream's, else its container's), seconds; None when it has none."""
+        stream, base = self._stream, self._stream.time_base
+        if stream.duration and base and stream.duration > 0:
+            return float(stream.duration * base)
+        if self._container.duration and self._container.duration > 0:
+            return self._container.duration / av.time_base
+        return None
 
     def read(self, indices, short_side: int | None = None) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed) as uint8 (N, H, W, 3), rotation applied;
@@ -295,7 +359,7 @@ class FrameFolderReader:
             if i in cache:
                 continue
             try:
-                with Image.open(self._files[i]) as img:
+                with _open_image(self._files[i]) as img:
                     img = img.convert("RGB")
                     if short_side:
                         scale = short_side / min(img.size)
@@ -303,6 +367,9 @@ class FrameFolderReader:
                         if size != img.size:
                             img = img.resize(size, Image.BILINEAR)
                     cache[i] = np.asarray(img)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                reason = str(e).split(", could be")[0].strip().rstrip(".")
+                raise VideoReadError(self._files[i], f"image too large to be a frame ({reason})") from None
             except (OSError, ValueError) as e:
                 raise VideoReadError(self._files[i], f"not a readable image ({e})") from None
         shapes = {a.shape for a in cache.values()}
@@ -318,6 +385,20 @@ class FrameFolderReader:
 
     def __exit__(self, *exc):
         pass
+
+
+def _open_image(path: str) -> Image.Image:
+    """A PIL image opened from its header only, refused (a VideoReadError naming its size) when it has more than
+    `MAX_FRAME_PIXELS` pixels; PIL's decompression-bomb warning is raised as an error (caught by the caller)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_FRAME_PIXELS:
+        img.close()
+        raise VideoReadError(path, f"image too large to be a frame ({width}x{height} pixels, more than the "
+                                   f"{MAX_FRAME_PIXELS:,} a frame may have)")
+    return img
 
 
 def _natural_key(name: str):

@@ -5,15 +5,19 @@
       dancing/ d.mov  clip_017/ (a frame folder: 00001.jpg ...)
 
 A video is a file with a video extension, or a frame folder (a folder holding JPEG/PNG images directly, which
-is not descended into). Hidden files and folders are ignored. `split_holdout` takes a deterministic,
-class-stratified fraction of such a folder for validation: a file's place depends only on its own path inside
-the class folder, so adding videos never moves the others between the splits. Such a folder is the annotation
-format `folders` (`ANNOTATION_FORMATS`), which `read_annotations` and `data.format=auto` choose for a folder.
+is not descended into). Hidden files and folders are ignored. Symbolic links are followed: to files always, to
+folders once per real folder (known by device and inode), so a link loop, a link back to the top or a second path
+to a folder lists nothing twice, and a link to a folder holding the scanned one (its parent, `/`) is not followed
+(`find_videos`). `split_holdout` takes a deterministic, class-stratified fraction of such a folder for validation:
+a file's place depends only on its own path inside the class folder, so adding videos never moves the others
+between the splits. Such a folder is the annotation format `folders` (`ANNOTATION_FORMATS`), which
+`read_annotations` and `data.format=auto` choose for a folder.
 """
 from __future__ import annotations
 
 import os
 import zlib
+from collections import deque
 
 from ila.data.annotations import ANNOTATION_FORMATS, VIDEO_EXTENSIONS, Annotations, Sample
 from ila.data.decode import IMAGE_EXTENSIONS
@@ -21,17 +25,96 @@ from ila.errors import UserError
 
 
 def find_videos(folder: str) -> list[str]:
-    """Every video file and frame folder under `folder` (recursive), in sorted path order."""
-    found = []
-    for here, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = [f for f in files if not f.startswith(".")]
-        if here != folder and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-            found.append(here)                          # a frame folder: one video
-            dirs[:] = []
+    """Every video file and frame folder under `folder` (recursive), in sorted path order. Links to files are
+    listed by their own names (a dangling one too: reading it then says the file is missing); a link to a folder
+    is followed once per real folder, after the folders reached without links (so a folder reached both ways is
+    listed under its real path), and never when the folder holds `folder` (a link to `folder` itself, a parent or
+    `/`: everything again, or the whole disk). Each real folder is scanned once, so loops end."""
+    try:
+        top = _key(folder)
+    except OSError:
+        return []
+    seen = {top} | _holders(folder)        # the folder and every folder holding it: never entered through a link
+    found: list[str] = []
+    links: deque[str] = deque()            # links to folders met so far, followed after the real folders
+    _scan(folder, folder, seen, found, links)
+    while links:
+        link = links.popleft()
+        try:
+            key = _key(link)
+        except OSError:                    # gone, or a link loop
             continue
-        found += [os.path.join(here, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+        if key not in seen:
+            seen.add(key)
+            _scan(link, folder, seen, found, links)
     return sorted(found)
+
+
+def _scan(start: str, top: str, seen: set, found: list, links: deque) -> None:
+    """Video files and frame folders under `start` reached without following links into `found`; the links to
+    folders met, in sorted order, appended to `links`; each real folder entered added to `seen` (by `_key`)."""
+    stack = [start]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:                    # unreadable (permissions) or gone: skipped, as os.walk does
+            continue
+        folders, files = [], []
+        for e in entries:
+            (folders if _is_dir(e) else files).append(e)
+        if here != top and any(e.name.lower().endswith(IMAGE_EXTENSIONS) for e in files):
+            found.append(here)             # a frame folder: one video, not descended into
+            continue
+        found += [e.path for e in files if e.name.lower().endswith(VIDEO_EXTENSIONS)]
+        inner = []
+        for e in folders:
+            if _is_link(e):
+                links.append(e.path)
+                continue
+            try:
+                key = _key(e.path)
+            except OSError:
+                continue
+            if key not in seen:
+                seen.add(key)
+                inner.append(e.path)
+        stack += reversed(inner)           # depth first, in name order
+
+
+def _key(path: str) -> tuple[int, int]:
+    """The real folder `path` names (links followed), as (device, inode)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _holders(folder: str) -> set:
+    """(device, inode) of every folder holding `folder`'s real path, up to `/`."""
+    keys, path = set(), os.path.realpath(folder)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return keys
+        path = parent
+        try:
+            keys.add(_key(path))
+        except OSError:
+            pass
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()              # follows links; False for a dangling link or a link loop
+    except OSError:
+        return False
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def read_class_folders(folder: str, class_names: list[str] | None = None) -> Annotations:
@@ -40,7 +123,9 @@ def read_class_folders(folder: str, class_names: list[str] | None = None) -> Ann
     classes."""
     if not os.path.isdir(folder):
         raise UserError(f"dataset folder not found: {folder}")
-    subdirs = sorted(d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
+    around = {_key(folder)} | _holders(folder)      # a class "folder" linking to the dataset or above: not a class
+    subdirs = sorted(d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))
+                     and _key(os.path.join(folder, d)) not in around)
     if not subdirs:
         raise UserError(f"{folder} has no class subfolders; a folder dataset holds one subfolder per class "
                         f"(e.g. {folder}/cooking/a.mp4), or give an annotation file instead")

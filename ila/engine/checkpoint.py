@@ -72,10 +72,31 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
-                     state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    """Restore what `rng_state` saved. The state is checked field by field when the checkpoint is read
+    (`ila.weights.checkpoint._check_train_state`); anything a generator still refuses (a CUDA state of another
+    size) is one UserError line, and nothing is restored then."""
+    field = "torch"
+    try:
+        saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        try:
+            torch.set_rng_state(state["torch"])
+            field = "numpy"
+            has_gauss, gauss = state["numpy_gauss"]
+            np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]),
+                                 int(has_gauss), float(gauss)))
+            field = "python"
+            gauss_next = state.get("python_gauss")
+            random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python"].tolist()),
+                             None if gauss_next is None else float(gauss_next)))
+            if "cuda" in state and torch.cuda.is_available():
+                field = "cuda"
+                torch.cuda.set_rng_state(state["cuda"])
+        except BaseException:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+            raise
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
+        raise UserError(f"the checkpoint's {field} random generator state cannot be restored "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                        f"the run cannot continue exactly") from None

@@ -36,7 +36,7 @@ from ila.engine.session import probabilities, run_videos
 from ila.errors import UserError
 from ila.engine.loaders import read_split, video_dataset
 from ila.engine import report
-from ila.atomic import output_dir
+from ila.atomic import output_dir  # noqa: F401
 from ila.engine.runlock import RunLock
 from ila.engine.session import InferenceSession
 
@@ -129,26 +129,82 @@ def data_record(cfg, samples) -> dict:
 def default_output(checkpoint, record) -> Path:
     """Where `ila eval` writes without `--output`: `eval/` in the run directory of an ila checkpoint; for a
     shareable folder, a .safetensors file or a Hub id, `eval/NAME` under the current folder (a folder one would
-    upload is never written into)."""
+    upload is never written into: `run_eval` refuses an output inside it)."""
     if record.kind == "checkpoint" and record.path is not None:
         return record.path.parent / "eval"
-    name = str(checkpoint).rstrip("/").replace("/", "--").lstrip(".-") or "model"
-    return Path("eval", name)
+    name = str(checkpoint).rstrip("/").replace("/", "--").lstrip(".-")
+    if not name and os.path.isdir(checkpoint):        # "." or "..": the folder's own name
+        name = Path(checkpoint).resolve().name.lstrip(".-")
+    return Path("eval", name or "model")
+
+
+def _shared_folder(checkpoint, record) -> Path | None:
+    """The shareable folder (config.json + model.safetensors) the weights were read from, if any: nothing of an
+    evaluation (lock, temporaries, results) may be written inside it."""
+    if os.path.isdir(checkpoint) and record.kind != "checkpoint":
+        return Path(checkpoint).resolve()
+    if record.kind == "pretrained" and record.path is not None and (record.path.parent / "config.json").is_file():
+        return record.path.parent.resolve()
+    return None
+
+
+def _check_output_place(out: Path, shared: Path | None, given: bool) -> None:
+    if shared is None:
+        return
+    where = out.resolve()
+    if where == shared or shared in where.parents:
+        raise UserError(f"{'--output ' if given else 'the default output '}{out} lies inside the evaluated folder "
+                        f"{shared}, a folder one would share; give an --output outside it"
+                        + ("" if given else " (or run ila eval from another folder)"))
+
+
+def _check_previous(out: Path, provenance: dict, overwrite: bool) -> None:
+    """Refuse (one line) to replace an evaluation of other weights or other data in `out`; the same weights on the
+    same data may be evaluated again (other views, a newer ila) and replace it."""
+    previous = out / "metrics.json"
+    if overwrite or not os.path.lexists(previous):
+        return
+    try:
+        saved = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    weights = saved.get("weights") if isinstance(saved, dict) else None
+    data = saved.get("data") if isinstance(saved, dict) else None
+    old_weights = weights.get("sha256") if isinstance(weights, dict) else None
+    old_data = data.get("list_sha256") if isinstance(data, dict) else None
+    if old_weights == provenance["weights"]["sha256"] and old_data == provenance["data"]["list_sha256"]:
+        return
+    what = ("a metrics.json that is not an ila evaluation" if old_weights is None or old_data is None
+            else "the evaluation of other weights" if old_weights != provenance["weights"]["sha256"]
+            else "the evaluation of these weights on other data")
+    raise UserError(f"--output {out} already holds {what} ({previous}); give another --output, or --overwrite to "
+                    f"replace it")
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: str | Path | None = None,
-             classes: str | None = None) -> dict:
+             classes: str | None = None, overwrite: bool = False) -> dict:
     """`ila eval`: score the validation list with a checkpoint and write metrics (with which weights and which
     data produced them), per-class accuracy and the confusion matrix (CSV and PNG) to `output` (default:
-    `default_output`)."""
+    `default_output`).
+
+    An earlier evaluation there (its metrics.json) is replaced only when it was made with the same weights
+    (`weights.sha256`) on the same data (`data.list_sha256`), or with `overwrite`; otherwise the run stops in one
+    line before any scoring. The output folder is locked while the run writes (`ila.engine.runlock`: the lock
+    file holds a process id, is emptied on every exit path, and goes with the folder when a failed run made the
+    folder and wrote nothing else); nothing is ever written inside an evaluated shareable folder."""
     session = InferenceSession(checkpoint, classes, overrides, distributed=True)
     cfg, names, env = session.cfg, session.class_names, session.env
     out = Path(output) if output else default_output(checkpoint, session.record)
     lock = None
     try:
+        provenance = None
         if env.main:
-            output_dir(out, "--output folder")        # a bad output path fails before any scoring
-            lock = RunLock(out, "eval output folder").acquire()   # one writer; stale temporaries go
+            _check_output_place(out, _shared_folder(checkpoint, session.record), bool(output))
+            lock = RunLock(out, "--output folder").acquire()   # one writer; a bad path fails before any scoring
+            provenance = {"weights": {"sha256": session.record.sha256, "source": str(checkpoint),
+                                      "file": str(session.record.path or "")},
+                          "data": data_record(cfg, read_split(cfg, "val", names)[0])}   # every listed video
+            _check_previous(out, provenance, overwrite)
         try:
             metrics, _, scores, labels, samples, skipped = evaluate_split(
                 session.model, cfg, env, names, session.text, amp=session.amp)
@@ -157,9 +213,6 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
                 write_skipped(out / "unreadable.csv", e.failed)
             raise UserError(f"{e} (all listed in {out / 'unreadable.csv'})") from None
         if env.main:
-            provenance = {"weights": {"sha256": session.record.sha256, "source": str(checkpoint),
-                                      "file": str(session.record.path or "")},
-                          "data": data_record(cfg, samples)}
             write_eval_outputs(out, metrics, names, samples, scores, labels, cfg, provenance)
             write_skipped(out / "skipped.csv", skipped)
             note = f" (and {len(skipped)} unreadable, skipped: listed in skipped.csv)" if skipped else ""

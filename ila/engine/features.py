@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ila import jsonsafe
 from ila.atomic import atomic_path, write_text
 from ila.errors import UserError
 from ila.engine.predict import video_files
@@ -144,8 +145,10 @@ def read_features(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the metadata (videos, texts, skipped, ...) of an `ila features` output."""
     path = Path(path)
     if path.suffix == ".npy":
-        info = json.loads(path.with_suffix(".json").read_text())
+        where = path.with_suffix(".json")
+        info = jsonsafe.loads(where.read_text(encoding="utf-8"), where)
         return {info["array"]: torch.from_numpy(np.load(path, allow_pickle=False))}, info
 
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return {k: f.get_tensor(k) for k in f.keys()}, {k: jsonsafe.loads(v, f"{path}: metadata {k!r}")
+                                                        for k, v in (f.metadata() or {}).items()}

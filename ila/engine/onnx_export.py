@@ -16,6 +16,7 @@ ExportedProgram): the largest difference relative to the largest logit must be b
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch import nn
 from ila.errors import UserError
 from ila.data.preprocessing import Preprocessing
 from ila.engine.session import InferenceSession
-from ila.atomic import atomic_path, write_text
+from ila.atomic import atomic_path, output_file
 import importlib.util
 
 TOLERANCE = 1e-4
@@ -77,6 +78,9 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / ('model.' + _suffix(fmt))}")
+    side = out.with_name(out.name + ".json")
+    for path in (out, side):                   # a FIFO or a device node is refused before anything is built
+        output_file(path, "--out")
     if fmt == "onnx":
         _need("onnx", "onnxscript")
     wrapper, meta = deployable(checkpoint, classes, overrides)
@@ -85,12 +89,14 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         expected = wrapper(example)[0]
-    with atomic_path(out) as tmp:
+    # the graph and its side file are both written in full before either replaces an old one: a full disk leaves
+    # the previous pair as it was
+    with atomic_path(out) as tmp, atomic_path(side) as tmp_side:
         if fmt == "onnx":
             _write_onnx(wrapper, example, batch, tmp, meta)
         else:
             program = torch.export.export(wrapper, (example,), dynamic_shapes={"video": {0: batch}})
-            torch.export.save(program, tmp)
+            _write_exported(program, tmp)
         if check:
             got = _run_onnx(tmp, example) if fmt == "onnx" else torch.export.load(tmp).module()(example)[0]
             err = ((got - expected).abs().max() / expected.abs().max()).item()
@@ -98,8 +104,16 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
                 raise UserError(f"the exported graph differs from the model by {err:.1e} of the largest logit "
                                 f"(more than {TOLERANCE:g}); nothing was written")
             meta["parity_error"] = err
-    write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=1) + "\n")
+        tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _write_exported(program, path: Path) -> None:
+    """torch.export.save into memory, then written by Python: torch's own zip writer aborts the process (SIGABRT)
+    when the disk fills up, while a Python write raises an OSError (one line, the previous file kept)."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def _suffix(fmt: str) -> str:

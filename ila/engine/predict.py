@@ -17,20 +17,20 @@ from pathlib import Path
 import torch
 
 from ila.atomic import atomic_path
-from ila.engine.session import InferenceSession
+from ila.engine.session import InferenceSession, check_window_seconds
 from ila.errors import UserError
 from ila.data.decode import IMAGE_EXTENSIONS
 from ila.data.folders import find_videos
 from ila.data.transforms import MEAN, STD
-import math
 from ila.data.decode import VideoReadError
 from ila.atomic import write_text
 
 
 def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
     """Files as given, and every video inside each folder (recursively: video files and frame folders, in
-    sorted order); a folder holding images directly is one frame-folder video. With `errors`, an input that
-    gives nothing is recorded there (path -> reason) instead of raising."""
+    sorted order; links followed, each real folder once: `find_videos`); a folder holding images directly is one
+    frame-folder video. With `errors`, an input that gives nothing is recorded there (path -> reason) instead of
+    raising."""
     found = []
     for item in inputs:
         item = str(item)
@@ -257,23 +257,29 @@ def predictions_csv(results: list[dict]) -> str:
     return buf.getvalue()
 
 
+def check_window_flags(window, stride) -> tuple:
+    """`ila predict`'s --window/--stride before any video is read: (window, stride), the stride defaulting to the
+    window; each finite and at least `MIN_WINDOW_SECONDS` (each video's own frame interval, and the window
+    count cap, are checked when it is read: `window_spans`); (None, None) without --window. A one-line
+    UserError otherwise."""
+    if window is None:
+        if stride is not None:
+            raise UserError("--stride needs --window SECONDS")
+        return None, None
+    window = check_window_seconds("--window", window)
+    return window, check_window_seconds("--stride", window if stride is None else stride)
+
+
 def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_json: bool = False,
                 classes: str | None = None, visualize: str | None = None, block: int = -1,
                 overrides: list[str] | tuple = (), window: float | None = None, stride: float | None = None,
-                csv_out: str | None = None, timeline: str | None = None) -> int:
+                csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None) -> int:
     """`ila predict`: print the top-k classes of every video (or of every window of each video with
     `window`); optionally a CSV, alignment pictures and timelines. Every output path is checked before any
     video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named)."""
     if topk < 1:
         raise UserError(f"--topk {topk}: use 1 or more")
-    if stride is not None and window is None:
-        raise UserError("--stride needs --window SECONDS")
-    if window is not None:
-        if not (math.isfinite(window) and window > 0):
-            raise UserError(f"--window {window}: give a window length in seconds > 0")
-        stride = window if stride is None else stride
-        if not (math.isfinite(stride) and stride > 0):
-            raise UserError(f"--stride {stride}: give a stride in seconds > 0")
+    window, stride = check_window_flags(window, stride)
     if timeline and window is None:
         raise UserError("--timeline needs --window SECONDS (it plots the windows' class probabilities over time)")
     for path, flag, picture in ((visualize, "--visualize", True), (timeline, "--timeline", True), (csv_out, "--csv", False)):
@@ -281,7 +287,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             check_output(path, flag, picture)             # before any video is read
     errors: dict[str, str] = {}
     paths = video_files(inputs, errors if len(inputs) > 1 else None)
-    session = InferenceSession(checkpoint, classes, overrides)
+    session = InferenceSession(checkpoint, classes, overrides, temporal=temporal)
     if visualize:
         check_visualize(session, block)
     if window is None:

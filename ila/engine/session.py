@@ -19,6 +19,7 @@ Status goes to stderr; stdout is left to the caller's data.
 """
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from typing import Callable, NamedTuple, Sequence
@@ -32,8 +33,12 @@ from ila.engine import distributed as dist
 from ila.engine.classes import ClassText, check_class_count, class_list, class_text
 from ila.engine.loaders import loader, video_dataset
 from ila.engine.precision import amp_dtype, autocast
-from ila.errors import UserError
+from ila.errors import UserError, printable
 from ila.weights.factory import load_model
+from ila.config import Config, load_config
+from ila.models.config import ModelConfig
+from ila.models.ila import ILAModel, parameter_group_map
+from ila.models.registry import temporal_variant
 from ila.weights.sources import read_weights
 from ila.models.clip import tokenize
 from ila.data.decode import open_video
@@ -73,22 +78,91 @@ def release_bn_mode(model: nn.Module, enabled: bool):
             m.eval()
 
 
+# the head's modules that CLIP weights leave untrained, left out of a CLIP zero-shot model: without them the text
+# head is CLIP's own scoring (the frames' average embedding against the class names' text features)
+_ZERO_SHOT_HEAD = {"mit_layers": 0, "mit_pos_embed": False, "prompts_layers": 0}
+
+
+def zero_shot_config(record, config=None, temporal: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a model built on CLIP weights (`record`: the towers only) for zero-shot inference, as
+    `ila.create_model(config, weights=CLIP, temporal=...)` builds it: `config` a preset name, YAML file, dict,
+    `Config` or `ModelConfig` (its frames and size; the weights' geometry must agree), else the defaults (8 frames
+    at the CLIP weights' resolution, a text head); `temporal` the variant; then `overrides` (`--set`). The head's
+    MIT and video-specific prompts are left out (`_ZERO_SHOT_HEAD`): untrained, they would only perturb CLIP's
+    scores. `check_zero_shot` says whether the result is a model CLIP's weights alone make meaningful."""
+    if config is None:
+        raw = {"model": dict(record.model)}
+    elif isinstance(config, Config):
+        raw = config.to_dict()
+    elif isinstance(config, ModelConfig):
+        raw = {"model": config.to_dict()}
+    else:
+        raw = load_config(config).to_dict()
+    raw["model"] = {**raw.get("model", {}), **_ZERO_SHOT_HEAD, **({"temporal": temporal} if temporal else {})}
+    return load_config(raw, overrides)
+
+
+def check_zero_shot(cfg: ModelConfig, source: str) -> None:
+    """Refuse (one line) a model on CLIP weights whose outputs would depend on parameters the weights do not hold:
+    a temporal variant with parameters of its own (`ila`: the alignment and message modules; `attention`: the
+    temporal attention) or with any temporal modelling in the tower (`joint` has only CLIP's parameters but attends
+    across frames, which CLIP never learned), a classifier head, or the head's MIT and prompts. What remains is
+    CLIP zero-shot: every frame through CLIP's image tower alone, the frame embeddings averaged (`mean`)."""
+    variant = temporal_variant(cfg.temporal)
+    with torch.device("meta"):                      # counted, never allocated
+        groups = set(parameter_group_map(ILAModel(cfg)).values())
+    new = sorted(groups - {"clip", "head", "prompts"})
+    train = f"train first (ila train --config CONFIG --set train.init={source} model.temporal={cfg.temporal})"
+    if new or variant.min_frames > 1:
+        what = (f"its {'/'.join(new)} modules would keep their initialisation" if new else
+                "its blocks attend across frames, which CLIP never learned")
+        raise UserError(f"{source} holds CLIP weights, which have no trained temporal={cfg.temporal} blocks ({what}): "
+                        f"{train}, or score it zero-shot as CLIP does with temporal=mean (frames averaged)")
+    if cfg.head != "text":
+        raise UserError(f"{source} holds CLIP weights: a classifier head would be untrained on them; zero-shot scores "
+                        f"class names with CLIP's text tower (model.head=text), or {train}")
+    extra = [f"model.{k}={str(getattr(cfg, k)).lower()}" for k, v in _ZERO_SHOT_HEAD.items() if getattr(cfg, k) != v]
+    if extra:
+        raise UserError(f"{source} holds CLIP weights: {', '.join(extra)} adds head modules that would be untrained "
+                        f"on them (zero-shot needs {', '.join(f'model.{k}={str(v).lower()}' for k, v in _ZERO_SHOT_HEAD.items())}), "
+                        f"or {train}")
+
+
 class InferenceSession:
     """A model ready for inference (see the module docstring). `weights`: any source `ila.create_model` reads;
     `classes`: a class-name file, `a,b,c`, a shipped list or a list (text heads: any names, zero-shot;
     classifiers: exactly as many names as outputs); `overrides`: `--set` assignments; `distributed`: join the
     torchrun process group (eval and features); `device`: default `auto` unless `--set device=...`;
-    `need_classes=False`: a model without class names is fine (embeddings)."""
+    `need_classes=False`: a model without class names is fine (embeddings).
+
+    CLIP weights (a file or a name such as `ViT-B-32:openai`) hold the towers of a model, not a trained video model:
+    they are accepted with `temporal=` and/or `config=` (a preset name, YAML file, `Config` or `ModelConfig`: frames
+    and size; default 8 frames at the weights' resolution) and scored zero-shot, CLIP's baseline, where nothing in
+    the path would be untrained (`temporal="mean"`; see `check_zero_shot`). For trained weights `temporal`, when
+    given, must name the model's own variant, and `config` is refused (their config is their own)."""
 
     def __init__(self, weights, classes: str | list[str] | None = None, overrides: Sequence[str] = (),
                  distributed: bool = False, device: str | None = None, quiet: bool = False,
-                 need_classes: bool = True):
+                 need_classes: bool = True, temporal: str | None = None, config=None):
         overrides = list(overrides)
         record = read_weights(weights, quiet=quiet)
         if not record.complete:
-            raise UserError(f"{record.source} holds {record.kind} weights, the towers of a model but not a trained video "
-                            f"model: train one from them (train.init={record.source})")
-        self.model, self.cfg, self.record = load_model(record, overrides=overrides)
+            if not record.tower_only or (temporal is None and config is None):
+                zero_shot = (f", or score it zero-shot as CLIP with temporal='mean' and class names (ila predict "
+                             f"--model {record.source} --temporal mean --classes a,b,c)" if record.tower_only else "")
+                raise UserError(f"{record.source} holds {record.kind} weights, the towers of a model but not a trained "
+                                f"video model: train one from them (train.init={record.source}){zero_shot}")
+            cfg = zero_shot_config(record, config, temporal, overrides)
+            check_zero_shot(cfg.model, record.source)
+            self.model, self.cfg, self.record = load_model(record, cfg)
+        else:
+            if config is not None:
+                raise UserError(f"{record.source} is a trained {record.kind} model with its own config; config= builds "
+                                f"a model on CLIP weights (change frames, size or views of this one with overrides)")
+            self.model, self.cfg, self.record = load_model(record, overrides=overrides)
+            if temporal is not None and temporal != self.cfg.model.temporal:
+                raise UserError(f"{record.source} is a trained temporal={self.cfg.model.temporal} model, not "
+                                f"temporal={temporal}; --temporal chooses the variant of CLIP weights only")
         self.source = weights
         cfg = self.cfg
         cfg.data.cache, cfg.data.augment = "none", "cpu"   # inference reads each video once, as it is
@@ -188,28 +262,25 @@ class InferenceSession:
 
     @torch.no_grad()
     def windows(self, path: str, window: float, stride: float, topk: int) -> dict:
-        """Sliding windows of `window` seconds every `stride` seconds over one video: T frames spread evenly
-        over each window (the middle of T equal segments), read by seeking (only those frames are decoded),
-        `eval.batch_size` windows at a time, so memory does not grow with the video's length. A last window
-        ending at the video's end is added when the stride leaves the tail uncovered. Returns the video's
-        duration and, per window, its start/end time (s), the top-k and all class probabilities."""
+        """Sliding windows of `window` seconds every `stride` seconds over one video (`window_spans`: at least one
+        frame long, at most `MAX_WINDOWS`), timed by the frames' own timestamps (`VideoReader.frame_times`, read
+        without decoding), so a variable frame rate or a wrong declared rate cannot shift them: window [start, end)
+        holds the frames shown then, T of them spread evenly over it (the frame on screen at the middle of each of
+        T equal parts; `window_frames`), read by seeking (only those frames are decoded), `eval.batch_size`
+        windows at a time, so memory does not grow with the video's length. A last window ending at the video's
+        end is added when the stride leaves the tail uncovered. Returns the video's duration (from the
+        timestamps) and, per window, its start/end time (s), the top-k and all class probabilities."""
         cfg, t = self.cfg, self.cfg.data.num_frames
         transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
         with open_video(path) as reader:
-            fps = getattr(reader, "fps", 0.0)
-            if not fps:
+            if not hasattr(reader, "frame_times"):
                 raise UserError(f"{path}: --window needs a video file with a frame rate (a frame folder has none)")
-            n = reader.num_frames
-            duration = n / fps
-            spans = window_spans(duration, window, stride)
+            times, duration, _ = reader.frame_times()
+            spans = window_spans(duration, window, stride, frame=duration / len(times))
             out = []
             for first in range(0, len(spans), cfg.eval.batch_size):
                 batch = spans[first:first + cfg.eval.batch_size]
-                indices = []
-                for start, end in batch:
-                    lo = min(int(round(start * fps)), n - 1)
-                    hi = max(min(int(round(end * fps)), n), lo + 1)
-                    indices.append(lo + np.minimum(((np.arange(t) + 0.5) * (hi - lo) / t).astype(np.int64), hi - lo - 1))
+                indices = [window_frames(times, start, end, t) for start, end in batch]
                 frames = reader.read(np.concatenate(indices), short_side=transform.short_side)
                 clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(batch), t, 3, *frames.shape[1:3])
                 views = torch.stack([transform(c) for c in clips])             # (B, crops, T, 3, S, S)
@@ -288,12 +359,107 @@ def run_videos(dataset, fn: Callable[[torch.Tensor], torch.Tensor], env: dist.En
     return result
 
 
-def window_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
-    """(start, end) seconds of sliding windows over a video of `duration` seconds (one window when shorter)."""
+# the most windows one video is cut into (`window_spans`): more is refused, naming the --stride that fits
+MAX_WINDOWS = 10_000
+# the shortest --window / --stride accepted before any video is read (one frame at 1000 fps); each video's own
+# frame interval is its minimum (`window_spans`' `frame`)
+MIN_WINDOW_SECONDS = 0.001
+
+
+def window_spans(duration: float, window: float, stride: float, frame: float = 0.0) -> list[tuple[float, float]]:
+    """(start, end) seconds of sliding windows over a video of `duration` seconds (one window when shorter).
+    `window` and `stride` must be finite, at least `MIN_WINDOW_SECONDS` and at least `frame` (one frame's
+    duration: the video's average frame interval); at most `MAX_WINDOWS` windows. Otherwise a one-line
+    UserError names the minimum or the stride that fits (checked before any list is built)."""
+    duration, given = _finite(duration), duration
+    if duration is None or not duration > 0:
+        raise UserError(f"the video's duration {_shown(given)} s is not a positive number of seconds; windows cannot "
+                        f"be placed in it")
+    frame, given = _finite(frame), frame
+    if frame is None or not frame >= 0:
+        raise UserError(f"the video's frame duration {_shown(given)} s is not a number of seconds >= 0")
+    window = check_window_seconds("--window", window, frame)
+    stride = check_window_seconds("--stride", stride, frame)
     if duration <= window:
         return [(0.0, duration)]
-    count = int((duration - window) / stride + 1e-9) + 1
-    spans = [(k * stride, k * stride + window) for k in range(count)]
+    steps = (duration - window) / stride                  # windows after the first (finite: both checked)
+    count = _window_count(duration, window, stride) if steps < MAX_WINDOWS else math.inf
+    if count > MAX_WINDOWS:
+        fits = round_up((duration - window) / (MAX_WINDOWS - 2))
+        while _window_count(duration, window, fits) > MAX_WINDOWS:
+            fits = round_up(fits * 1.01)
+        many = (f"{count:,}" if count < math.inf else f"{int(steps) + 1:,}" if steps < 1e15 else
+                f"about {steps:.1e}" if math.isfinite(steps) else "countless")
+        raise UserError(f"--stride {stride:g} over a {duration:.4g} s video gives {many} windows, more than the "
+                        f"{MAX_WINDOWS:,} allowed per video; use a larger --stride ({fits:g} or more)")
+    spans = [(k * stride, k * stride + window) for k in range(int(steps + 1e-9) + 1)]
     if spans[-1][1] < duration - 1e-6:
         spans.append((duration - window, duration))
     return spans
+
+
+def check_window_seconds(flag: str, value, frame: float = 0.0):
+    """`value` of `flag` (--window or --stride) as a float, when it is a finite number of seconds of at least
+    `MIN_WINDOW_SECONDS` and at least `frame` (one frame of the video, when known); else a one-line UserError
+    naming the minimum."""
+    seconds = _finite(value)
+    if seconds is None or not seconds > 0:
+        raise UserError(f"{flag} {_shown(value)}: give a {'window length' if flag == '--window' else 'stride'} in "
+                        f"seconds > 0")
+    value = seconds
+    if value < MIN_WINDOW_SECONDS:
+        raise UserError(f"{flag} {value:g}: give at least {MIN_WINDOW_SECONDS:g} s (one frame at "
+                        f"{1 / MIN_WINDOW_SECONDS:g} fps)")
+    if value < frame * (1 - 1e-9):
+        raise UserError(f"{flag} {value:g} s is shorter than one frame of this video ({frame:.4g} s, {1 / frame:.4g} "
+                        f"fps); use {flag} {round_up(frame):g} or more")
+    return value
+
+
+def _window_count(duration: float, window: float, stride: float) -> int:
+    """How many windows `window_spans` gives (the regular ones and a last one ending at the end), not built."""
+    if duration <= window:
+        return 1
+    count = int((duration - window) / stride + 1e-9) + 1
+    return count + ((count - 1) * stride + window < duration - 1e-6)
+
+
+def _shown(value) -> str:
+    """A value as an error line quotes it: printable, and cut short when long (an int of 400 digits)."""
+    text = printable(str(value))
+    return text if len(text) <= 24 else f"{text[:16]}... ({len(text)} characters)"
+
+
+def _finite(value) -> float | None:
+    """`value` as a float when it is a finite real number (not a bool, a string or an int too large), else None."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def round_up(value: float, digits: int = 4) -> float:
+    """`value` rounded up to `digits` significant digits (a minimum to name that is itself accepted)."""
+    if not value > 0:
+        return value
+    unit = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return float(f"{math.ceil(value / unit - 1e-9) * unit:.{digits}g}")
+
+
+def window_frames(times: np.ndarray, start: float, end: float, t: int) -> np.ndarray:
+    """The `t` frame indices a window [start, end) reads, from the frames' times (seconds, non-decreasing): the
+    frame on screen at the middle of each of t equal parts of the window, kept to the frames whose times fall in
+    the window (where none does, the one on screen at its start). At a constant frame rate, with the window's
+    ends on frames lo and hi, these are the frames lo + floor((k + 0.5) * (hi - lo) / t), k < t, as before."""
+    tol = 1e-9 * max(1.0, abs(float(times[-1])))             # timestamps and k*stride carry float rounding
+    lo = int(np.searchsorted(times, start - tol, side="left"))
+    hi = int(np.searchsorted(times, end - tol, side="left"))
+    if hi <= lo:                                            # no frame starts inside: the one on screen at start
+        lo = max(min(lo, len(times)) - 1, 0)
+        hi = lo + 1
+    middles = start + (np.arange(t) + 0.5) * ((end - start) / t)
+    shown = np.searchsorted(times, middles + tol, side="right") - 1
+    return np.clip(shown, lo, hi - 1).astype(np.int64)

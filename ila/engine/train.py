@@ -186,8 +186,11 @@ class Trainer:
                             f"exactly; start a new run with train.init=CHECKPOINT instead") from None
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
         self.best_top1, self.best_epoch = ts.get("best_top1"), ts.get("best_epoch")
+        if not _valid_top1(self.best_top1):                # NaN: no valid validation result; any real one beats it
+            self.best_top1, self.best_epoch = None, None
         recorded = stored.best_metrics(self.run_dir)       # best.pt may be newer than this checkpoint
-        if recorded is not None and (self.best_top1 is None or recorded["top1"] > self.best_top1):
+        if recorded is not None and _valid_top1(recorded["top1"]) and \
+                (self.best_top1 is None or recorded["top1"] > self.best_top1):
             self.best_top1, self.best_epoch = float(recorded["top1"]), recorded.get("epoch")
         self.validation_pending = bool(ts.get("validation_pending", False)) and self.val_samples is not None
         self.model.align_delta = ts["align_delta"]
@@ -246,10 +249,15 @@ class Trainer:
         if env.main:
             print(f"stopped at step {self.step} (train.stop_at_step)" if self.step < self.total_steps
                   else f"done: {self.step} steps; checkpoints and curves in {self.run_dir.resolve()}")
-            if self.best_top1 is not None:
-                print(f"best: top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}, "
-                      f"weights {(self.run_dir / 'best.pt').resolve()}")
-            elif self.val_samples is None:
+            best = self.run_dir / "best.pt"
+            if _valid_top1(self.best_top1):
+                epoch = f" at epoch {self.best_epoch}" if self.best_epoch is not None else ""
+                print(f"best: top-1 {self.best_top1:.2f}%{epoch}, " + (f"weights {best.resolve()}" if best.is_file()
+                      else f"no {best.name} in {self.run_dir} (it was removed)"))
+            elif self.val_samples is not None:
+                print(f"best: no valid validation result yet; the last weights are in "
+                      f"{stored.latest_checkpoint(self.run_dir) or self.run_dir}")
+            else:
                 print("no validation (data.val_list empty, or train.eval_every_epochs=0): no best.pt; the last "
                       f"weights are in {stored.latest_checkpoint(self.run_dir) or self.run_dir}")
         return self.run_dir
@@ -390,6 +398,11 @@ class Trainer:
         if skipped.count:
             print(f"epoch {self.epoch + 1} (process {self.env.rank}): {skipped.summary()}")
             self.reporter.log(self.step, epoch=self.epoch + 1, skipped_videos=skipped.count)
+
+
+def _valid_top1(value) -> bool:
+    """A best top-1 that is a real result (not None, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def initial_model(cfg: Config) -> nn.Module:

@@ -13,6 +13,7 @@ stderr); resuming (`resume=True`) takes the newest step checkpoint, which holds 
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -176,33 +177,128 @@ _TRAIN_STATE = {"epoch": int, "batch_in_epoch": int, "step": int, "steps_per_epo
                 "optimizer": dict, "scaler": dict, "rng": list}
 _RNG = {"torch": torch.Tensor, "numpy": torch.Tensor, "numpy_pos": int, "numpy_gauss": (tuple, list),
         "python": torch.Tensor, "python_version": int}
+_UINT32 = 1 << 32
+_MT_WORDS = 624                                   # the Mersenne Twister's state: 624 words and a position
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return _is_number(value) and (isinstance(value, int) or math.isfinite(value))
+
+
+def _cpu_tensor(value, dtype: torch.dtype, numel: int | None = None) -> bool:
+    """A plain, one-dimensional CPU tensor of `dtype` (and `numel` elements), as `rng_state` stores them."""
+    return (type(value) is torch.Tensor and value.dtype == dtype and value.layout == torch.strided
+            and value.device.type == "cpu" and value.dim() == 1 and not value.requires_grad
+            and (numel is None or value.numel() == numel) and not value.__dict__)
+
+
+def _in_range(t: torch.Tensor, low: int, high: int) -> bool:
+    return t.numel() == 0 or (int(t.min()) >= low and int(t.max()) < high)
 
 
 def _check_train_state(ts: dict, path) -> None:
+    """Every field a resume uses (`Trainer._restore`, `ila.engine.checkpoint.set_rng_state`), checked for its exact
+    type (no subclasses: the pickle may set attributes on those), its length, dtype and range, so a damaged or
+    crafted training state is one line here, never a traceback or an abort later."""
+    if type(ts) is not dict:
+        _fail(path, f"`train_state` is a {_kind(ts)}, not a plain mapping")
     for key, kind in _TRAIN_STATE.items():
         if key not in ts:
             _fail(path, f"`train_state` has no `{key}`, so the run cannot be resumed")
-        if not isinstance(ts[key], kind) or isinstance(ts[key], bool) or \
-                (kind is int and ts[key] < 0):
-            _fail(path, f"`train_state.{key}` is a {_kind(ts[key])}, not a {getattr(kind, '__name__', 'number')}"
-                        f"{' >= 0' if kind is int else ''}")
-    if ts.get("best_top1") is not None and not isinstance(ts["best_top1"], _NUMBER):
-        _fail(path, f"`train_state.best_top1` is a {_kind(ts['best_top1'])}, not a number")
-    opt = ts["optimizer"]
-    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list) or \
-            not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]):
-        _fail(path, "`train_state.optimizer` is not an optimizer state (`state` and `param_groups`)")
-    if not ts["rng"]:
+        value = ts[key]
+        ok = _finite(value) if kind is _NUMBER else type(value) is kind
+        if not ok or (kind is int and value < 0) or (key == "steps_per_epoch" and value < 1):
+            _fail(path, f"`train_state.{key}` is a {_kind(value)}"
+                        f"{' ' + repr(value)[:20] if _is_number(value) else ''}, not a "
+                        f"{'finite number' if kind is _NUMBER else kind.__name__}{' >= 0' if kind is int else ''}")
+    for key, test, want in (("best_top1", _is_number, "a number"), ("best_epoch", _is_int, "an integer"),
+                            ("validation_pending", lambda v: type(v) is bool, "true or false"),
+                            ("world", _is_int, "an integer"), ("total_steps", _is_int, "an integer")):
+        value = ts.get(key)
+        if value is not None and (not test(value) or (want == "an integer" and value < 0)):
+            _fail(path, f"`train_state.{key}` is a {_kind(value)}, not {want}")
+    _check_optimizer(ts["optimizer"], path)
+    _check_scaler(ts["scaler"], path)
+    rngs = ts["rng"]
+    if not rngs:
         _fail(path, "`train_state.rng` is empty")
-    for i, rng in enumerate(ts["rng"]):
-        if not isinstance(rng, dict):
-            _fail(path, f"`train_state.rng[{i}]` is a {_kind(rng)}, not a mapping")
-        for key, kind in _RNG.items():
-            if not isinstance(rng.get(key), kind):
-                _fail(path, f"`train_state.rng[{i}].{key}` is missing or a {_kind(rng.get(key))}")
-        if rng["torch"].dtype != torch.uint8 or rng["torch"].dim() != 1 or len(rng["numpy_gauss"]) != 2 \
-                or rng["numpy"].shape != (624,) or rng["python"].shape != (625,):
-            _fail(path, f"`train_state.rng[{i}]` does not hold the random generators' states")
+    if ts.get("world") is not None and ts["world"] != len(rngs):
+        _fail(path, f"`train_state.rng` holds {len(rngs)} processes' states, but `world` says {ts['world']}")
+    for i, rng in enumerate(rngs):
+        _check_rng(rng, f"train_state.rng[{i}]", path)
+
+
+def _check_rng(rng, where: str, path) -> None:
+    if type(rng) is not dict:
+        _fail(path, f"`{where}` is a {_kind(rng)}, not a plain mapping")
+    for key, kind in _RNG.items():
+        value = rng.get(key)
+        if not (type(value) in kind if isinstance(kind, tuple) else type(value) is kind):
+            _fail(path, f"`{where}.{key}` is missing or a {_kind(value)}")
+    broken = None
+    gauss = rng["numpy_gauss"]
+    if not _cpu_tensor(rng["torch"], torch.uint8, torch.get_rng_state().numel()):
+        broken = "torch"
+    elif not _cpu_tensor(rng["numpy"], torch.int64, _MT_WORDS) or not _in_range(rng["numpy"], 0, _UINT32):
+        broken = "numpy"
+    elif not 0 <= rng["numpy_pos"] <= _MT_WORDS:
+        broken = "numpy_pos"
+    elif len(gauss) != 2 or type(gauss[0]) is not int or gauss[0] not in (0, 1) or not _is_number(gauss[1]):
+        broken = "numpy_gauss"
+    elif not _cpu_tensor(rng["python"], torch.int64, _MT_WORDS + 1) or not _in_range(rng["python"][:-1], 0, _UINT32) \
+            or not 0 <= int(rng["python"][-1]) <= _MT_WORDS:
+        broken = "python"
+    elif rng["python_version"] != 3:
+        broken = "python_version"
+    elif "python_gauss" not in rng or not (rng["python_gauss"] is None or type(rng["python_gauss"]) is float):
+        broken = "python_gauss"
+    elif "cuda" in rng and not (_cpu_tensor(rng["cuda"], torch.uint8) and rng["cuda"].numel() > 0):
+        broken = "cuda"
+    if broken is not None:
+        _fail(path, f"`{where}.{broken}` does not hold a random generator's state (wrong type, length or values)")
+
+
+def _check_optimizer(opt, path) -> None:
+    bad = "`train_state.optimizer` is not an optimizer state"
+    if type(opt) is not dict or type(opt.get("state")) is not dict or type(opt.get("param_groups")) is not list:
+        _fail(path, f"{bad} (`state` and `param_groups`)")
+    for i, group in enumerate(opt["param_groups"]):
+        if type(group) is not dict or type(group.get("params")) is not list or \
+                not all(_is_int(p) and p >= 0 for p in group["params"]):
+            _fail(path, f"{bad}: param_groups[{i}] does not list its parameters by number")
+        for key, value in group.items():
+            if key == "params":
+                continue
+            ok = (value is None or type(value) in (bool, str) or _finite(value)
+                  or (type(value) in (tuple, list) and all(_finite(v) for v in value)))
+            if not ok or (key in ("lr", "eps", "weight_decay", "initial_lr") and not _is_number(value)) or \
+                    (key == "betas" and (type(value) not in (tuple, list) or len(value) != 2)):
+                _fail(path, f"{bad}: param_groups[{i}].{printable(str(key))[:40]} is a {_kind(value)}")
+    for index, entry in opt["state"].items():
+        if not _is_int(index) or type(entry) is not dict or not all(
+                type(k) is str and (_is_number(v) or (type(v) is torch.Tensor and not v.__dict__
+                                                      and v.layout == torch.strided))
+                for k, v in entry.items()):
+            _fail(path, f"{bad}: its state for parameter {printable(repr(index))[:20]} is not a mapping of names to "
+                        f"tensors")
+
+
+def _check_scaler(scaler, path) -> None:
+    if type(scaler) is not dict:
+        _fail(path, f"`train_state.scaler` is a {_kind(scaler)}, not a plain mapping")
+    kinds = {"scale": _is_number, "growth_factor": _is_number, "backoff_factor": _is_number,
+             "growth_interval": _is_int, "_growth_tracker": _is_int}
+    if scaler and (set(scaler) != set(kinds) or not all(kinds[k](v) and _finite(v) for k, v in scaler.items())):
+        _fail(path, "`train_state.scaler` is not a loss scaler's state (scale, growth_factor, backoff_factor, "
+                    "growth_interval, _growth_tracker)")
 
 
 def describe(state: dict) -> str:

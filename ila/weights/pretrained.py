@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ila import jsonsafe
 from ila.config import REGISTERED_CHOICES, _describe as describe_type, config_from_dict, require_complete
 from ila.data.preprocessing import Preprocessing
 from ila.errors import UserError, printable
@@ -103,12 +104,10 @@ def read_folder(folder: Path) -> WeightsRecord:
                             f"holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     where = folder / CONFIG_FILE
     try:
-        meta = json.loads(where.read_text(encoding="utf-8"))
+        meta = jsonsafe.loads(where.read_text(encoding="utf-8"), where)
     except UnicodeDecodeError:
         raise UserError(f"{where} is not a text file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    return record_of(meta, _load_tensors(folder / WEIGHTS_FILE), where, folder.name, folder / WEIGHTS_FILE)
+    return record_of(meta, _load_tensors(folder / WEIGHTS_FILE), where, folder.resolve().name or "model", folder / WEIGHTS_FILE)
 
 
 def read_file(path: Path) -> WeightsRecord:
@@ -117,8 +116,8 @@ def read_file(path: Path) -> WeightsRecord:
         raise UserError(f"{path} has no ila config in its metadata (bare weights); write it with `ila convert` or "
                         f"`ila export --format hub`, or load the weights with safetensors yourself")
     try:
-        meta = json.loads(metadata["ila_config"])
-    except json.JSONDecodeError as e:
+        meta = jsonsafe.loads(metadata["ila_config"], f"{path}: the ila config in its metadata")
+    except jsonsafe.InvalidJSON as e:
         raise UserError(f"{path}: the ila config in its metadata is not valid JSON ({e.msg})") from None
     return record_of(meta, _load_tensors(path), path, path.stem, path)
 
