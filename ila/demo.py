@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ila import jsonsafe
 from ila.errors import UserError
 from ila.models.registry import temporal_variants
 from ila.presets import DEMO_RECIPE, PRESETS
@@ -85,6 +86,14 @@ QUICK = Budget(train_clips=32, val_clips=16, epochs=2, batch_size=8, warmup_epoc
 
 # ----------------------------------------------------------------------------------------------------- data
 
+def _json_or_none(path: Path):
+    """A marker file's JSON, or None when it is damaged (the set is then made again)."""
+    try:
+        return jsonsafe.loads(path.read_bytes(), path)
+    except (OSError, UserError):
+        return None
+
+
 def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False) -> Path:
     """Generate the motion set (or the appearance set) under `root` unless the same one is already there."""
     params = {"train": budget.train_clips, "val": budget.val_clips, "size": budget.size, "frames": budget.frames,
@@ -93,7 +102,7 @@ def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False
     if appearance:
         params["kind"] = kind
     marker = root / "demo-dataset.json"
-    if marker.is_file() and json.loads(marker.read_text()) == params and (root / "val.txt").is_file():
+    if marker.is_file() and _json_or_none(marker) == params and (root / "val.txt").is_file():
         print(f"[data] reusing {root} ({budget.train_clips} train + {budget.val_clips} val clips)")
         return root
     print(f"[data] generating the {kind} set in {root}: {budget.train_clips} train + {budget.val_clips} val clips "

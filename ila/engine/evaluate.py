@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ila import jsonsafe
 from ila.engine import distributed as dist
 from ila.atomic import write_text
 from ila.engine.classes import ClassText, class_text
@@ -165,8 +166,8 @@ def _check_previous(out: Path, provenance: dict, overwrite: bool) -> None:
     if overwrite or not os.path.lexists(previous):
         return
     try:
-        saved = json.loads(previous.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        saved = jsonsafe.loads(previous.read_bytes(), previous)
+    except (OSError, ValueError, UserError):
         saved = None
     weights = saved.get("weights") if isinstance(saved, dict) else None
     data = saved.get("data") if isinstance(saved, dict) else None

@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
+from ila import jsonsafe
 from ila.atomic import atomic_path, write_text
 from ila.engine.optim import describe_schedule
 from ila.errors import UserError
@@ -136,8 +137,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = jsonsafe.loads(line, path)
+        except (ValueError, UserError):
             continue
         if isinstance(row, dict) and isinstance(row.get("step", 0), int):
             rows.append(row)

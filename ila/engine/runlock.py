@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from ila import jsonsafe
 from ila.atomic import output_dir, remove_stale_temporaries
 from ila.errors import UserError
 
@@ -108,12 +109,12 @@ def _same_file(f, path: Path) -> bool:
 
 def _describe(text: str) -> str:
     try:
-        info = json.loads(text)
+        info = jsonsafe.loads(text, "lock file")
         pid = int(info["pid"])
         if pid <= 0:
             raise ValueError(pid)
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
-    except (ValueError, KeyError, TypeError, OverflowError, OSError):
+    except (ValueError, KeyError, TypeError, OverflowError, OSError, UserError):
         return "another process"
     return f"process {pid} on {'this' if _alive(pid) else 'another'} machine (since {since})"
 
