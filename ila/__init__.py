@@ -17,10 +17,9 @@ from ila.models.fuse import FUSIONS, fuse
 from ila.models.ila import ILAModel, ILAOutput, build_model
 from ila.pipeline import Pipeline, Processor, pipeline
 from ila.presets import PRESETS, get_preset
+from ila.version import __version__
 from ila.weights import create_model, from_clip, from_pretrained, load_checkpoint, load_release, read_weights
 
-from ila.version import __version__
-
-__all__ = ["FUSIONS", "ILAModel", "ILAOutput", "ModelConfig", "PRESETS", "Pipeline", "Processor", "build_model",
+__all__ = ["__version__", "FUSIONS", "ILAModel", "ILAOutput", "ModelConfig", "PRESETS", "Pipeline", "Processor", "build_model",
            "create_model", "from_clip", "from_pretrained", "fuse", "get_preset", "load_checkpoint", "load_release",
            "pipeline", "read_weights", "save_pretrained", "tokenize"]

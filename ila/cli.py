@@ -9,24 +9,22 @@ import argparse
 import os
 import sys
 
-from ila.errors import UserError, one_line, printable
-from ila.info import print_info
-from ila.data.synthetic import make_dataset
 from ila.config import load_config
-from ila.engine.train import resume_config, train
-from ila.engine.evaluate import run_eval
-from ila.engine.predict import run_predict
 from ila.convert import convert_release
-from ila.data.prepare import prepare
-from ila.export import export
-from ila.engine.features import run_features
-from ila.demo import run_demo
 from ila.data.annotations import ANNOTATION_FORMATS, format_choices
-from ila.export import EXPORTERS
+from ila.data.prepare import prepare
+from ila.data.synthetic import make_dataset
+from ila.demo import run_demo
+from ila.engine.evaluate import run_eval
+from ila.engine.features import run_features
+from ila.engine.predict import run_predict
+from ila.engine.train import resume_config, train
+from ila.errors import UserError, one_line, printable
+from ila.export import EXPORTERS, export
+from ila.info import print_info
 from ila.models.registry import temporal_variants
+from ila.presets import DEMO_RECIPE, did_you_mean
 from ila.version import __version__
-from ila.presets import DEMO_RECIPE
-from ila.presets import did_you_mean
 
 
 def _cmd_info(args: argparse.Namespace) -> None:

@@ -27,13 +27,11 @@ import yaml
 from ila.data.annotations import format_choices
 from ila.data.decode import DECODERS
 from ila.errors import UserError
+from ila.labels import BUILTIN
 from ila.models.config import ModelConfig
 from ila.models.registry import temporal_variants
-from ila.registry import Registry
-from ila.presets import did_you_mean
-from ila.presets import PRESETS, did_you_mean, preset_name
-from ila.labels import BUILTIN
 from ila.presets import PRESETS, did_you_mean, get_preset, preset_name
+from ila.registry import Registry
 
 # train.schedule's values: registered by the engine's optimizer factory (ila.engine.optim), where they are built
 SCHEDULES = Registry("schedule", key="train.schedule", builtin=("ila.engine.optim",))

@@ -16,10 +16,10 @@ from ila.config import config_from_dict
 from ila.engine.checkpoint import save_checkpoint
 from ila.engine.classes import check_class_count, class_names_from
 from ila.errors import UserError
+from ila.hub import save_pretrained, save_safetensors_file
 from ila.models.config import ModelConfig
 from ila.weights.factory import load_model
 from ila.weights.sources import read_weights
-from ila.hub import save_pretrained, save_safetensors_file
 
 
 def _trimmed(record, keep: int):

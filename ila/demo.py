@@ -28,20 +28,19 @@ from pathlib import Path
 import torch
 
 from ila import jsonsafe
-from ila.errors import UserError
-from ila.models.registry import temporal_variants
-from ila.presets import DEMO_RECIPE, PRESETS
-from ila.data.synthetic import make_appearance_dataset, make_dataset
-from ila.config import load_config
 from ila.atomic import write_text
-from ila.weights.checkpoint import latest_checkpoint
+from ila.config import load_config
+from ila.data.synthetic import appearance_class_names, class_names, make_appearance_dataset, make_dataset
 from ila.engine.evaluate import run_eval
 from ila.engine.loaders import read_split, video_dataset
+from ila.engine.predict import run_predict
 from ila.engine.report import read_metrics
 from ila.engine.train import run_dir_of, train
+from ila.errors import UserError
 from ila.info import count_flops, count_parameters
-from ila.data.synthetic import appearance_class_names, class_names
-from ila.engine.predict import run_predict
+from ila.models.registry import temporal_variants
+from ila.presets import DEMO_RECIPE, PRESETS
+from ila.weights.checkpoint import latest_checkpoint
 
 VARIANTS = temporal_variants(references=False)  # what the demo compares by default: ila and its baselines
 SETTINGS = ("scratch", "frozen")

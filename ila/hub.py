@@ -19,17 +19,16 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ila import jsonsafe
-from ila.version import __version__
+from ila.atomic import atomic_folder, atomic_path
 from ila.config import config_from_dict
 from ila.data.preprocessing import Preprocessing
-from ila.atomic import atomic_folder, atomic_path
 from ila.engine.checkpoint import unwrap
 from ila.engine.classes import check_class_count, class_names_from
 from ila.errors import UserError
 from ila.models.registry import temporal_variant, temporal_variants
+from ila.version import __version__
 from ila.weights.factory import load_model
 from ila.weights.pretrained import CARD_FILE, CONFIG_FILE, FILES, FORMAT, WEIGHTS_FILE
-
 
 # ----------------------------------------------------------------------------------------- writing
 

@@ -31,7 +31,7 @@ import torch
 from ila.config import load_config
 from ila.data.annotations import Sample
 from ila.data.dataset import VideoDataset
-from ila.data.decode import checked_indices
+from ila.data.decode import Reader, checked_indices
 from ila.data.preprocessing import Preprocessing
 from ila.engine.predict import video_files
 from ila.engine.session import InferenceSession, zero_shot_config
@@ -58,7 +58,7 @@ def as_frames(video: Any) -> np.ndarray:
     return video
 
 
-class ArrayReader:
+class ArrayReader(Reader):
     """Frames in memory, read as a decoder's reader reads a file (`ila.data.decode.open_video`): `num_frames` and
     `read(indices) -> uint8 (N, H, W, 3)`. `short_side` is accepted and left to the test transform, whose resize
     brings the frames to it (a decoder resizes while it converts colours; frames already at that size are not
@@ -74,14 +74,6 @@ class ArrayReader:
     def read(self, indices, short_side: int | None = None) -> np.ndarray:
         return self.frames[np.asarray(checked_indices(self.path, indices, self.num_frames), dtype=np.int64)]
 
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 class ArrayOpener:

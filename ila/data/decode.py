@@ -119,7 +119,21 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-class VideoReader:
+class Reader:
+    """What every decoder's reader is (`open_video` returns one): `num_frames`, `read(indices, short_side)` and a
+    context manager that closes it."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VideoReader(Reader):
     """Random access to the frames of one video file (use as a context manager, or call `close`)."""
 
     def __init__(self, path: str, threads: int = 1):
@@ -323,12 +337,6 @@ class VideoReader:
     def close(self) -> None:
         self._container.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 @DECODERS.register("pyav", description="PyAV (FFmpeg) on the CPU, seeking to keyframes")
 def open_pyav(path: str, threads: int = 1, short_side: int | None = None) -> VideoReader:
@@ -336,7 +344,7 @@ def open_pyav(path: str, threads: int = 1, short_side: int | None = None) -> Vid
     return VideoReader(path, threads=threads)
 
 
-class FrameFolderReader:
+class FrameFolderReader(Reader):
     """A directory of JPEG/PNG frames, in natural file-name order (frame_2 before frame_10)."""
 
     def __init__(self, path: str):
@@ -376,15 +384,6 @@ class FrameFolderReader:
         if len(shapes) > 1:
             raise VideoReadError(self.path, f"frames differ in size: {sorted(shapes)}")
         return np.stack([cache[i] for i in indices])
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def _open_image(path: str) -> Image.Image:

@@ -27,8 +27,8 @@ from torch.utils.data import get_worker_info
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from ila.data.decode import (CUDA_IN_WORKERS, DECODERS, VideoReadError, VideoReader, check_file, checked_indices,
-                              scaled_size)
+from ila.data.decode import (CUDA_IN_WORKERS, DECODERS, Reader, VideoReadError, VideoReader, check_file,
+                              checked_indices, scaled_size)
 from ila.errors import UserError
 import av
 
@@ -94,7 +94,7 @@ def open_torchcodec_cuda(path: str, threads: int = 1, short_side: int | None = N
     return TorchCodecReader(path, threads=threads, device=check_cuda_decoding(), short_side=short_side)
 
 
-class TorchCodecReader:
+class TorchCodecReader(Reader):
     """Random access to the frames of one video file through torchcodec."""
 
     def __init__(self, path: str, threads: int = 1, device: str = "cpu", short_side: int | None = None):
@@ -159,12 +159,6 @@ class TorchCodecReader:
 
     def close(self) -> None:
         self._decoders.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 _FALLBACK_WARNED = False

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ila.atomic import atomic_path
 from ila.config import Config
 from ila.data.preprocessing import Preprocessing
-from ila.atomic import atomic_path
 from ila.errors import UserError
 from ila.weights.checkpoint import FORMAT, step_checkpoints
 

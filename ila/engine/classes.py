@@ -6,16 +6,16 @@ batch; a trainable text tower gets the tokens instead and encodes them in each f
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ila.data.annotations import load_class_names
 from ila.errors import UserError
 from ila.labels import BUILTIN, builtin_class_names
-from ila.data.annotations import load_class_names
-import sys
 from ila.models.clip import tokenize
 
 

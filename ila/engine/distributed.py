@@ -10,7 +10,12 @@ middle of an epoch; evaluation gives every video to exactly one process, with no
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterator
@@ -20,11 +25,6 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ila.errors import UserError
-import sys
-import threading
-import time
-import signal
-import ctypes
 
 
 @dataclass

@@ -30,16 +30,17 @@ import torch
 from torch import nn
 
 from ila import jsonsafe
+from ila.atomic import (
+    output_dir,  # noqa: F401
+    write_text,
+)
 from ila.engine import distributed as dist
-from ila.atomic import write_text
-from ila.engine.classes import ClassText, class_text
-from ila.engine.session import probabilities, run_videos
-from ila.errors import UserError
-from ila.engine.loaders import read_split, video_dataset
 from ila.engine import report
-from ila.atomic import output_dir  # noqa: F401
+from ila.engine.classes import ClassText, class_text
+from ila.engine.loaders import read_split, video_dataset
 from ila.engine.runlock import RunLock
-from ila.engine.session import InferenceSession
+from ila.engine.session import InferenceSession, probabilities, run_videos
+from ila.errors import UserError
 
 
 class UnreadableVideos(UserError):

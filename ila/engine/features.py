@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ila import jsonsafe
 from ila.atomic import atomic_path, write_text
-from ila.errors import UserError
-from ila.engine.predict import video_files
 from ila.engine.classes import class_names_from
+from ila.engine.predict import video_files
 from ila.engine.session import InferenceSession
-from safetensors.torch import save_file
-from safetensors import safe_open
+from ila.errors import UserError
 
 FORMAT = "ila-features/1"
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")

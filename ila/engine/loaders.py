@@ -6,19 +6,15 @@ import os
 from torch.utils.data import Sampler
 
 from ila.config import Config
+from ila.data.annotations import read_annotations
+from ila.data.cache import MemoryVideoDataset
+from ila.data.dataset import VideoDataset, build_loader
+from ila.data.decode_torchcodec import check_cuda_decoding
+from ila.data.folders import split_holdout
+from ila.data.gpu_augment import DeviceAugment, RawClip, pad_collate
+from ila.data.transforms import CropTransform, TrainTransform
 from ila.engine.classes import class_names_from
 from ila.errors import UserError
-from ila.data.annotations import read_annotations
-from ila.data.folders import split_holdout
-from ila.data.dataset import VideoDataset
-from ila.data.decode_torchcodec import check_cuda_decoding
-from ila.data.transforms import CropTransform
-from ila.data.cache import MemoryVideoDataset
-from ila.data.gpu_augment import RawClip
-from ila.data.transforms import TrainTransform
-from ila.data.gpu_augment import DeviceAugment
-from ila.data.dataset import build_loader
-from ila.data.gpu_augment import RawClip, pad_collate
 
 
 def read_split(cfg: Config, split: str, class_names: list[str] | None = None):

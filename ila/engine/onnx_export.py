@@ -16,6 +16,7 @@ ExportedProgram): the largest difference relative to the largest logit must be b
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -23,11 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ila.errors import UserError
+from ila.atomic import atomic_path, output_file
 from ila.data.preprocessing import Preprocessing
 from ila.engine.session import InferenceSession
-from ila.atomic import atomic_path, output_file
-import importlib.util
+from ila.errors import UserError
 
 TOLERANCE = 1e-4
 

@@ -82,14 +82,14 @@ def _cosine(optimizer, total: int, warmup: int, floor: float):
 
 
 def _linear(optimizer, total: int, warmup: int, floor: float):
-    from timm.scheduler import PolyLRScheduler          # a polynomial of power 1
+    from timm.scheduler import PolyLRScheduler  # a polynomial of power 1
 
     return PolyLRScheduler(optimizer, t_initial=total, power=1.0, lr_min=floor, warmup_t=warmup, warmup_lr_init=0.0,
                            cycle_limit=1, t_in_epochs=False)
 
 
 def _constant(optimizer, total: int, warmup: int, floor: float):
-    from timm.scheduler import StepLRScheduler          # a step schedule that never decays
+    from timm.scheduler import StepLRScheduler  # a step schedule that never decays
 
     return StepLRScheduler(optimizer, decay_t=total, decay_rate=1.0, warmup_t=warmup, warmup_lr_init=0.0,
                            t_in_epochs=False)

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ila.atomic import atomic_path
-from ila.engine.session import InferenceSession, check_window_seconds
-from ila.errors import UserError
-from ila.data.decode import IMAGE_EXTENSIONS
+from ila.atomic import atomic_path, output_file, write_text
+from ila.data.decode import IMAGE_EXTENSIONS, VideoReadError
 from ila.data.folders import find_videos
 from ila.data.transforms import MEAN, STD
-from ila.data.decode import VideoReadError
-from ila.atomic import write_text
+from ila.engine.session import InferenceSession, check_window_seconds
+from ila.errors import UserError
 
 
 def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
@@ -184,6 +182,7 @@ def check_output(path: str | Path, flag: str, picture: bool = False) -> Path:
                             f"(use .png, .pdf, .svg, .jpg, ...; or a folder ending in / for one picture per video)")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name inside it, e.g. {path / ('out.png' if picture else 'out.csv')}")
+    output_file(path, flag)                       # FIFOs, devices, looping links: refused before any video is read
     parent = path.parent
     blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), None)
     if blocker is not None:

@@ -11,18 +11,18 @@ import json
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ila import jsonsafe
 from ila.atomic import atomic_path, write_text
 from ila.engine.optim import describe_schedule
 from ila.errors import UserError
-import zlib
-from torch.utils.tensorboard import SummaryWriter
 
 
 class Progress:

@@ -27,23 +27,23 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from ila.config import Config, load_config
 from ila.data.annotations import Sample
+from ila.data.decode import open_video
+from ila.data.transforms import TestTransform
 from ila.engine import distributed as dist
 from ila.engine.classes import ClassText, check_class_count, class_list, class_text
 from ila.engine.loaders import loader, video_dataset
 from ila.engine.precision import amp_dtype, autocast
 from ila.errors import UserError, printable
-from ila.weights.factory import load_model
-from ila.config import Config, load_config
+from ila.models.clip import tokenize
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel, parameter_group_map
 from ila.models.registry import temporal_variant
+from ila.weights.factory import load_model
 from ila.weights.sources import read_weights
-from ila.models.clip import tokenize
-from ila.data.decode import open_video
-from ila.data.transforms import TestTransform
-from tqdm import tqdm
 
 
 class Batched(NamedTuple):
@@ -54,10 +54,6 @@ class Batched(NamedTuple):
     outputs: torch.Tensor
     labels: torch.Tensor
     failed: list
-
-
-# `Scored`: the same tuple, the outputs being class probabilities (the name eval and predict read it by)
-Scored = Batched
 
 
 @contextmanager
@@ -218,7 +214,7 @@ class InferenceSession:
         return out.float().view(b, v, *out.shape[1:]).mean(1)
 
     def scores(self, samples: Sequence[Sample], clips: int | None = None, crops: int | None = None,
-               progress: bool = True, desc: str = "predict", release_bn_quirk: bool | None = None) -> Scored:
+               progress: bool = True, desc: str = "predict", release_bn_quirk: bool | None = None) -> Batched:
         quirk = self.cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
         return self.run(samples, self.probabilities, clips, crops, desc=desc, progress=progress,
                         release_bn_quirk=quirk)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,27 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ila.config import Config, config_from_dict, require_complete
+from ila.atomic import write_text
+from ila.config import Config, config_from_dict, load_config, require_complete
+from ila.data.transforms import MixupCutmix
 from ila.engine import checkpoint as ckpt
 from ila.engine import distributed as dist
-from ila.atomic import write_text
 from ila.engine.classes import class_text
+from ila.engine.evaluate import evaluate_split
 from ila.engine.loaders import device_augment, loader, read_split, video_dataset
 from ila.engine.optim import create_optimizer, create_scheduler
 from ila.engine.precision import amp_dtype, autocast, grad_scaler
-from ila.engine.report import Progress, Reporter
+from ila.engine.report import Progress, Reporter, run_header
+from ila.engine.runlock import RunLock
 from ila.errors import UserError, one_line, printable
 from ila.models.ila import build_model
+from ila.presets import PRESETS
 from ila.weights import checkpoint as stored
 from ila.weights.factory import check_model_fits, load_model
-from ila.presets import PRESETS
 from ila.weights.pretrained import is_hub_id
-import os
-from ila.engine.runlock import RunLock
-from ila.config import load_config
-from ila.data.transforms import MixupCutmix
-from ila.engine.report import run_header
-from ila.engine.evaluate import evaluate_split
 
 # keys that may change when a run continues: they steer the run, not what it computes
 RESUMABLE_CHANGES = {"name", "output", "device", "data.workers", "data.root", "train.stop_at_step",

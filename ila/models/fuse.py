@@ -49,8 +49,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ila.errors import UserError
-from ila.models.clip import Attention
-from ila.models.clip import MLP, QUICK_GELU_SCALE, QuickGELU, ResidualAttentionBlock
+from ila.models.clip import MLP, QUICK_GELU_SCALE, Attention, QuickGELU, ResidualAttentionBlock
 
 FUSIONS = ("bn", "skip", "quick_gelu", "onednn", "ln", "qkv", "point_head")
 

@@ -301,13 +301,6 @@ def _check_scaler(scaler, path) -> None:
                     "growth_interval, _growth_tracker)")
 
 
-def describe(state: dict) -> str:
-    """One line about a checkpoint, for logs."""
-    ts = state.get("train_state") or {}
-    where = f"epoch {ts['epoch']}, step {ts['step']}" if ts else "weights only"
-    return f"{state['config'].get('name', 'run')} ({where}, {len(state.get('class_names') or [])} classes)"
-
-
 def provenance(state: dict, path) -> str:
     """Where a checkpoint's weights came from, in words (model cards)."""
     if state.get("source"):

@@ -7,16 +7,16 @@ modules of a model built on it keep their initialisation.
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ila import safe_load
 from ila.errors import UserError, printable
 from ila.models.clip import clip_geometry, clip_to_ila_keys
 from ila.weights.sources import Probe, WeightsRecord, register_reader
-from safetensors.torch import load_file
-from safetensors import safe_open
-import socket
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ila import jsonsafe
-from ila.config import REGISTERED_CHOICES, _describe as describe_type, config_from_dict, require_complete
+from ila.config import REGISTERED_CHOICES, config_from_dict, require_complete
+from ila.config import _describe as describe_type
 from ila.data.preprocessing import Preprocessing
 from ila.errors import UserError, printable
 from ila.models.config import ModelConfig
 from ila.weights.sources import Probe, WeightsRecord, register_reader
-from safetensors.torch import load_file
-from safetensors import safe_open
 
 FORMAT = "ila-pretrained/1"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
