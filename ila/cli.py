@@ -24,6 +24,7 @@ from ila.export import EXPORTERS, export
 from ila.info import print_info
 from ila.models.registry import temporal_variants
 from ila.presets import DEMO_RECIPE, did_you_mean
+from ila.serve import PRECISIONS, run_serve
 from ila.version import __version__
 
 
@@ -68,6 +69,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                        classes=args.classes, visualize=args.visualize, block=args.block, overrides=args.set or [],
                        window=args.window, stride=args.stride, csv_out=args.csv, timeline=args.timeline,
                        temporal=args.temporal)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return run_serve(args.checkpoint or args.model, host=args.host, port=args.port, precision=args.precision,
+                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+                     classes=args.classes, temporal=args.temporal, overrides=args.set or [],
+                     read_timeout=args.read_timeout, max_pending=args.max_pending)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -130,6 +138,9 @@ EXAMPLES = {
     "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
                 "ila predict --model ViT-B-32.pt --temporal mean --classes dancing,cooking,swimming clip.mp4",
                 "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png"],
+    "serve": ["ila serve --checkpoint runs/demo   (then open http://127.0.0.1:8000/)",
+              "curl -F video=@clip.mp4 -F topk=3 http://127.0.0.1:8000/predict",
+              "ila serve --model ViT-B-32.pt --temporal mean --classes dancing,cooking --host 0.0.0.0 --port 8080"],
     "convert": ["ila convert k400_b32_8.pth k400_b32_8_ila.pt --classes kinetics400_labels.csv",
                 "ila convert ssv2_b16_8.pth ssv2_b16_8_ila.pt --variant ssv2 --classes labels.json"],
     "export": ["ila export --checkpoint runs/demo --format hub --out shared/demo-ila",
@@ -237,6 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --window: plot class probabilities over time (several videos: OUT-VIDEONAME.png each)")
     _add_set(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = add("serve", help="serve a model over HTTP: a web page, POST /predict, GET /health (extra: ila[serve])")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="an ila checkpoint, run directory, shared folder or Hub id")
+    source.add_argument("--model", help="any model, as `ila predict --model` takes it (CLIP weights with --temporal "
+                                        "mean and --classes: CLIP zero-shot)")
+    p.add_argument("--temporal", choices=temporal_variants(), default=None,
+                   help="CLIP weights: the temporal variant (mean: zero-shot); a trained model: its own variant")
+    p.add_argument("--classes", help="class-name file or comma-separated names (text-head models: zero-shot)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                                        "0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the model's number format (default fp32)")
+    p.add_argument("--max-batch", type=int, default=8, help="clips run together in one forward pass (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long the first queued clip waits for others to batch with (default 10 ms)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0, help="the largest request body accepted (MB, default 100)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="an upload that sends nothing for this many seconds is refused (408; default 10)")
+    p.add_argument("--max-pending", type=int, default=64,
+                   help="requests in progress at once; more are answered 503 busy (default 64)")
+    _add_set(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = add("convert", help="authors' release checkpoint -> ila checkpoint (.pt), folder or .safetensors")
     p.add_argument("release", metavar="RELEASE.pth")

@@ -29,12 +29,12 @@ LAYERS = [("ila.errors", "ila.version", "ila.registry", "ila.labels", "ila.safe_
           ("ila.presets", "ila.config"),
           ("ila.weights",),
           ("ila.engine", "ila.info"),
-          ("ila.hub", "ila.pipeline", "ila.export", "ila.convert", "ila.cli", "ila.demo", "ila.__main__", "ila")]
+          ("ila.hub", "ila.pipeline", "ila.serve", "ila.export", "ila.convert", "ila.cli", "ila.demo", "ila.__main__", "ila")]
 # imports allowed inside functions: optional extras (onnx, onnxruntime, onnxscript, torchcodec, wandb) and heavy
 # libraries only a few paths need (matplotlib for pictures, timm for schedules and resampling, open_clip for the
 # tokenizer and CLIP names, huggingface_hub for Hub ids)
 LAZY_ALLOWED_OUTSIDE = {"matplotlib", "onnx", "onnxruntime", "onnxscript", "torchcodec", "wandb", "open_clip",
-                        "huggingface_hub", "timm"}
+                        "huggingface_hub", "timm", "starlette", "uvicorn"}
 
 
 def modules() -> dict[str, Path]:

@@ -64,14 +64,15 @@ def check_visualize(session, block: int) -> None:
         raise UserError(f"--block {block} is out of range; the model has blocks 0..{layers - 1} (or -1 for the last)")
 
 
-def draw_points(session, path: str, out: str | Path, block: int = -1, result: dict | None = None) -> Path:
+def draw_points(session, path: str, out: str | Path, block: int = -1, result: dict | None = None,
+                name: str | None = None) -> Path:
     """A picture of one video's frame pairs with the interactive points and alignment masks of `block`,
-    titled with the predicted class and its probability."""
+    titled with the video's `name` (default: its file name), the predicted class and its probability."""
     check_visualize(session, block)
     layers = session.cfg.model.vision_layers
     video = session.first_view(path)                                   # (1, T, 3, S, S)
     maps = session.model.alignment_maps(video, block)
-    title = f"{os.path.basename(os.path.normpath(path))}: block {block % layers}"
+    title = f"{name or os.path.basename(os.path.normpath(path))}: block {block % layers}"
     if result and result.get("predictions"):
         top = result["predictions"][0]
         title += f"; predicted {top['class']} ({top['probability']:.1%})"

@@ -214,10 +214,14 @@ class InferenceSession:
         return out.float().view(b, v, *out.shape[1:]).mean(1)
 
     def scores(self, samples: Sequence[Sample], clips: int | None = None, crops: int | None = None,
-               progress: bool = True, desc: str = "predict", release_bn_quirk: bool | None = None) -> Batched:
+               progress: bool = True, desc: str = "predict", release_bn_quirk: bool | None = None,
+               forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Batched:
+        """Class probabilities of every sample (`run`). `forward`: computes `probabilities` elsewhere (a server's
+        batching worker, which owns the model); then the release BatchNorm quirk is off, as it would switch the
+        shared model's BatchNorms (it changes nothing for a single video: it acts from the second batch on)."""
         quirk = self.cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
-        return self.run(samples, self.probabilities, clips, crops, desc=desc, progress=progress,
-                        release_bn_quirk=quirk)
+        return self.run(samples, forward or self.probabilities, clips, crops, desc=desc, progress=progress,
+                        release_bn_quirk=quirk and forward is None)
 
     def embeddings(self, samples: Sequence[Sample], per_frame: bool = False, clips: int = 1,
                    batch_size: int | None = None) -> Batched:
@@ -236,12 +240,13 @@ class InferenceSession:
         p, i = row.topk(min(topk, len(self.class_names)))
         return [{"class": self.class_names[c], "probability": round(float(q), 6)} for q, c in zip(p.tolist(), i.tolist())]
 
-    def predict(self, paths: Sequence[str], topk: int = 5, progress: bool = True) -> list[dict]:
+    def predict(self, paths: Sequence[str], topk: int = 5, progress: bool = True,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
         """For each video: its path and the top-k classes with probabilities, or its path and an `error`
-        (one unreadable video does not stop the others)."""
+        (one unreadable video does not stop the others). `forward`: as in `scores`."""
         rows: dict = {}
         if paths:
-            scored = self.scores(self.samples(paths), progress=progress)
+            scored = self.scores(self.samples(paths), progress=progress, forward=forward)
             rows.update((paths[i], row) for i, row in zip(scored.indices.tolist(), scored.outputs))
             rows.update((paths[i], reason) for i, _, reason in scored.failed)
         return [{"video": path, "error": rows[path]} if isinstance(rows[path], str)
@@ -257,7 +262,8 @@ class InferenceSession:
         return (video[:1] if video.dim() == 5 else video[None]).to(self.env.device)
 
     @torch.no_grad()
-    def windows(self, path: str, window: float, stride: float, topk: int) -> dict:
+    def windows(self, path: str, window: float, stride: float, topk: int,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         """Sliding windows of `window` seconds every `stride` seconds over one video (`window_spans`: at least one
         frame long, at most `MAX_WINDOWS`), timed by the frames' own timestamps (`VideoReader.frame_times`, read
         without decoding), so a variable frame rate or a wrong declared rate cannot shift them: window [start, end)
@@ -265,7 +271,8 @@ class InferenceSession:
         T equal parts; `window_frames`), read by seeking (only those frames are decoded), `eval.batch_size`
         windows at a time, so memory does not grow with the video's length. A last window ending at the video's
         end is added when the stride leaves the tail uncovered. Returns the video's duration (from the
-        timestamps) and, per window, its start/end time (s), the top-k and all class probabilities."""
+        timestamps) and, per window, its start/end time (s), the top-k and all class probabilities. `forward`:
+        computes `probabilities` of the views elsewhere (a server's batching worker)."""
         cfg, t = self.cfg, self.cfg.data.num_frames
         transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
         with open_video(path) as reader:
@@ -281,7 +288,7 @@ class InferenceSession:
                 clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(batch), t, 3, *frames.shape[1:3])
                 views = torch.stack([transform(c) for c in clips])             # (B, crops, T, 3, S, S)
                 with autocast(self.amp, self.env.device):
-                    probs = self.probabilities(views.to(self.env.device)).float().cpu()
+                    probs = (forward or self.probabilities)(views.to(self.env.device)).float().cpu()
                 if not torch.isfinite(probs).all():
                     raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {path}: the "
                                     f"weights are broken (a diverged run or a damaged checkpoint)")
