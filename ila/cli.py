@@ -75,7 +75,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(args.checkpoint or args.model, host=args.host, port=args.port, precision=args.precision,
                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
                      classes=args.classes, temporal=args.temporal, overrides=args.set or [],
-                     read_timeout=args.read_timeout, max_pending=args.max_pending)
+                     read_timeout=args.read_timeout, max_pending=args.max_pending,
+                     upload_timeout=args.upload_timeout)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -266,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the first queued clip waits for others to batch with (default 10 ms)")
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="the largest request body accepted (MB, default 100)")
     p.add_argument("--read-timeout", type=float, default=10.0,
-                   help="an upload that sends nothing for this many seconds is refused (408; default 10)")
+                   help="seconds a connection has to send a request's headers, and an upload between two pieces of "
+                        "its body (default 10; late headers: the connection is closed, a stalled body: 408)")
+    p.add_argument("--upload-timeout", type=float, default=120.0,
+                   help="seconds a whole upload may take (default 120; longer: 408)")
     p.add_argument("--max-pending", type=int, default=64,
                    help="requests in progress at once; more are answered 503 busy (default 64)")
     _add_set(p)

@@ -9,7 +9,8 @@ the alignment points picture as PNG, for models with alignment maps; optional `b
 a fault of the server) with one line of JSON, `{"error": "..."}`.
 
 How a request runs: its body is read as it arrives (refused with 413 as soon as it passes the size limit, before
-that when its Content-Length says so; a stalled body is refused after `read_timeout` seconds), the upload goes to a
+that when its Content-Length says so), within time limits (`make_server`: headers, an idle body, the whole upload),
+the upload goes to a
 private temporary file (a fresh name in a folder only this process can read, deleted after the request: nothing
 a request sends names a path on the server) and is decoded in the request's own thread by the inference session's
 one loop (`InferenceSession.predict` / `.windows`); only the model forward goes to the `Batcher`, whose single
@@ -29,6 +30,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -97,15 +99,19 @@ class Batcher:
     alone (pictures that read the model's alignment maps). `stats`: requests' clips and batches so far."""
 
     def __init__(self, session: InferenceSession, max_batch: int = 8, max_wait_ms: float = 10.0):
-        if max_batch < 1:
-            raise UserError(f"--max-batch {max_batch}: use 1 or more")
-        if not max_wait_ms >= 0:
-            raise UserError(f"--max-wait-ms {max_wait_ms}: use 0 or more")
+        self.check(max_batch, max_wait_ms)
         self.session, self.max_batch, self.max_wait = session, max_batch, max_wait_ms / 1000
         self.jobs: queue.Queue = queue.Queue()
         self.stats = {"batches": 0, "clips": 0, "largest_batch": 0}
         self._thread = threading.Thread(target=self._work, name="ila-serve-model", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def check(max_batch: int, max_wait_ms: float) -> None:
+        if max_batch < 1:
+            raise UserError(f"--max-batch {max_batch}: use 1 or more")
+        if not 0 <= max_wait_ms < 1e6:
+            raise UserError(f"--max-wait-ms {max_wait_ms}: use 0 or more (milliseconds)")
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         future: Future = Future()
@@ -189,14 +195,25 @@ class Service:
     """What the routes do, without HTTP: a session, its batcher, the private upload folder and the limits."""
 
     def __init__(self, session: InferenceSession, batcher: Batcher, precision: str = "fp32",
-                 max_upload_mb: float = 100, read_timeout: float = 10.0, max_pending: int = 64):
-        if not max_upload_mb > 0:
-            raise UserError(f"--max-upload-mb {max_upload_mb}: use a size in MB > 0")
+                 max_upload_mb: float = 100, read_timeout: float = 10.0, max_pending: int = 64,
+                 upload_timeout: float = 120.0):
+        self.check(max_upload_mb, read_timeout, upload_timeout, max_pending)
         self.session, self.batcher, self.precision = session, batcher, precision
-        self.max_bytes, self.read_timeout, self.max_pending = int(max_upload_mb * 2 ** 20), read_timeout, max_pending
+        self.max_bytes, self.max_pending = int(max_upload_mb * 2 ** 20), max_pending
+        self.read_timeout, self.upload_timeout = read_timeout, upload_timeout
         self.folder = tempfile.mkdtemp(prefix="ila-serve-")          # mode 0700: this process only
         self.pending = 0
         self.requests = {"answered": 0, "refused": 0}
+
+    @staticmethod
+    def check(max_upload_mb: float, read_timeout: float, upload_timeout: float, max_pending: int) -> None:
+        if not 0 < max_upload_mb < 1e7:
+            raise UserError(f"--max-upload-mb {max_upload_mb}: use a size in MB > 0")
+        for flag, value in (("--read-timeout", read_timeout), ("--upload-timeout", upload_timeout)):
+            if not 0 < value < 1e6:
+                raise UserError(f"{flag} {value}: use seconds > 0")
+        if max_pending < 1:
+            raise UserError(f"--max-pending {max_pending}: use 1 or more")
 
     def close(self) -> None:
         self.batcher.close()
@@ -294,14 +311,20 @@ def build_app(service: Service):
         return JSONResponse({"error": one_line(printable(message), 500)}, status_code=status)
 
     async def body(request):
-        """The request body as it arrives, at most `max_bytes`, each chunk within `read_timeout` seconds."""
+        """The request body as it arrives: at most `max_bytes`, each chunk within `read_timeout` seconds of the
+        previous one, all of it within `upload_timeout` seconds."""
         seen, stream = 0, request.stream().__aiter__()
+        deadline = time.monotonic() + service.upload_timeout
         while True:
+            left = deadline - time.monotonic()
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), service.read_timeout)
+                chunk = await asyncio.wait_for(stream.__anext__(), max(min(service.read_timeout, left), 0))
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
+                if left <= service.read_timeout:
+                    raise ClientError(408, f"the upload took longer than {service.upload_timeout:g} s, this server's "
+                                           f"limit (ila serve --upload-timeout)") from None
                 raise ClientError(408, f"the upload stalled: no data for {service.read_timeout:g} s") from None
             seen += len(chunk)
             if seen > service.max_bytes:
@@ -398,13 +421,61 @@ def build_app(service: Service):
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
+def header_deadline(seconds: float):
+    """uvicorn's h11 protocol with a deadline for a request's line and headers: a connection that has not sent them
+    complete `seconds` after it opened (or after its previous response) is closed. uvicorn has no such timeout, so
+    a client sending headers slowly (slowloris) would hold its connection for as long as it likes."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self) -> None:
+            self._deadline = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()                # no request under way: its headers are late
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()                        # a request's headers are in: the body has its own limits
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning"):
-    """A uvicorn server of `service`. Its timeouts: an idle keep-alive connection is closed after 5 s; a request
-    body that sends nothing for `service.read_timeout` s is answered 408; headers are limited to uvicorn's 16 KB;
-    connections beyond 2 x max_pending + 16 are answered 503 by uvicorn."""
+    """A uvicorn server of `service`. Its limits: a connection must send a request's headers within
+    `service.read_timeout` s of opening or of its previous response (`header_deadline`), else it is closed; headers
+    are at most 16 KB (h11's limit; larger: 400); an idle keep-alive connection is closed after 5 s; a request body
+    that sends nothing for `service.read_timeout` s, or that takes longer than `service.upload_timeout` s in all, is
+    answered 408; more than `service.max_pending` requests in progress: 503 (ours, JSON); more than
+    2 x max_pending + 16 connections: 503 (uvicorn's, plain text)."""
     import uvicorn
 
     config = uvicorn.Config(build_app(service), host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                            http=header_deadline(service.read_timeout),
                             limit_concurrency=2 * service.max_pending + 16, timeout_graceful_shutdown=5,
                             access_log=log_level in ("info", "debug"))
     return uvicorn.Server(config)
@@ -412,34 +483,44 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, log
 
 def run_serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, precision: str = "fp32", max_batch: int = 8,
               max_wait_ms: float = 10.0, max_upload_mb: float = 100, classes=None, temporal: str | None = None,
-              overrides: Sequence[str] = (), read_timeout: float = 10.0, max_pending: int = 64) -> int:
+              overrides: Sequence[str] = (), read_timeout: float = 10.0, max_pending: int = 64,
+              upload_timeout: float = 120.0) -> int:
     """`ila serve`: load the model once, then serve it until interrupted."""
     check_serve_extra()
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port}: use 0 to 65535")
-    if not read_timeout > 0:
-        raise UserError(f"--read-timeout {read_timeout}: use seconds > 0")
-    if max_pending < 1:
-        raise UserError(f"--max-pending {max_pending}: use 1 or more")
+    Batcher.check(max_batch, max_wait_ms)
+    Service.check(max_upload_mb, read_timeout, upload_timeout, max_pending)     # all before the model is loaded
     session = open_session(checkpoint, classes, temporal, overrides, precision)
     sock = listen(host, port)
     port = sock.getsockname()[1]
     service = Service(session, Batcher(session, max_batch, max_wait_ms), precision, max_upload_mb, read_timeout,
-                      max_pending)
+                      max_pending, upload_timeout)
     server = make_server(service, host, port, log_level="info")
     shown = f"[{host}]" if ":" in host else host
     print(f"ila serve: {service.health()['model']} ({len(session.class_names)} classes, {session.env.device}, "
           f"{precision}) on http://{shown}:{port}/ (batches of up to {max_batch} clips or {max_wait_ms:g} ms; "
           f"uploads up to {max_upload_mb:g} MB); Ctrl+C stops", file=sys.stderr, flush=True)
+    stop = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminate)        # uvicorn stops on SIGTERM, then raises it again: ours exits
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:         # uvicorn stops on Ctrl+C, then raises it again: a requested stop
+    except (KeyboardInterrupt, _Stop):  # Ctrl+C or SIGTERM: a requested stop
         pass
     finally:
+        signal.signal(signal.SIGTERM, stop)
         service.close()
         sock.close()
     print("ila serve: stopped", file=sys.stderr)
     return 0
+
+
+class _Stop(Exception):
+    """SIGTERM, after uvicorn's graceful shutdown."""
+
+
+def _terminate(signum, frame):
+    raise _Stop
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -1,6 +1,7 @@
 """`ila serve` (issue "The front door", point 2): a real server on a free port of 127.0.0.1 answers exactly what
 `ila predict --json` prints, refuses bad requests with one line of JSON, limits uploads while they arrive, batches
 concurrent requests onto the one model without changing an answer, and its web page works in a real browser."""
+import glob
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +69,7 @@ def serving(ckpt, **limits):
 
 @pytest.fixture(scope="module")
 def server(ckpt):
-    with serving(ckpt, max_upload_mb=0.25, read_timeout=1.5) as running:
+    with serving(ckpt, max_upload_mb=0.25, read_timeout=1.5, upload_timeout=6) as running:
         yield running
 
 
@@ -224,6 +226,50 @@ def test_a_stalled_upload_is_refused_after_the_read_timeout(server):
     assert os.listdir(service.folder) == []
 
 
+def test_slow_clients_are_cut_off(server):
+    """Slowloris: headers sent a line at a time, a body a byte at a time, a connection that sends nothing."""
+    url, service = server
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        closed = None
+        for i in range(60):                          # a header line every 0.25 s: never complete
+            try:
+                s.sendall(b"X-%d: y\r\n" % i)
+            except OSError:
+                closed = i
+                break
+            s.settimeout(0.25)
+            try:
+                if s.recv(100) == b"":
+                    closed = i
+                    break
+            except socket.timeout:
+                pass
+        assert closed is not None and closed < 30     # closed by the 1.5 s header deadline, well before 15 s
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        assert s.recv(100) == b""                     # an idle connection is closed, not kept
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+            b"Content-Length: 100000\r\n\r\n" + multipart_head("B"))
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head)
+        answer = b""
+        for _ in range(60):                          # a byte every 0.5 s: under the 1.5 s idle limit
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+            s.settimeout(0.5)
+            try:
+                answer += s.recv(1000)
+                if answer:
+                    break
+            except socket.timeout:
+                pass
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"the upload took longer than 6 s" in answer
+    assert os.listdir(service.folder) == []
+
+
 def test_concurrent_requests_are_batched_and_answer_as_alone(ckpt, videos, capsys):
     alone = {v: predict_json(capsys, ckpt, v) for v in videos["val"][:4]}
     # up to 4 clips or 60 s: the 4 requests are run as one batch of 4, whenever they arrive
@@ -266,6 +312,16 @@ def test_ila_serve_command_line(ckpt, videos, tmp_path):
         proc.send_signal(signal.SIGINT)                   # Ctrl+C
         proc.wait(30)
     assert proc.returncode == 0 and proc.stderr.read().endswith("ila serve: stopped\n")
+    # SIGTERM (how service managers stop a server): the same clean stop, its upload folder removed
+    folders = set(glob.glob(os.path.join(tempfile.gettempdir(), "ila-serve-*")))
+    proc = subprocess.Popen([sys.executable, "-m", "ila", "serve", "--checkpoint", str(ckpt), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert "on http://127.0.0.1:" in proc.stderr.readline()
+    mine = set(glob.glob(os.path.join(tempfile.gettempdir(), "ila-serve-*"))) - folders
+    assert len(mine) == 1
+    proc.terminate()
+    assert proc.wait(30) == 0 and proc.stderr.read().endswith("ila serve: stopped\n")
+    assert not os.path.exists(mine.pop())
     # a port in use, a missing extra, bad limits: one line each, exit status 2
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
