@@ -308,7 +308,9 @@ def build_app(service: Service):
     from starlette.routing import Route
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": one_line(printable(message), 500)}, status_code=status)
+        # a body too large or too slow: the connection is closed after the answer, the rest never read
+        close = {"Connection": "close"} if status in (408, 413) else None
+        return JSONResponse({"error": one_line(printable(message), 500)}, status_code=status, headers=close)
 
     async def body(request):
         """The request body as it arrives: at most `max_bytes`, each chunk within `read_timeout` seconds of the
