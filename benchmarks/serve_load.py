@@ -32,7 +32,8 @@ def multipart(video: str, fields: dict) -> tuple[bytes, str]:
              for k, v in fields.items()]
     with open(video, "rb") as f:
         data = f.read()
-    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"{os.path.basename(video)}\""
+    name = os.path.basename(video)
+    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"{name}\""
                  f"\r\nContent-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="clips run together in one forward pass (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long the first queued clip waits for others to batch with (default 10 ms)")
-    p.add_argument("--max-upload-mb", type=float, default=100.0, help="the largest request body accepted (MB, default 100)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0,
+                   help="the largest request body accepted (MB, default 100)")
     p.add_argument("--read-timeout", type=float, default=10.0,
                    help="seconds a connection has to send a request's headers, and an upload between two pieces of "
                         "its body (default 10; late headers: the connection is closed, a stalled body: 408)")

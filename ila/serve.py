@@ -9,14 +9,13 @@ the alignment points picture as PNG, for models with alignment maps; optional `b
 a fault of the server) with one line of JSON, `{"error": "..."}`.
 
 How a request runs: its body is read as it arrives (refused with 413 as soon as it passes the size limit, before
-that when its Content-Length says so), within time limits (`make_server`: headers, an idle body, the whole upload),
-the upload goes to a
-private temporary file (a fresh name in a folder only this process can read, deleted after the request: nothing
-a request sends names a path on the server) and is decoded in the request's own thread by the inference session's
-one loop (`InferenceSession.predict` / `.windows`); only the model forward goes to the `Batcher`, whose single
-worker thread owns the model and runs the views of concurrent requests together, up to `max_batch` clips or
-`max_wait_ms` after the first one arrived. The answer is what `ila predict --json` prints for that video, with the
-upload's file name (its last component only) as `video`.
+that when its Content-Length says so), within time limits (`make_server`: headers, an idle body, the whole upload);
+the upload goes to a private temporary file (a fresh name in a folder only this process can read, deleted after the
+request: nothing a request sends names a path on the server) and is decoded in the request's own thread by the
+inference session's one loop (`InferenceSession.predict` / `.windows`); only the model forward goes to the
+`Batcher`, whose single worker thread owns the model and runs the views of concurrent requests together, up to
+`max_batch` clips or `max_wait_ms` after the first one arrived. The answer is what `ila predict --json` prints for
+that video, with the upload's file name (its last component only) as `video`.
 
 Built on Starlette (the ASGI toolkit FastAPI is built on: routing, a streaming request body, the multipart parser of
 python-multipart) served by uvicorn; both are the optional extra `serve` and imported only when serving.
@@ -26,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
-import json
 import os
 import queue
 import shutil
@@ -222,7 +220,8 @@ class Service:
     def health(self) -> dict:
         s = self.session
         source = str(s.source)
-        return {"status": "ok", "model": os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source,
+        model = os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source
+        return {"status": "ok", "model": model,
                 "temporal": s.cfg.model.temporal, "classes": len(s.class_names), "frames": s.cfg.data.num_frames,
                 "size": s.cfg.data.input_size, "device": str(s.env.device), "precision": self.precision,
                 "version": __version__, "alignment_maps": bool(s.model.has_alignment_maps),
@@ -343,7 +342,8 @@ def build_app(service: Service):
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > service.max_bytes:
             raise ClientError(413, f"the upload ({int(length) / 2 ** 20:.1f} MB) is larger than "
-                                   f"{service.max_bytes / 2 ** 20:g} MB, this server's limit (ila serve --max-upload-mb)")
+                                   f"{service.max_bytes / 2 ** 20:g} MB, this server's limit "
+                                   f"(ila serve --max-upload-mb)")
         parser = MultiPartParser(request.headers, body(request), max_files=1, max_fields=len(FIELDS),
                                  max_part_size=64 * 1024)
         try:
@@ -360,11 +360,14 @@ def build_app(service: Service):
             options = fields(form)
             name = upload_name(video.filename)
             fd, path = tempfile.mkstemp(suffix=_suffix(name), dir=service.folder)
-            with os.fdopen(fd, "wb") as out:
-                await run_in_threadpool(shutil.copyfileobj, video.file, out, 1 << 20)
-            if os.path.getsize(path) == 0:
-                os.unlink(path)
-                raise ClientError(400, f"{name}: the video field is empty (0 bytes)")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    await run_in_threadpool(shutil.copyfileobj, video.file, out, 1 << 20)
+                if os.path.getsize(path) == 0:
+                    raise ClientError(400, f"{name}: the video field is empty (0 bytes)")
+            except BaseException:
+                os.unlink(path)                       # a full disk, an empty file: nothing left behind
+                raise
             return path, name, options
         finally:
             await form.close()

@@ -175,7 +175,8 @@ def test_errors_are_one_line_json(server, videos):
     assert bad.startswith("notes.mp4: ") and service.folder not in bad and "/tmp" not in bad and "ila-serve" not in bad
     video = videos["val"][0]
     for data, start in (({"topk": "0"}, "topk 0: use 1 to 1000"), ({"topk": "two"}, "topk 'two': give a whole"),
-                        ({"window": "-1"}, "window -1.0: give a window length in seconds > 0"), ({"window": "nan"}, "window nan"),
+                        ({"window": "-1"}, "window -1.0: give a window length in seconds > 0"),
+                        ({"window": "nan"}, "window nan"),
                         ({"stride": "1"}, "stride needs window"), ({"window": "1e-9"}, "window 1e-09: give at least"),
                         ({"window": "abc"}, "window 'abc': give a number of seconds"),
                         ({"path": "/etc/passwd"}, "unknown form field 'path'")):
@@ -188,7 +189,8 @@ def test_errors_are_one_line_json(server, videos):
 def test_nothing_in_a_request_names_a_server_path(server, videos, tmp_path):
     url, service = server
     expected = post(url, videos["val"][1]).json()
-    for name in ("../../etc/passwd", "/etc/passwd", "..\\..\\windows\\system.ini", "a/b/../../c.mp4", "..", "\x1b[31mred.mp4"):
+    for name in ("../../etc/passwd", "/etc/passwd", "..\\..\\windows\\system.ini", "a/b/../../c.mp4", "..",
+                 "\x1b[31mred.mp4"):
         got = post(url, videos["val"][1], name=name)
         assert got.status_code == 200, got.text
         shown = got.json()[0]["video"]
@@ -212,8 +214,9 @@ def test_upload_limit_is_enforced_while_the_body_arrives(server):
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
                       for i in range(0, len(body), 65536))
     answer = raw(url, head + chunks[:-2])                 # the last chunk's own CRLF not sent: the body never ends
-    assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b'"error":"the upload is larger than 0.25 MB, '
-                                                                    b'this server\'s limit (ila serve --max-upload-mb)"}')
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b'"error":"the upload is larger than 0.25 MB, this server\'s limit '
+                           b'(ila serve --max-upload-mb)"}')
     assert os.listdir(service.folder) == []
 
 
