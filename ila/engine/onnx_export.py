@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -93,11 +95,16 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
     # the previous pair as it was
     with atomic_path(out) as tmp, atomic_path(side) as tmp_side:
         if fmt == "onnx":
+            _progress("tracing with torch.export and converting to ONNX (seconds for tiny models, minutes for ViT-B/L)")
             _write_onnx(wrapper, example, batch, tmp, meta)
         else:
+            _progress("tracing with torch.export (seconds for tiny models, minutes for ViT-B/L)")
             program = torch.export.export(wrapper, (example,), dynamic_shapes={"video": {0: batch}})
+            _progress(f"saving {out.name}")
             _write_exported(program, tmp)
         if check:
+            _progress(f"checking {out.name} against the PyTorch model on a random clip "
+                      f"({'onnxruntime' if fmt == 'onnx' else 'torch.export.load'})")
             got = _run_onnx(tmp, example) if fmt == "onnx" else torch.export.load(tmp).module()(example)[0]
             err = ((got - expected).abs().max() / expected.abs().max()).item()
             if not err < TOLERANCE:
@@ -106,6 +113,11 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
             meta["parity_error"] = err
         tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _progress(message: str) -> None:
+    """One line on stderr as each long step starts (`[export HH:MM:SS] ...`): a ViT-B export runs for minutes."""
+    print(f"[export {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _write_exported(program, path: Path) -> None:
