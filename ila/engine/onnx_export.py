@@ -6,7 +6,8 @@ The graph maps a normalised float clip `(B, T, 3, S, S)` (batch dynamic; frames 
 constant. The preprocessing and the class names travel with the file: as ONNX metadata (key `ila`, JSON) and in
 a side file `OUT.json`.
 
-    onnx:     torch.onnx.export (the torch.export-based exporter); needs `pip install 'ila[export]'`
+    onnx:     torch.onnx.export (the torch.export-based exporter); needs the `export` extra
+              (`pip install -e '.[export]'` in the checkout, or `bash scripts/setup.sh export`)
               (onnx, onnxscript; onnxruntime for the parity check)
     exported: torch.export.export -> torch.export.save (`.pt2`), loaded with torch.export.load(...).module()
 
@@ -135,7 +136,8 @@ def _suffix(fmt: str) -> str:
 def _need(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'ila[export]'")
+        raise UserError(f"ONNX export needs {', '.join(missing)}: "
+                        "pip install -e '.[export]' in the ila checkout")
 
 
 def _write_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict) -> None:
@@ -155,6 +157,7 @@ def _run_onnx(path: Path, video: torch.Tensor) -> torch.Tensor:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("the ONNX parity check needs onnxruntime: pip install 'ila[export]' (or --no-check)") from None
+        raise UserError("the ONNX parity check needs onnxruntime: pip install -e '.[export]' in the ila checkout "
+                        "(or --no-check)") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"video": video.numpy()})[0])
