@@ -18,8 +18,12 @@ if .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   step "torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') already installed"
 else
   step "installing torch 2.14.1 and torchvision 0.29.1 (the largest step: minutes from PyPI; see the header)"
-  .venv/bin/python -m pip install --progress-bar on ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} \
-    torch==2.14.1 torchvision==0.29.1 | grep -E --line-buffered '^(Collecting|Downloading|Installing|Successfully)' || true
+  torch_install=(.venv/bin/python -m pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.14.1 torchvision==0.29.1)
+  if [ -t 1 ]; then   # a terminal: pip's own progress bars, the download of each large wheel as it goes
+    "${torch_install[@]}" --progress-bar on || true
+  else                # a log: one line per package
+    "${torch_install[@]}" --progress-bar off | grep -E --line-buffered '^(Collecting|Downloading|Installing|Successfully)' || true
+  fi
   .venv/bin/python -c "import torch, torchvision" || { echo "[setup] torch did not install; see pip's output above" >&2; exit 1; }
 fi
 extras=${1:+[$1]}
