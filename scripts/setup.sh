@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv in the checkout and install ila into it, saying what each step does while it runs.
-# Usage: scripts/setup.sh [extras]   e.g. scripts/setup.sh export, or dev,docs   (extras: dev, docs, export, torchcodec, wandb)
+# Usage: scripts/setup.sh [extras]   e.g. scripts/setup.sh export, or dev,docs   (extras: dev, docs, export, serve, torchcodec, wandb)
 # PyTorch: an installed torch is kept; otherwise pip takes torch 2.14.1 from a local wheel cache where there is one,
 # else from PyPI, whose Linux x86_64 wheel is the CUDA build (with ~16 nvidia packages, ~5.9 GB in .venv). For a
 # CPU-only torch (~0.7 GB), install it first:  TORCH_INDEX=https://download.pytorch.org/whl/cpu scripts/setup.sh
