@@ -1,7 +1,7 @@
 """`ila export`: the export formats, each registered once; the CLI's `--format` choices read this registry.
 
     hub        a shareable folder (config.json + model.safetensors + README.md), or one .safetensors file
-    onnx       an ONNX graph clip -> (logits, probs), checked in onnxruntime (pip install 'ila[export]')
+    onnx       an ONNX graph clip -> (logits, probs), checked in onnxruntime (the export extra: pip install -e '.[export]')
     exported   a torch.export program (.pt2), checked against the eager model
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ The graph maps a normalised float clip `(B, T, 3, S, S)` (batch dynamic; frames 
 constant. The preprocessing and the class names travel with the file: as ONNX metadata (key `ila`, JSON) and in
 a side file `OUT.json`.
 
-    onnx:     torch.onnx.export (the torch.export-based exporter); needs `pip install 'ila[export]'`
+    onnx:     torch.onnx.export (the torch.export-based exporter); needs the `export` extra
+              (`pip install -e '.[export]'` in the checkout, or `bash scripts/setup.sh export`)
               (onnx, onnxscript; onnxruntime for the parity check)
     exported: torch.export.export -> torch.export.save (`.pt2`), loaded with torch.export.load(...).module()
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -93,11 +96,16 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
     # the previous pair as it was
     with atomic_path(out) as tmp, atomic_path(side) as tmp_side:
         if fmt == "onnx":
+            _progress("tracing with torch.export and converting to ONNX (seconds for tiny models, minutes for ViT-B/L)")
             _write_onnx(wrapper, example, batch, tmp, meta)
         else:
+            _progress("tracing with torch.export (seconds for tiny models, minutes for ViT-B/L)")
             program = torch.export.export(wrapper, (example,), dynamic_shapes={"video": {0: batch}})
+            _progress(f"saving {out.name}")
             _write_exported(program, tmp)
         if check:
+            _progress(f"checking {out.name} against the PyTorch model on a random clip "
+                      f"({'onnxruntime' if fmt == 'onnx' else 'torch.export.load'})")
             got = _run_onnx(tmp, example) if fmt == "onnx" else torch.export.load(tmp).module()(example)[0]
             err = ((got - expected).abs().max() / expected.abs().max()).item()
             if not err < TOLERANCE:
@@ -106,6 +114,11 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
             meta["parity_error"] = err
         tmp_side.write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _progress(message: str) -> None:
+    """One line on stderr as each long step starts (`[export HH:MM:SS] ...`): a ViT-B export runs for minutes."""
+    print(f"[export {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _write_exported(program, path: Path) -> None:
@@ -123,7 +136,8 @@ def _suffix(fmt: str) -> str:
 def _need(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install 'ila[export]'")
+        raise UserError(f"ONNX export needs {', '.join(missing)}: "
+                        "pip install -e '.[export]' in the ila checkout")
 
 
 def _write_onnx(wrapper: nn.Module, example: torch.Tensor, batch, path: Path, meta: dict) -> None:
@@ -143,6 +157,7 @@ def _run_onnx(path: Path, video: torch.Tensor) -> torch.Tensor:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("the ONNX parity check needs onnxruntime: pip install 'ila[export]' (or --no-check)") from None
+        raise UserError("the ONNX parity check needs onnxruntime: pip install -e '.[export]' in the ila checkout "
+                        "(or --no-check)") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"video": video.numpy()})[0])

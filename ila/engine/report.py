@@ -115,8 +115,8 @@ def start_wandb(project: str, run_dir: Path, config: dict):
     try:
         import wandb
     except ImportError:
-        raise UserError(f"train.wandb={project}: Weights & Biases is not installed; pip install 'ila[wandb]' "
-                        f"(or pip install wandb), or leave train.wandb empty") from None
+        raise UserError(f"train.wandb={project}: Weights & Biases is not installed; pip install wandb "
+                        f"(or pip install -e '.[wandb]' in the ila checkout), or leave train.wandb empty") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{run_dir.name[:40]}-{zlib.crc32(str(run_dir.resolve()).encode()):08x}"
     run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id)
