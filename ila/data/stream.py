@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import re
+import threading
 import time
 from collections import deque
 from typing import Iterator
@@ -115,6 +117,9 @@ class StreamReader(Reader):
             self._container.close()
             raise
         self._reformatter = VideoReformatter()
+        self._closing, self._closed = threading.Lock(), False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.count = 0                 # frames given so far
         self.jumps = 0                 # timestamp discontinuities bridged
         self.last_step = 0.0           # the last interval between two frames (s)
@@ -155,6 +160,51 @@ class StreamReader(Reader):
         except (av.error.FFmpegError, OSError) as e:
             raise StreamStopped(f"{self.path}: the stream broke off ({_reason(e)})") from None
 
+    def frames_in_background(self, queue_size: int = 32) -> Iterator[tuple[float, np.ndarray, float]]:
+        """`frames()` read by a thread of its own (at most `queue_size` frames ahead, so memory stays bounded and
+        a slow consumer slows the reading), so that the caller's thread never waits inside FFmpeg: Ctrl-C stops a
+        wait for a silent stream at once instead of after `timeout`. The thread's errors are raised here; when the
+        caller stops early, the thread stops at its next frame (or its timeout) and closes the stream."""
+        frames: queue.Queue = queue.Queue(queue_size)
+        stop = self._stop
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    frames.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            try:
+                for item in self.frames():
+                    if not put(item):
+                        return
+                put(done)
+            except BaseException as e:                   # handed to the caller's thread
+                put(e)
+            finally:
+                self.close()
+
+        self._thread = threading.Thread(target=run, name=f"ila stream {self.path}", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                try:
+                    item = frames.get(timeout=0.1)       # a short wait: KeyboardInterrupt gets through
+                except queue.Empty:
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
     def _decoded(self) -> Iterator[av.VideoFrame]:
         """Decoded frames; a corrupt packet is skipped (a live stream's packets can be lost), not fatal."""
         for packet in self._container.demux(self._stream):
@@ -169,7 +219,15 @@ class StreamReader(Reader):
         return 1 / float(rate) if rate and float(rate) > 0 else 1 / 25
 
     def close(self) -> None:
-        self._container.close()
+        """Close the stream; while `frames_in_background`'s thread reads it, tell the thread to stop and close it."""
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            self._stop.set()
+            return
+        with self._closing:
+            if not self._closed:
+                self._container.close()
+                self._closed = True
 
 
 class FrameRing:
@@ -190,7 +248,7 @@ class FrameRing:
     def push(self, t: float, frame: np.ndarray) -> None:
         if self.bytes + frame.nbytes > self.max_bytes:
             span = t - self._times[0] if self._times else 0.0
-            raise UserError(f"the stream's frames do not fit the {self.max_bytes / 2**20:,.0f} MiB buffer: "
+            raise UserError(f"the stream's frames do not fit the {self.max_bytes / 2**20:,.3g} MiB buffer: "
                             f"{len(self) + 1} frames of {frame.shape[1]}x{frame.shape[0]} over {span:.3g} s of "
                             f"stream are needed at once (its frame rate or timestamps are out of proportion); "
                             f"{self.what}")

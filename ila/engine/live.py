@@ -53,7 +53,7 @@ def stream_windows(session: InferenceSession, url: str, window: float, stride: f
             row = session.score_clips(ring.read(indices), 1, transform, url)[0]
             return {**session.window_result(start, end, row, topk), "delay": round(max(clock() - live - end, 0.0), 3)}
 
-        for t, frame, arrived in reader.frames():
+        for t, frame, arrived in reader.frames_in_background():
             ring.push(t, frame)
             newest, live = t, min(live, arrived - t)
             while k * stride + window <= t + _TOL * max(1.0, t):       # a frame at or after its end has come

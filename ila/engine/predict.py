@@ -274,6 +274,16 @@ def check_window_flags(window, stride) -> tuple:
     return window, check_window_seconds("--stride", window if stride is None else stride)
 
 
+def windows_of(session: InferenceSession, path: str, window: float, stride: float, topk: int) -> dict:
+    """`session.windows` of one video, or `{"video": path, "error": reason}` when it cannot be read."""
+    try:
+        return session.windows(path, window, stride, topk)
+    except VideoReadError as e:
+        return {"video": path, "error": e.reason}
+    except UserError as e:
+        return {"video": path, "error": str(e)}
+
+
 def stream_input(inputs: list) -> str | None:
     """The live stream among `inputs` (`ila.data.stream.is_stream`: an rtsp://, tcp://, http(s)://, ... URL or
     /dev/videoN), or None when they are files and folders. A `scheme:` name that is no local path and no stream
@@ -346,14 +356,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     if window is None:
         results = session.predict(paths, topk)
     else:
-        results = []
-        for path in paths:
-            try:
-                results.append(session.windows(path, window, stride, topk))
-            except VideoReadError as e:
-                results.append({"video": path, "error": e.reason})
-            except UserError as e:
-                results.append({"video": path, "error": str(e)})
+        results = [windows_of(session, path, window, stride, topk) for path in paths]
     results += [{"video": path, "error": reason} for path, reason in errors.items()]
     failed = [r for r in results if "error" in r]
     if len(results) == 1 and failed:
