@@ -2,6 +2,8 @@
 video as MPEG-TS into a socket), windows printed as they complete with the same predictions as the file read
 directly; a stream that stops sending, an unreachable URL, bad flags and FFmpeg's local protocols each end in one
 line; memory stays bounded; timestamps that jump are bridged."""
+import functools
+import http.server
 import json
 import math
 import os
@@ -266,3 +268,31 @@ def test_tail_spans_complete_window_spans():
         regular = int((duration - window) / stride + 1e-9) + 1 if duration > window else 1
         for done in range(regular + 1):
             assert tail_spans(duration, window, stride, done) == spans[done:]
+
+
+def test_http_reads_a_playlist_of_segments_but_never_a_local_file_or_text(served, session, from_file, tmp_path):
+    """Over HTTP: an HLS playlist of MPEG-TS segments is a stream (the file's windows); a playlist naming a local
+    file, and a text page (FFmpeg would render it as frames), are refused when opened."""
+    _, video = served
+    with av.open(video) as source, av.open(str(tmp_path / "segment.ts"), "w", format="mpegts") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    (tmp_path / "notes.txt").write_text("not a video\n" * 100)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        for name, segment in (("good.m3u8", f"{base}/segment.ts"), ("local.m3u8", f"file://{video}")):
+            (tmp_path / name).write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:3.0,\n{segment}\n#EXT-X-ENDLIST\n")
+        try:
+            same_windows(list(stream_windows(session, f"{base}/good.m3u8", WINDOW, STRIDE, topk=3, timeout=30)),
+                         from_file)
+            for name in ("local.m3u8", "notes.txt"):
+                with pytest.raises(UserError, match=f"{name}: cannot open the stream"):
+                    list(stream_windows(session, f"{base}/{name}", WINDOW, STRIDE, timeout=30))
+        finally:
+            httpd.shutdown()

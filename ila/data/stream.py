@@ -7,7 +7,8 @@
 What is read: `STREAM_SCHEMES` URLs (rtsp://, rtmp://, tcp://, udp://, rtp://, srt://, http(s)://) and capture
 devices `/dev/videoN` (FFmpeg's v4l2 input). Any other `scheme:` name (file:, concat:, pipe:, subfile:, data:, ...)
 is refused (`check_stream_url`), and FFmpeg is told to open only network protocols for the stream and everything it
-references (`protocol_whitelist`: an HLS playlist cannot pull in a local file).
+references (`protocol_whitelist`: an HLS playlist cannot pull in a local file), and to read it only as a video
+container or elementary stream (`FORMAT_WHITELIST`: a text page is not rendered into frames).
 
 Frames are decoded with PyAV and converted to RGB at the size reads ask for (`frame_to_rgb`, as a file's reader
 does: the shorter side scaled to `short_side` during the colour conversion). A frame's time is its timestamp (pts x
@@ -40,6 +41,10 @@ from av.video.reformatter import VideoReformatter
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtmpt", "rtmpts", "tcp", "udp", "rtp", "srt", "http", "https")
 # the protocols FFmpeg may open for a stream and what it references (a playlist's segments, RTSP's RTP over UDP)
 PROTOCOL_WHITELIST = "tcp,udp,rtp,srtp,rtsp,rtsps,rtmp,rtmps,rtmpt,rtmpts,srt,http,https,httpproxy,tls,crypto"
+# the demuxers a stream may be read with (FFmpeg's names): video containers and elementary streams sent live; not
+# the ones that turn text or images into "video" (tty renders any text file as frames)
+FORMAT_WHITELIST = ("mpegts,rtsp,rtp,sdp,flv,live_flv,hls,dash,matroska,webm,mov,mp4,mjpeg,mpjpeg,h264,hevc,"
+                    "mpegvideo,m4v,avi,ogg,ivf,obu,mpegps,asf,nut,rawvideo")
 DEVICE = re.compile(r"^/dev/video\d+$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # the most bytes of frames a stream's ring buffer holds (the frames of one window at the model's size, and one more)
@@ -99,7 +104,8 @@ class StreamReader(Reader):
         device = bool(DEVICE.match(url))
         try:
             self._container = av.open(url, format="v4l2" if device else None, timeout=(self.timeout, self.timeout),
-                                      options={} if device else {"protocol_whitelist": PROTOCOL_WHITELIST},
+                                      options={} if device else {"protocol_whitelist": PROTOCOL_WHITELIST,
+                                                                "format_whitelist": FORMAT_WHITELIST},
                                       metadata_errors="ignore")
         except av.error.ExitError:
             raise VideoReadError(url, f"cannot open the stream: no answer within {self.timeout:g} s (--timeout)") \
