@@ -296,3 +296,34 @@ def test_http_reads_a_playlist_of_segments_but_never_a_local_file_or_text(served
                     list(stream_windows(session, f"{base}/{name}", WINDOW, STRIDE, timeout=30))
         finally:
             httpd.shutdown()
+
+
+def test_a_stream_that_changes_size_and_restarts_its_clock(served, session, tmp_path):
+    """Two MPEG-TS recordings sent back to back as bytes (a sender restarting with another resolution): the
+    timestamps go back 3 s and the frames grow from 48x32 to 64x40; every frame is read at the first size and the
+    timeline goes on, so the windows are those of one 6 s video."""
+    _, video = served
+    second = str(tmp_path / "wide.mp4")
+    write_long_video(second, [5, 4, 3, 2, 1, 0], 0.5, size=(64, 40), fps=8, keyframe_every=4)
+    data = b""
+    for path in (video, second):
+        with av.open(path) as source, av.open(str(tmp_path / "part.ts"), "w", format="mpegts") as out:
+            stream = out.add_stream_from_template(source.streams.video[0])
+            for packet in source.demux(source.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    out.mux(packet)
+        data += (tmp_path / "part.ts").read_bytes()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def send():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(data)
+        listener.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    windows = list(stream_windows(session, url, WINDOW, STRIDE, topk=3, timeout=30))
+    assert [(w["start"], w["end"]) for w in windows] == [(round(a, 3), round(b, 3))
+                                                        for a, b in window_spans(6.0, WINDOW, STRIDE)]

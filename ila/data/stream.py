@@ -118,7 +118,7 @@ class StreamReader(Reader):
             self._stream = self._container.streams.video[0]
             self._stream.thread_count = threads
             context = self._stream.codec_context
-            self._size = (context.width, context.height)
+            self._size = (context.width, context.height)    # every frame at this size (a size change: scaled)
         except BaseException:
             self._container.close()
             raise
@@ -157,6 +157,8 @@ class StreamReader(Reader):
                     self.last_step = t - previous
                 previous = t
                 self.count += 1
+                if not all(self._size):              # not known when opened: the first frame's, for every frame
+                    self._size = (frame.width, frame.height)
                 yield t, frame_to_rgb(frame, self._size, self.short_side, self._reformatter), self.clock()
         except av.error.ExitError:
             raise StreamStopped(f"{self.path}: no frame for {self.timeout:g} s (--timeout): the stream stopped "
