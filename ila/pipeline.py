@@ -101,7 +101,7 @@ def with_arrays(dataset: VideoDataset, arrays: dict[str, np.ndarray]) -> VideoDa
 # ----------------------------------------------------------------------------------------- the processor
 
 class Processor:
-    """A video (a file, a frame folder, a stream URL or uint8 frames `(T, H, W, 3)`) -> the test views a model is
+    """A video (a file, a frame folder or uint8 frames `(T, H, W, 3)`) -> the test views a model is
     fed, `(views, T, 3, S, S)` float, views = test clips x crops: decoded, sampled and normalised by the dataset
     code every inference session uses (`VideoDataset`: `test_views` sampling, `TestTransform`), from a model's
     preprocessing record (`ila.data.preprocessing.Preprocessing`, or its dict).
@@ -151,7 +151,7 @@ class Processor:
                             clips=p.test_clips, crops=p.test_crops, bad_file_policy="error", decoder=self.decoder)
 
     def __call__(self, video: Any) -> torch.Tensor:
-        """`(views, T, 3, S, S)` float32 test views of one video (a path, folder, URL or uint8 frames)."""
+        """`(views, T, 3, S, S)` float32 test views of one video (a path, folder or uint8 frames)."""
         if isinstance(video, (str, os.PathLike)):
             return self.dataset([os.fspath(video)])[0]["video"]
         return with_arrays(self.dataset([ARRAY]), {ARRAY: as_frames(video)})[0]["video"]   # else a one-line refusal

@@ -32,10 +32,10 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ila.data.decode import MAX_FRAME_PIXELS, Reader, VideoReadError, frame_to_rgb
 from ila.errors import UserError, printable
-from av.video.reformatter import VideoReformatter
 
 # the URL schemes read as live streams (FFmpeg's network protocols); /dev/videoN is a capture device
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtmpt", "rtmpts", "tcp", "udp", "rtp", "srt", "http", "https")
@@ -192,7 +192,7 @@ class StreamReader(Reader):
                     if not put(item):
                         return
                 put(done)
-            except BaseException as e:                   # handed to the caller's thread
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, raised there
                 put(e)
             finally:
                 self.close()

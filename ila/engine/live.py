@@ -46,7 +46,7 @@ def stream_windows(session: InferenceSession, url: str, window: float, stride: f
     with StreamReader(url, timeout, short_side=transform.short_side, max_jump=window + MAX_CATCHUP * stride,
                       clock=clock) as reader:
         k, newest, live = 0, None, math.inf        # next window; newest frame's time; min(arrival - t)
-        checked = False
+        count, checked = 0, False                  # frames taken (the reading thread may be ahead)
 
         def score(start: float, end: float) -> dict:
             indices = window_frames(ring.times, start, end, t_frames)
@@ -55,10 +55,10 @@ def stream_windows(session: InferenceSession, url: str, window: float, stride: f
 
         for t, frame, arrived in reader.frames_in_background():
             ring.push(t, frame)
-            newest, live = t, min(live, arrived - t)
+            count, newest, live = count + 1, t, min(live, arrived - t)
             while k * stride + window <= t + _TOL * max(1.0, t):       # a frame at or after its end has come
                 if not checked:                     # as a file: window and stride at least one frame long
-                    frame_time = t / (reader.count - 1) if reader.count > 1 else 0.0
+                    frame_time = t / (count - 1) if count > 1 else 0.0
                     check_window_seconds("--window", window, frame_time)
                     check_window_seconds("--stride", stride, frame_time)
                     checked = True
@@ -69,8 +69,8 @@ def stream_windows(session: InferenceSession, url: str, window: float, stride: f
             return
         duration = newest + (reader.last_step or reader.interval())      # as a file's: last frame + its interval
         if not checked:
-            check_window_seconds("--window", window, duration / reader.count)
-            check_window_seconds("--stride", stride, duration / reader.count)
+            check_window_seconds("--window", window, duration / count)
+            check_window_seconds("--stride", stride, duration / count)
         for start, end in tail_spans(duration, window, stride, k):
             yield score(start, end)
 
