@@ -119,6 +119,8 @@ class StreamReader(Reader):
             self._stream.thread_count = threads
             context = self._stream.codec_context
             self._size = (context.width, context.height)    # every frame at this size (a size change: scaled)
+            rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
+            self._interval = 1 / float(rate) if rate and float(rate) > 0 else 1 / 25
         except BaseException:
             self._container.close()
             raise
@@ -222,9 +224,9 @@ class StreamReader(Reader):
                 continue
 
     def interval(self) -> float:
-        """The stream's declared frame interval (s), 1/25 where it declares none."""
-        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
-        return 1 / float(rate) if rate and float(rate) > 0 else 1 / 25
+        """The stream's declared frame interval (s), 1/25 where it declares none (read when opened: the stream
+        may be closed by now)."""
+        return self._interval
 
     def close(self) -> None:
         """Close the stream; while `frames_in_background`'s thread reads it, tell the thread to stop and close it."""
