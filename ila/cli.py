@@ -68,7 +68,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     return run_predict(args.checkpoint or args.model, args.videos, topk=args.topk, as_json=args.json,
                        classes=args.classes, visualize=args.visualize, block=args.block, overrides=args.set or [],
                        window=args.window, stride=args.stride, csv_out=args.csv, timeline=args.timeline,
-                       temporal=args.temporal)
+                       temporal=args.temporal, timeout=args.timeout)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -138,7 +138,8 @@ EXAMPLES = {
              "ila eval --checkpoint runs/demo --set data.val_list=my_test_videos/ data.num_frames=16"],
     "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
                 "ila predict --model ViT-B-32.pt --temporal mean --classes dancing,cooking,swimming clip.mp4",
-                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png"],
+                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png",
+                "ila predict --checkpoint runs/demo rtsp://camera.local/live --window 2 --stride 1 --json"],
     "serve": ["ila serve --checkpoint runs/demo   (then open http://127.0.0.1:8000/)",
               "curl -F video=@clip.mp4 -F topk=3 http://127.0.0.1:8000/predict",
               "ila serve --model ViT-B-32.pt --temporal mean --classes dancing,cooking --host 0.0.0.0 --port 8080"],
@@ -233,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal", choices=temporal_variants(), default=None,
                    help="CLIP weights: the temporal variant to score them with (mean: CLIP zero-shot; the others add "
                         "modules CLIP's weights leave untrained, so train first); a trained model: its own variant")
-    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR")
+    p.add_argument("videos", nargs="+", metavar="VIDEO_DIR_OR_URL",
+                   help="video files, folders of videos, or one live stream (rtsp://, rtmp://, tcp://, udp://, "
+                        "http(s)://, /dev/videoN) read with --window")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--classes", help="class-name file or comma-separated names (text-head models: zero-shot)")
@@ -245,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="long videos: score sliding windows of this many seconds (T frames spread over each)")
     p.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: --window)")
     p.add_argument("--csv", metavar="OUT.csv", help="also write the predictions as CSV (one row per video/window and rank)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="live streams: seconds without a frame before the stream counts as stopped (default 10; "
+                        "exit status 3)")
     p.add_argument("--timeline", metavar="OUT.png",
                    help="with --window: plot class probabilities over time (several videos: OUT-VIDEONAME.png each)")
     _add_set(p)

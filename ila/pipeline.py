@@ -4,6 +4,9 @@
     classify("clip.mp4")                                         # [{"video": "clip.mp4", "predictions": [...]}]
     classify(["a.mp4", "videos/"], topk=3)                       # files and folders, as `ila predict` takes them
     classify(frames)                                             # uint8 (T, H, W, 3): [{"video": "<array>", ...}]
+    classify("long.mp4", window=4, stride=2)                     # [{"video", "duration", ..., "windows": [...]}]
+    for w in classify("rtsp://camera/live", window=2, stride=1):   # a live stream: a generator, one window at a time
+        print(w["start"], w["end"], w["predictions"][0], w["delay"])
     zero_shot = ila.pipeline("ViT-B-32.pt", temporal="mean", classes=["dancing", "cooking"])   # CLIP, no training
 
     processor = ila.Processor.from_pretrained("runs/demo")      # the model's preprocessing record
@@ -22,8 +25,7 @@ two agree exactly when the frames already have that short side, and to resamplin
 from __future__ import annotations
 
 import os
-import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,13 +35,14 @@ from ila.data.annotations import Sample
 from ila.data.dataset import VideoDataset
 from ila.data.decode import Reader, checked_indices
 from ila.data.preprocessing import Preprocessing
-from ila.engine.predict import video_files
+from ila.data.stream import DEFAULT_TIMEOUT, check_timeout
+from ila.engine.live import shown, stream_windows
+from ila.engine.predict import check_window_flags, stream_input, video_files, windows_of
 from ila.engine.session import InferenceSession, zero_shot_config
 from ila.errors import UserError
 from ila.weights.sources import read_weights
 
 ARRAY = "<array>"                                  # the "video" of frames given in memory
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # rtsp://, http://, file://: passed to the decoder as they are
 
 
 # ----------------------------------------------------------------------------------------- frames in memory
@@ -98,7 +101,7 @@ def with_arrays(dataset: VideoDataset, arrays: dict[str, np.ndarray]) -> VideoDa
 # ----------------------------------------------------------------------------------------- the processor
 
 class Processor:
-    """A video (a file, a frame folder, a stream URL or uint8 frames `(T, H, W, 3)`) -> the test views a model is
+    """A video (a file, a frame folder or uint8 frames `(T, H, W, 3)`) -> the test views a model is
     fed, `(views, T, 3, S, S)` float, views = test clips x crops: decoded, sampled and normalised by the dataset
     code every inference session uses (`VideoDataset`: `test_views` sampling, `TestTransform`), from a model's
     preprocessing record (`ila.data.preprocessing.Preprocessing`, or its dict).
@@ -148,7 +151,7 @@ class Processor:
                             clips=p.test_clips, crops=p.test_crops, bad_file_policy="error", decoder=self.decoder)
 
     def __call__(self, video: Any) -> torch.Tensor:
-        """`(views, T, 3, S, S)` float32 test views of one video (a path, folder, URL or uint8 frames)."""
+        """`(views, T, 3, S, S)` float32 test views of one video (a path, folder or uint8 frames)."""
         if isinstance(video, (str, os.PathLike)):
             return self.dataset([os.fspath(video)])[0]["video"]
         return with_arrays(self.dataset([ARRAY]), {ARRAY: as_frames(video)})[0]["video"]   # else a one-line refusal
@@ -171,11 +174,18 @@ class PipelineSession(InferenceSession):
 
 class Pipeline:
     """A model ready to classify videos (`ila.pipeline` builds one): `pipeline(videos, topk=None)` takes a path, a
-    folder (every video in it), a stream URL, uint8 frames `(T, H, W, 3)` or a list of these, and returns what
+    folder (every video in it), uint8 frames `(T, H, W, 3)` or a list of these, and returns what
     `ila predict --json` prints: per video `{"video": PATH, "predictions": [{"class", "probability"}, ...]}`
     (frames: `"video": "<array>"`), or `{"video": PATH, "error": REASON}` for an unreadable one among several (one
-    input alone that cannot be read is a UserError, as for `ila predict`). `session`: the inference session;
-    `processor`: the clips it feeds the model."""
+    input alone that cannot be read is a UserError, as for `ila predict`). With `window=SECONDS` (and `stride=`)
+    each file is scored in sliding windows, as `ila predict --window` prints them.
+
+    A live stream URL (rtsp://, rtmp://, tcp://, udp://, http(s)://, /dev/videoN; alone, with `window=`) returns a
+    generator instead of a list: one dict per window as soon as it is scored, exactly the JSON object `ila predict
+    URL --json` prints on its line (`start`, `end`, `predictions`, `delay`), because a live stream may never end
+    (`list(...)` collects the windows of one that does). It ends when the sender ends the stream and raises
+    `ila.data.stream.StreamStopped` after `timeout` seconds without a frame (default 10). `session`: the
+    inference session; `processor`: the clips it feeds the model."""
 
     def __init__(self, session: InferenceSession, topk: int = 5):
         self.session, self.topk = session, topk
@@ -196,35 +206,54 @@ class Pipeline:
     def processor(self) -> Processor:
         return Processor(self.preprocessing, self.session.cfg.data.decoder)
 
-    def __call__(self, videos: Any, topk: int | None = None, progress: bool = True) -> list[dict]:
+    def __call__(self, videos: Any, topk: int | None = None, progress: bool = True, window: float | None = None,
+                 stride: float | None = None, timeout: float | None = None) -> list[dict] | Iterator[dict]:
         topk = self.topk if topk is None else topk
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise UserError(f"topk={topk!r}: use 1 or more")
         items = list(videos) if isinstance(videos, (list, tuple)) else [videos]
+        window, stride = check_window_flags(window, stride)
+        url = stream_input([os.fspath(i) if isinstance(i, os.PathLike) else i for i in items
+                            if isinstance(i, (str, os.PathLike))])
+        if url is not None or timeout is not None:
+            if url is None:
+                raise UserError("timeout= applies to live streams (rtsp://, tcp://, http(s)://, ... or /dev/videoN)")
+            if len(items) > 1:
+                stream_input(items)                   # the one-line refusal of a stream among other videos
+            if window is None:
+                raise UserError(f"{url}: a live stream is scored in windows as it plays; give window=SECONDS "
+                                f"(and stride=SECONDS)")
+            timeout = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
+            return (shown(w) for w in stream_windows(self.session, url, window, stride, topk, timeout))
         arrays: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
         paths: list[str] = []
         for i, item in enumerate(items):
             if isinstance(item, (np.ndarray, torch.Tensor)):
+                if window is not None:
+                    raise UserError("window= reads a video file's timestamps; frames in memory have none")
                 key = f"<array {i}>"                  # one name per array while the session runs them
                 arrays[key] = as_frames(item)
                 paths.append(key)
-            elif isinstance(item, (str, os.PathLike)) and _URL.match(os.fspath(item)):
-                paths.append(os.fspath(item))
             elif isinstance(item, (str, os.PathLike)):
                 paths += video_files([os.fspath(item)], errors if len(items) > 1 else None)
             else:
                 as_frames(item)                       # the one-line refusal
         session = self.session
-        if isinstance(session, PipelineSession):
-            session.arrays = arrays
-        elif arrays:
-            raise UserError("this pipeline's session reads files only; build it with ila.pipeline to pass frames")
-        try:
-            results = session.predict(paths, topk, progress=progress)
-        finally:
+        if window is not None:
+            results = [windows_of(session, path, window, stride, topk) for path in paths]
+            results = [{**r, "windows": [{k: v for k, v in w.items() if k != "probabilities"} for w in r["windows"]]}
+                       if "windows" in r else r for r in results]
+        else:
             if isinstance(session, PipelineSession):
-                session.arrays = {}
+                session.arrays = arrays
+            elif arrays:
+                raise UserError("this pipeline's session reads files only; build it with ila.pipeline to pass frames")
+            try:
+                results = session.predict(paths, topk, progress=progress)
+            finally:
+                if isinstance(session, PipelineSession):
+                    session.arrays = {}
         results = [{**r, "video": ARRAY} if r["video"] in arrays else r for r in results]
         results += [{"video": path, "error": reason} for path, reason in errors.items()]
         failed = [r for r in results if "error" in r]

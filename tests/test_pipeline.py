@@ -65,8 +65,11 @@ def test_the_pipeline_returns_what_predict_json_prints(ckpt, motion, capsys):
         classify(str(motion / "nothing.mp4"))       # one input alone that cannot be read: as `ila predict` says
     with pytest.raises(UserError, match="topk=0"):
         classify(one, topk=0)
-    url = "rtsp://camera.invalid/stream"              # a stream URL goes to the decoder as it is (no file lookup)
-    assert classify([url, one])[1:] == classify([one]) and classify([url, one])[0]["video"] == url
+    url = "rtsp://camera.invalid/stream"              # a live stream: read alone, in windows (tests/test_streams.py)
+    with pytest.raises(UserError, match="a live stream is read on its own"):
+        classify([url, one])
+    with pytest.raises(UserError, match="give window=SECONDS"):
+        classify(url)
 
 
 def test_frames_in_memory_are_read_as_the_decoded_file(ckpt, wide_video):

@@ -141,7 +141,7 @@ class VideoReader(Reader):
         self._reformatter = None
         check_file(path)
         try:
-            self._container = av.open(path, metadata_errors="ignore")
+            self._container = av.open(local_name(path), metadata_errors="ignore")
         except av.error.EOFError:
             raise VideoReadError(path, "no frames: the file ends before any video data") from None
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -301,7 +301,7 @@ class VideoReader(Reader):
     def _decode_from_start(self, wanted: list[int], got: dict, short_side: int | None) -> None:
         """For streams without usable timestamps: count frames from the beginning."""
         self._container.close()
-        self._container = av.open(self.path, metadata_errors="ignore")
+        self._container = av.open(local_name(self.path), metadata_errors="ignore")
         self._stream = self._video_stream()
         targets, last = set(wanted), wanted[-1]
         for i, frame in enumerate(self._frames()):
@@ -325,14 +325,9 @@ class VideoReader(Reader):
 
     def _to_rgb(self, frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
         """RGB at the stream's size (so a mid-stream size change cannot give mixed sizes), rotated."""
-        rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-        w, h = scaled_size(*(self._size if all(self._size) else (frame.width, frame.height)), short_side)
         if self._reformatter is None:   # one scaler for the reader: FFmpeg's set-up is not repeated per frame
-
             self._reformatter = VideoReformatter()
-        rgb = self._reformatter.reformat(frame, width=w, height=h, format="rgb24",
-                                         interpolation="BILINEAR").to_ndarray()
-        return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
+        return frame_to_rgb(frame, self._size, short_side, self._reformatter)
 
     def close(self) -> None:
         self._container.close()
@@ -342,6 +337,23 @@ class VideoReader(Reader):
 def open_pyav(path: str, threads: int = 1, short_side: int | None = None) -> VideoReader:
     """The `pyav` decoder: a `VideoReader` (it resizes per read, so `short_side` is not needed up front)."""
     return VideoReader(path, threads=threads)
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int], short_side: int | None,
+                 reformatter: VideoReformatter) -> np.ndarray:
+    """One decoded frame as uint8 RGB `(H, W, 3)`: `size` (width, height; the stream's, so a mid-stream size change
+    cannot give mixed sizes; the frame's own where it is unknown) scaled so the shorter side is `short_side`
+    (bilinear, during the colour conversion), rotation metadata applied."""
+    rotation = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    w, h = scaled_size(*(size if all(size) else (frame.width, frame.height)), short_side)
+    rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    return np.ascontiguousarray(np.rot90(rgb, rotation)) if rotation else rgb
+
+
+def local_name(path: str) -> str:
+    """A local file's name as FFmpeg is given it: a relative name gets `./` in front, so that a file called
+    `concat:a|b`, `pipe:0` or `subfile:...` is opened as that file, never read as an FFmpeg protocol."""
+    return path if os.path.isabs(path) else os.path.join(".", path)
 
 
 class FrameFolderReader(Reader):

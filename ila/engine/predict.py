@@ -20,8 +20,13 @@ from ila.atomic import atomic_path, output_file, write_text
 from ila.data.decode import IMAGE_EXTENSIONS, VideoReadError
 from ila.data.folders import find_videos
 from ila.data.transforms import MEAN, STD
+from ila.data.stream import DEFAULT_TIMEOUT, StreamStopped, check_stream_url, check_timeout, is_stream, is_url_like
+from ila.engine.live import format_window, shown, stream_windows
 from ila.engine.session import InferenceSession, check_window_seconds
-from ila.errors import UserError
+from ila.errors import UserError, printable
+
+# `ila predict`'s exit status when a live stream stops sending (no frame for --timeout seconds) or breaks off
+STREAM_STOPPED = 3
 
 
 def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
@@ -270,16 +275,75 @@ def check_window_flags(window, stride) -> tuple:
     return window, check_window_seconds("--stride", window if stride is None else stride)
 
 
+def windows_of(session: InferenceSession, path: str, window: float, stride: float, topk: int) -> dict:
+    """`session.windows` of one video, or `{"video": path, "error": reason}` when it cannot be read."""
+    try:
+        return session.windows(path, window, stride, topk)
+    except VideoReadError as e:
+        return {"video": path, "error": e.reason}
+    except UserError as e:
+        return {"video": path, "error": str(e)}
+
+
+def stream_input(inputs: list) -> str | None:
+    """The live stream among `inputs` (`ila.data.stream.is_stream`: an rtsp://, tcp://, http(s)://, ... URL or
+    /dev/videoN), or None when they are files and folders. A `scheme:` name that is no local path and no stream
+    (file:, concat:, pipe:, subfile:, ...) is refused, and so is a stream given with anything else (one line)."""
+    streams = [str(i) for i in inputs if is_stream(i) or (is_url_like(i) and not os.path.exists(i))]
+    for name in streams:
+        check_stream_url(name)
+    if streams and len(inputs) > 1:
+        raise UserError(f"{printable(streams[0])[:200]}: a live stream is read on its own; give one stream URL per "
+                        f"ila predict (files and folders in another)")
+    return streams[0] if streams else None
+
+
+def run_stream(session: InferenceSession, url: str, window: float, stride: float, topk: int, as_json: bool,
+               timeout: float) -> int:
+    """`ila predict URL`: each window of the live stream printed as soon as it is scored (a line, or one JSON
+    object per line), stdout flushed each time. Returns 0 when the sender ends the stream, `STREAM_STOPPED` after
+    `timeout` seconds without a frame or when the connection breaks (one line on stderr says which)."""
+    print(f"reading {url}: windows of {window:g} s every {stride:g} s, scored as each completes (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    count = 0
+    try:
+        for result in stream_windows(session, url, window, stride, topk, timeout):
+            print(json.dumps(shown(result)) if as_json else format_window(result), flush=True)
+            count += 1
+    except StreamStopped as e:
+        print(f"ila predict: {printable(e)[:4000]}; {count} window(s) scored", file=sys.stderr, flush=True)
+        return STREAM_STOPPED
+    print(f"ila predict: {url}: the stream ended; {count} window(s) scored", file=sys.stderr, flush=True)
+    return 0
+
+
 def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_json: bool = False,
                 classes: str | None = None, visualize: str | None = None, block: int = -1,
                 overrides: list[str] | tuple = (), window: float | None = None, stride: float | None = None,
-                csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None) -> int:
+                csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None,
+                timeout: float | None = None) -> int:
     """`ila predict`: print the top-k classes of every video (or of every window of each video with
     `window`); optionally a CSV, alignment pictures and timelines. Every output path is checked before any
-    video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named)."""
+    video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named). A live
+    stream (`stream_input`) is read in windows (`run_stream`; `timeout`: seconds without a frame before it counts
+    as stopped, exit status `STREAM_STOPPED`)."""
     if topk < 1:
         raise UserError(f"--topk {topk}: use 1 or more")
     window, stride = check_window_flags(window, stride)
+    url = stream_input(inputs)
+    if url is None and timeout is not None:
+        raise UserError("--timeout applies to live streams (rtsp://, tcp://, http(s)://, ... or /dev/videoN)")
+    if url is not None:
+        timeout = check_timeout(DEFAULT_TIMEOUT if timeout is None else timeout)
+        if window is None:
+            raise UserError(f"{printable(url)[:200]}: a live stream is scored in windows as it plays; give --window "
+                            f"SECONDS (and --stride SECONDS)")
+        for value, flag in ((visualize, "--visualize"), (timeline, "--timeline"), (csv_out, "--csv")):
+            if value:
+                raise UserError(f"{flag} is not available for a live stream; --json prints one JSON object per "
+                                f"window as it comes (redirect it to a file)")
+        session = InferenceSession(checkpoint, classes, overrides, temporal=temporal)
+        return run_stream(session, url, window, stride, topk, as_json, timeout)
     if timeline and window is None:
         raise UserError("--timeline needs --window SECONDS (it plots the windows' class probabilities over time)")
     for path, flag, picture in ((visualize, "--visualize", True), (timeline, "--timeline", True), (csv_out, "--csv", False)):
@@ -293,14 +357,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
     if window is None:
         results = session.predict(paths, topk)
     else:
-        results = []
-        for path in paths:
-            try:
-                results.append(session.windows(path, window, stride, topk))
-            except VideoReadError as e:
-                results.append({"video": path, "error": e.reason})
-            except UserError as e:
-                results.append({"video": path, "error": str(e)})
+        results = [windows_of(session, path, window, stride, topk) for path in paths]
     results += [{"video": path, "error": reason} for path, reason in errors.items()]
     failed = [r for r in results if "error" in r]
     if len(results) == 1 and failed:

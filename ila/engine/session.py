@@ -274,7 +274,7 @@ class InferenceSession:
         timestamps) and, per window, its start/end time (s), the top-k and all class probabilities. `forward`:
         computes `probabilities` of the views elsewhere (a server's batching worker)."""
         cfg, t = self.cfg, self.cfg.data.num_frames
-        transform = TestTransform(cfg.data.input_size, cfg.eval.crops)
+        transform = self.window_transform
         with open_video(path) as reader:
             if not hasattr(reader, "frame_times"):
                 raise UserError(f"{path}: --window needs a video file with a frame rate (a frame folder has none)")
@@ -285,17 +285,36 @@ class InferenceSession:
                 batch = spans[first:first + cfg.eval.batch_size]
                 indices = [window_frames(times, start, end, t) for start, end in batch]
                 frames = reader.read(np.concatenate(indices), short_side=transform.short_side)
-                clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(len(batch), t, 3, *frames.shape[1:3])
-                views = torch.stack([transform(c) for c in clips])             # (B, crops, T, 3, S, S)
-                with autocast(self.amp, self.env.device):
-                    probs = (forward or self.probabilities)(views.to(self.env.device)).float().cpu()
-                if not torch.isfinite(probs).all():
-                    raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {path}: the "
-                                    f"weights are broken (a diverged run or a damaged checkpoint)")
-                for (start, end), row in zip(batch, probs):
-                    out.append({"start": round(start, 3), "end": round(end, 3), "predictions": self.ranked(row, topk),
-                                "probabilities": row})
+                probs = self.score_clips(frames, len(batch), transform, path, forward)
+                out += [self.window_result(start, end, row, topk) for (start, end), row in zip(batch, probs)]
         return {"video": path, "duration": round(duration, 3), "window": window, "stride": stride, "windows": out}
+
+    @property
+    def window_transform(self) -> TestTransform:
+        """The test transform of a window's frames (the model's size, `eval.crops` crops)."""
+        return TestTransform(self.cfg.data.input_size, self.cfg.eval.crops)
+
+    @torch.no_grad()
+    def score_clips(self, frames: np.ndarray, count: int, transform: TestTransform, name: str,
+                    forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Frames uint8 `(count * T, H, W, 3)`, `count` clips of T frames one after the other (decoded at the
+        transform's short side) -> class probabilities `(count, K)` on the CPU; outputs that are not finite
+        numbers are a UserError naming `name`. `forward`: computes `probabilities` of the views elsewhere (a
+        server's batching worker)."""
+        t = self.cfg.data.num_frames
+        clips = torch.from_numpy(frames).permute(0, 3, 1, 2).reshape(count, t, 3, *frames.shape[1:3])
+        views = torch.stack([transform(c) for c in clips])                     # (B, crops, T, 3, S, S)
+        with autocast(self.amp, self.env.device):
+            probs = (forward or self.probabilities)(views.to(self.env.device)).float().cpu()
+        if not torch.isfinite(probs).all():
+            raise UserError(f"the model's outputs are not finite numbers (NaN or inf) for {name}: the "
+                            f"weights are broken (a diverged run or a damaged checkpoint)")
+        return probs
+
+    def window_result(self, start: float, end: float, row: torch.Tensor, topk: int) -> dict:
+        """One window's entry: start/end (s), the top-k and all class probabilities `row` `(K,)`."""
+        return {"start": round(start, 3), "end": round(end, 3), "predictions": self.ranked(row, topk),
+                "probabilities": row}
 
     def close(self) -> None:
         dist.cleanup()
