@@ -46,16 +46,17 @@ class Deployable(nn.Module):
         return logits, logits.softmax(dim=-1)
 
 
-def deployable(checkpoint, classes=None, overrides=()) -> tuple[Deployable, dict]:
+def deployable(checkpoint, classes=None, overrides=(), precision: str = "fp32") -> tuple[Deployable, dict]:
     """The fused model of a checkpoint (through the inference session, on the CPU) wrapped as a `Deployable`, and
     its metadata: the preprocessing record (`ila.data.preprocessing`, as in checkpoints and pretrained folders),
     the head and the class names."""
-    session = InferenceSession(checkpoint, classes, overrides, device="cpu")
+    session = InferenceSession(checkpoint, classes, overrides, device="cpu", precision=precision)
     model, names = session.model, session.class_names
     meta = {"format": "ila-deployable/1", "input": "video", "outputs": ["logits", "probs"],
             "layout": "B,T,3,H,W float32, RGB on the 0-255 scale, (x - mean) / std per channel",
             "resize": "short side to input_size, centre crop input_size x input_size",
-            "preprocessing": Preprocessing.of(session.cfg).to_dict(), "head": model.cfg.head, "class_names": names}
+            "preprocessing": Preprocessing.of(session.cfg).to_dict(), "head": model.cfg.head, "class_names": names,
+            "precision": session.precision}
     return Deployable(model, session.text.features).eval(), meta
 
 
@@ -71,7 +72,7 @@ def _check_shape(meta: dict, frames: int | None, size: int | None) -> tuple[int,
 
 
 def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: int | None = None,
-           classes=None, overrides=(), check: bool = True) -> dict:
+           classes=None, overrides=(), check: bool = True, precision: str = "fp32") -> dict:
     """Write `out` (and `out`.json) from a checkpoint; returns the metadata with the parity check's error."""
     if fmt not in ("onnx", "exported"):
         raise UserError(f"--format {fmt!r}: this exporter writes onnx or exported")
@@ -83,7 +84,7 @@ def export(checkpoint, out, fmt: str = "onnx", frames: int | None = None, size: 
         output_file(path, "--out")
     if fmt == "onnx":
         _need("onnx", "onnxscript")
-    wrapper, meta = deployable(checkpoint, classes, overrides)
+    wrapper, meta = deployable(checkpoint, classes, overrides, precision)
     frames, size = _check_shape(meta, frames, size)
     example = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=1024)

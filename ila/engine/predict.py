@@ -272,7 +272,8 @@ def check_window_flags(window, stride) -> tuple:
 def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_json: bool = False,
                 classes: str | None = None, visualize: str | None = None, block: int = -1,
                 overrides: list[str] | tuple = (), window: float | None = None, stride: float | None = None,
-                csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None) -> int:
+                csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None,
+                precision: str = "fp32") -> int:
     """`ila predict`: print the top-k classes of every video (or of every window of each video with
     `window`); optionally a CSV, alignment pictures and timelines. Every output path is checked before any
     video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named)."""
@@ -286,7 +287,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             check_output(path, flag, picture)             # before any video is read
     errors: dict[str, str] = {}
     paths = video_files(inputs, errors if len(inputs) > 1 else None)
-    session = InferenceSession(checkpoint, classes, overrides, temporal=temporal)
+    session = InferenceSession(checkpoint, classes, overrides, temporal=temporal, precision=precision)
     if visualize:
         check_visualize(session, block)
     if window is None:
