@@ -102,11 +102,12 @@ class ILAModel(nn.Module):
             x, loss, pts = transformer.run_block(block, x, **({"queries": 1} if class_only and i == last else {}))
             losses.append(loss)
             points.append(pts)
-        x = x.float()                     # a bf16 tower's tokens to fp32 (the same tensor for an fp32 tower)
+        out = self.visual.proj.dtype      # the head's dtype: a bf16 tower's outputs come back to it (fp32)
+        x = x.to(out)                     # (the same tensor when the tower has the head's dtype)
         frames = self.visual.head(x).view(b, t, -1)
         patches = x[:, 1:].unflatten(0, (b, t))
-        pts = torch.stack(points).float() if points and points[0] is not None else None
-        return frames, patches, torch.stack(losses).float(), pts
+        pts = torch.stack(points).to(out) if points and points[0] is not None else None
+        return frames, patches, torch.stack(losses).to(out), pts
 
     def forward_head(self, frames: torch.Tensor, patches: torch.Tensor, text: torch.Tensor | None = None,
                      text_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
