@@ -82,21 +82,28 @@ class Row:
         return self.release or self.baseline
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def rows_for(args) -> list[Row]:
     rows = [Row("unfused"), Row("fused", ())]
-    rows += [Row(f"fused {p}", (), precision=p) for p in args.precision if p != "fp32"]
+    rows += [Row(f"fused {p}", (), precision=p) for p in args.precision if p != "fp32"
+             and not (p == "int8" and args.device.startswith("cuda"))]   # the int8 row: x86 CPU kernels only
+    if args.compile and "bf16" in args.precision:
+        rows.append(Row("fused bf16 compiled", (), compile=True, precision="bf16"))
     if args.ablation:
         rows += [Row(f"fused -{name}", (name,)) for name in FUSIONS]
         rows += [Row(f"fused only {name}", tuple(n for n in FUSIONS if n != name)) for name in FUSIONS]
     if args.release_src:
         rows.append(Row("authors' code", release=True))
+        if args.release_amp:   # the authors' mixed precision (their apex O1 on GPU: fp16 autocast)
+            rows.append(Row(f"authors' code {args.release_amp} autocast", amp=DTYPES[args.release_amp], release=True))
     if args.baseline_src:
         rows += ([Row(f"baseline fast={spec}", baseline=True, baseline_fast=spec) for spec in args.baseline_fast]
                  if args.baseline_fast else [Row("baseline checkout", baseline=True),
                                              Row("baseline fused", (), baseline=True)])
     if args.amp:
-        rows.append(Row(f"unfused {args.amp} autocast", None, getattr(torch, {"bf16": "bfloat16",
-                                                                            "fp16": "float16"}[args.amp])))
+        rows.append(Row(f"unfused {args.amp} autocast", None, DTYPES[args.amp]))
     if args.compile:
         rows.append(Row("unfused compiled", compile=True))
         if args.amp:
@@ -293,7 +300,8 @@ class Runner:
         if row.matmul is not None:
             return torch.nn.functional.linear(*self.matmul[row.matmul])
         if row.release:
-            return self.release(self.video, None)[0]
+            with autocast(row.amp, self.device):
+                return self.release(self.video, None)[0]
         model = (self.baseline_fused if row.fused is not None else self.baseline) if row.baseline else \
             self.model if row.fused is None else self.fused[(row.fused, row.precision)]
         if row.baseline_fast is not None:
@@ -382,6 +390,8 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--amp", args.amp] if args.amp else []
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
     argv += ["--release-src", args.release_src] if args.release_src else []
+    argv += ["--release-amp", args.release_amp] if args.release_amp else []
+    argv += ["--precision", *args.precision] + ["--matmul"] * args.matmul
     argv += ["--baseline-src", args.baseline_src] if args.baseline_src else []
     argv += ["--baseline-fast", *args.baseline_fast] if args.baseline_fast else []
     argv += ["--grad-checkpointing"] * args.grad_checkpointing
@@ -475,6 +485,8 @@ def main(argv=None) -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"],
                    help="also the fused model in these precisions (bf16: ila.fuse(precision='bf16'); int8: dynamic "
                         "int8 linears, measured here only)")
+    p.add_argument("--release-amp", choices=["bf16", "fp16"], default=None,
+                   help="with --release-src: also the authors' model under this autocast (fp16: their apex O1)")
     p.add_argument("--matmul", action="store_true", help="also a bare fp32 and bf16 matmul (the hardware's limit)")
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
     p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `unfused`, the reference)")

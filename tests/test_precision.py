@@ -136,3 +136,23 @@ def test_hub_export_refuses_a_precision(motion, tmp_path, capsys):
                  "--precision", "bf16"]) == 2
     assert "shares the trained float32 weights" in error_line(capsys.readouterr().err)
     assert not (tmp_path / "share").exists()
+
+
+def test_export_in_bf16_exported_is_checked_and_onnx_is_refused(motion, tmp_path, capsys):
+    path = checkpoint_file(motion, tmp_path)
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                 "--precision", "bf16"]) == 2
+    assert "onnxruntime's CPU kernels take no bfloat16" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.onnx.json").exists()
+
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(path), "--format", "exported", "--out", str(out),
+                 "--precision", "bf16"]) == 0
+    meta = json.loads((tmp_path / "m.pt2.json").read_text())
+    assert meta["precision"] == "bf16" and meta["parity_error"] < 2e-2
+    program = torch.export.load(str(out)).module()
+    video = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        reference = ila.fuse(ila.create_model(weights=str(path)), precision="bf16")(video).logits
+    logits = program(video)[0]
+    assert logits.dtype == torch.float32 and rel_err(logits, reference) < 2e-2
