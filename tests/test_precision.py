@@ -71,7 +71,7 @@ def test_bf16_on_the_parity_fixtures(fixtures_dir):
 
 
 def test_bad_precisions_are_one_line():
-    for bad in ("fp16", "BF16", "", "x" * 500, 8):
+    for bad in ("fp16", "BF16", "", "x" * 500, 8, 3.5, ["bf16"], "bf16\n"):
         with pytest.raises(UserError) as e:
             parse_precision(bad)
         assert "\n" not in str(e.value) and "fp32, bf16" in str(e.value) and len(str(e.value)) < 200

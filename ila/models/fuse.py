@@ -76,11 +76,10 @@ def parse_precision(precision: str | None) -> str:
     """`precision` as a name of PRECISIONS (None: fp32); a one-line UserError naming the choices otherwise."""
     if precision is None:
         return "fp32"
-    if precision not in PRECISIONS:
-        shown = precision if isinstance(precision, str) and len(precision) <= 24 and precision.isprintable() else \
-            f"{str(precision)[:16]!r}..."
-        raise UserError(f"unknown precision {shown!r}; choose one of {', '.join(PRECISIONS)}"
-                        + (" (int8 was measured slower than bf16 on CPU and is not offered; see the precision guide)"
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        shown = repr(precision) if len(repr(precision)) <= 26 else f"{repr(precision)[:20]}..."
+        raise UserError(f"unknown precision {shown}; choose one of {', '.join(PRECISIONS)}"
+                        + (" (int8 was measured slower than bf16 on CPU, with a larger drift, and is not offered; see the precision guide)"
                            if precision == "int8" else ""))
     return precision
 
