@@ -449,7 +449,8 @@ def report(phase, rows, results, dev, batch, flops: float | None = None) -> list
                     gflops=work / r["sec"] / 1e9 if work else None)
         dev_text = "-" if line["deviation"] is None else f"{line['deviation']:.1e}"
         gflops = "-" if line["gflops"] is None else f"{line['gflops']:.0f}"
-        per_clip = ("-", "-") if row.matmul is not None else (f"{line['ms_per_clip']:.1f}", f"{line['clips_per_s']:.2f}")
+        per_clip = ("-", "-") if row.matmul is not None else \
+            (f"{line['ms_per_clip']:.1f}", f"{line['clips_per_s']:.2f}")
         print(f"| {row.name} | {per_clip[0]} | {per_clip[1]} | {line['ratio']:.2f}x | "
               f"{line['peak_mib']:.0f} | {dev_text} | {gflops} |")
         out.append(line)

@@ -61,7 +61,8 @@ def fixtures(folder: str, precisions: list[str], tolerance: float) -> list[dict]
             rows.append(dict(fixture=os.path.basename(path), precision=precision, rel_err=err,
                              within=err <= (1e-5 if precision == "fp32" else tolerance),
                              top1_same=float((logits.argmax(-1) == golden.argmax(-1)).float().mean())))
-    print(f"\nparity fixtures ({os.path.normpath(folder)}); tolerance: fp32 1e-5, others {tolerance:g} (max |diff| / max |golden|)")
+    print(f"\nparity fixtures ({os.path.normpath(folder)}); tolerance: fp32 1e-5, others {tolerance:g} "
+          f"(max |diff| / max |golden|)")
     print("| fixture | precision | logits rel. error | within tolerance | top-1 unchanged |")
     print("|---|---|---|---|---|")
     for r in rows:

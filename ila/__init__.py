@@ -21,6 +21,7 @@ from ila.presets import PRESETS, get_preset
 from ila.version import __version__
 from ila.weights import create_model, from_clip, from_pretrained, load_checkpoint, load_release, read_weights
 
-__all__ = ["__version__", "FUSIONS", "ILAModel", "ILAOutput", "ModelConfig", "PRECISIONS", "PRESETS", "Pipeline", "Processor", "build_model",
+__all__ = ["__version__", "FUSIONS", "ILAModel", "ILAOutput", "ModelConfig", "PRECISIONS", "PRESETS", "Pipeline",
+           "Processor", "build_model",
            "create_model", "from_clip", "from_pretrained", "fuse", "get_preset", "load_checkpoint", "load_release",
            "pipeline", "read_weights", "save_pretrained", "tokenize"]

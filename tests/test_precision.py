@@ -50,7 +50,7 @@ def test_bf16_agrees_with_fp32_and_returns_float32():
         fused = ila.fuse(copy.deepcopy(model), precision="bf16")
         out = fused(video)
     assert fused.visual.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16    # the tower: bf16
-    assert fused.visual.proj.dtype == fused.head.classifier[2].weight.dtype == torch.float32               # the head: fp32
+    assert fused.visual.proj.dtype == fused.head.classifier[2].weight.dtype == torch.float32    # the head: fp32
     for got in fields(out):
         assert got.dtype == torch.float32
     assert rel_err(out.logits, ref.logits) < BF16_TOL

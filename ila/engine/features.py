@@ -74,7 +74,8 @@ def _read_list(path: str) -> list[str]:
 
 def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per_frame: bool = False,
                  clips: int = 1, text: str | None = None, text_file: str | None = None,
-                 batch_size: int | None = None, overrides: list[str] | tuple = (), precision: str = "fp32") -> dict:
+                 batch_size: int | None = None, overrides: list[str] | tuple = (),
+                 precision: str = "fp32") -> dict:
     """`ila features`: write the embeddings of the videos (and names) to `out`; returns what was written."""
     out = Path(out)
     if out.suffix not in (".safetensors", ".npy"):

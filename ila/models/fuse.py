@@ -79,7 +79,8 @@ def parse_precision(precision: str | None) -> str:
     if not isinstance(precision, str) or precision not in PRECISIONS:
         shown = repr(precision) if len(repr(precision)) <= 26 else f"{repr(precision)[:20]}..."
         raise UserError(f"unknown precision {shown}; choose one of {', '.join(PRECISIONS)}"
-                        + (" (int8 was measured slower than bf16 on CPU, with a larger drift, and is not offered; see the precision guide)"
+                        + (" (int8 was measured slower than bf16 on CPU, with a larger drift, and is not offered; "
+                           "see the precision guide)"
                            if precision == "int8" else ""))
     return precision
 
