@@ -156,3 +156,12 @@ def test_export_in_bf16_exported_is_checked_and_onnx_is_refused(motion, tmp_path
         reference = ila.fuse(ila.create_model(weights=str(path)), precision="bf16")(video).logits
     logits = program(video)[0]
     assert logits.dtype == torch.float32 and rel_err(logits, reference) < 2e-2
+
+
+def test_pipeline_takes_the_precision(motion, tmp_path):
+    path = checkpoint_file(motion, tmp_path)
+    video = str(motion / "val" / "000001.mp4")
+    fp32 = ila.pipeline(str(path), quiet=True)(video)
+    bf16 = ila.pipeline(str(path), quiet=True, precision="bf16")
+    assert bf16.session.precision == "bf16"
+    assert bf16(video)[0]["predictions"][0]["class"] == fp32[0]["predictions"][0]["class"]
