@@ -4,6 +4,8 @@
     python benchmarks/model_speed.py --preset ila-b16-8f-k400 --batch 1 --ablation --skip-train
     python benchmarks/model_speed.py --preset ila-b32-8f-k400 --release-src ../ILA      # + the authors' code
     python benchmarks/model_speed.py --preset ila-l14-8f-k400 --batch 4 --amp bf16 --compile --grad-checkpointing
+    python benchmarks/model_speed.py --preset ila-b32-8f-k400 ila-b16-8f-k400 --batch 1 --skip-train \
+        --precision bf16 int8 --matmul --release-src ../ILA          # inference precisions (issue 24)
 
 Rows: `unfused` (the one training/evaluation forward, in eval mode for inference; the training step), `fused`
 (`ila.fuse(model)`, inference only); with --ablation also the fused model without each rewrite (`fused -X`) and
@@ -17,6 +19,13 @@ after caching the text features, so the row sets eval mode before each pass) and
 clips/s of inference (no autograd) and of a training step (forward + backward + AdamW step, the release's
 freezing), the speed ratio against `unfused`, peak memory, and how far its logits are from the unfused model's
 (max |diff| / max |unfused|; fp32 rows compute the same function, so this is rounding).
+
+Precision (`--precision bf16 int8`): `fused bf16` is `ila.fuse(model, precision="bf16")` (what `--precision bf16`
+runs); `fused int8` is measured here only, not offered by ila: the fused fp32 model with every linear (the MLPs,
+the attention projections, the alignment's linears) as a dynamically quantized int8 linear (torch.ao's
+`quantized::linear_dynamic`, x86 engine: int8 weights per output channel, activations quantized per call).
+`--matmul`: a bare 800x768x3072 matmul in fp32 and bf16 (oneDNN), timed between the rows, the hardware's limit
+the GFLOP/s column compares against (each row's FLOPs: torch's FLOP counter on the unfused model).
 
 Timing (`--timer cpu`: process CPU time instead of wall time, for a loaded machine; use it with --threads 1, where
 no OpenMP thread spins while it waits): each row is timed `--repeats` times, interleaved with the other rows so all see the same machine load; a
@@ -61,6 +70,8 @@ class Row:
     release: bool = False        # the authors' model (--release-src)
     baseline: bool = False       # ila's model from another checkout (--baseline-src)
     baseline_fast: str | None = None  # its FastPath setting, for checkouts from before ila.fuse (--baseline-fast)
+    precision: str = "fp32"      # a fused row's precision (--precision): fp32, bf16, or int8 (measured here only)
+    matmul: torch.dtype | None = None  # a bare matmul row (--matmul), not a model
 
     @property
     def trains(self) -> bool:
@@ -71,20 +82,28 @@ class Row:
         return self.release or self.baseline
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def rows_for(args) -> list[Row]:
     rows = [Row("unfused"), Row("fused", ())]
+    rows += [Row(f"fused {p}", (), precision=p) for p in args.precision if p != "fp32"
+             and not (p == "int8" and args.device.startswith("cuda"))]   # the int8 row: x86 CPU kernels only
+    if args.compile and "bf16" in args.precision:
+        rows.append(Row("fused bf16 compiled", (), compile=True, precision="bf16"))
     if args.ablation:
         rows += [Row(f"fused -{name}", (name,)) for name in FUSIONS]
         rows += [Row(f"fused only {name}", tuple(n for n in FUSIONS if n != name)) for name in FUSIONS]
     if args.release_src:
         rows.append(Row("authors' code", release=True))
+        if args.release_amp:   # the authors' mixed precision (their apex O1 on GPU: fp16 autocast)
+            rows.append(Row(f"authors' code {args.release_amp} autocast", amp=DTYPES[args.release_amp], release=True))
     if args.baseline_src:
         rows += ([Row(f"baseline fast={spec}", baseline=True, baseline_fast=spec) for spec in args.baseline_fast]
                  if args.baseline_fast else [Row("baseline checkout", baseline=True),
                                              Row("baseline fused", (), baseline=True)])
     if args.amp:
-        rows.append(Row(f"unfused {args.amp} autocast", None, getattr(torch, {"bf16": "bfloat16",
-                                                                            "fp16": "float16"}[args.amp])))
+        rows.append(Row(f"unfused {args.amp} autocast", None, DTYPES[args.amp]))
     if args.compile:
         rows.append(Row("unfused compiled", compile=True))
         if args.amp:
@@ -92,6 +111,9 @@ def rows_for(args) -> list[Row]:
     if args.grad_checkpointing:
         rows += [Row(f"{row.name} + checkpointing", row.fused, row.amp, row.compile, True) for row in rows
                  if row.name in ("unfused", f"unfused {args.amp} autocast")]
+    if args.matmul:
+        rows += [Row("bare fp32 matmul", None, matmul=torch.float32), Row("bare bf16 matmul", None,
+                                                                           matmul=torch.bfloat16)]
     if args.rows:
         unknown = set(args.rows) - {row.name for row in rows}
         if unknown:
@@ -170,6 +192,48 @@ def build(args, device):
     return cfg, model, video, text
 
 
+MATMUL = (800, 768, 3072)  # tokens x width x MLP width: a B/32 clip's MLP
+
+
+class Int8Linear(torch.nn.Module):
+    """A FusedLinear (`act(x W^T + b) + residual`) as a dynamically quantized int8 linear (torch.ao's x86
+    `quantized::linear_dynamic`; the int8 row only, not an ila option)."""
+
+    def __init__(self, weight: torch.Tensor, bias, act=None):
+        super().__init__()
+        w = torch.quantize_per_channel(weight.float(), *self.scales(weight), 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(w, None if bias is None else bias.float())
+        self.act = act
+
+    @staticmethod
+    def scales(weight):
+        scale = weight.abs().amax(1).clamp_min(1e-8) / 127
+        return scale.double(), torch.zeros(weight.shape[0], dtype=torch.long)
+
+    def forward(self, x, residual=None):
+        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), self.packed, True)
+        out = out.view(*x.shape[:-1], -1)
+        out = {"silu": torch.nn.functional.silu, "relu": torch.relu, "tanh": torch.tanh}.get(self.act, lambda y: y)(out)
+        return out if residual is None else residual + out
+
+
+def int8_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Every linear of a fused fp32 model (FusedLinear, and FusedAttention's packed q/k/v) as an Int8Linear."""
+    from ila.models.fuse import FusedAttention, FusedLinear
+    torch.backends.quantized.engine = "x86"
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, FusedLinear):
+                setattr(module, name, Int8Linear(child.weight, child.bias, child.act))
+        if isinstance(module, FusedAttention):
+            width = module.in_proj_weight.shape[1]
+            parts = [Int8Linear(module.in_proj_weight[r], module.in_proj_bias[r])
+                     for r in (slice(None), slice(0, width), slice(width, None))]
+            module.int8 = {(None, None): parts[0], (0, width): parts[1], (width, None): parts[2]}
+            module.in_proj = (lambda m: lambda x, rows: m.int8[(rows.start, rows.stop)](x))(module)
+    return model
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -196,7 +260,7 @@ class Runner:
     def __init__(self, args, device, rows: list[Row]):
         self.args, self.device = args, device
         self.cfg, self.model, self.video, self.text = build(args, device)
-        self.fused = {row.fused: copy.deepcopy(self.model).fuse(row.fused) for row in rows if row.fused is not None}
+        self.fused = {(row.fused, row.precision): self.fuse(row) for row in rows if row.fused is not None}
         self.release = next((release_model(args, self.cfg, self.model, self.text).to(device)
                              for row in rows if row.release), None)
         self.baseline = next((baseline_model(args, self.model).to(device) for row in rows if row.baseline), None)
@@ -212,12 +276,34 @@ class Runner:
                 raise SystemExit(f"--baseline-fast {spec}: {e}") from None
         self.compiled = {}
         self.opts = {}
+        m, k, n = MATMUL
+        self.matmul = {dtype: (torch.randn(m, k, device=device).to(dtype), torch.randn(n, k, device=device).to(dtype))
+                       for dtype in (torch.float32, torch.bfloat16)}
+        self.flops = None
+
+    def fuse(self, row: Row) -> torch.nn.Module:
+        if row.precision == "int8":
+            return int8_linears(copy.deepcopy(self.model).fuse(row.fused))
+        return copy.deepcopy(self.model).fuse(row.fused, precision=row.precision)
+
+    def count_flops(self) -> float:
+        """FLOPs of one inference call (the unfused model; the fused rows do the same work, give or take)."""
+        if self.flops is None:
+            from torch.utils.flop_counter import FlopCounterMode
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                self.model.eval()(self.video, text_features=self.text)
+            self.flops = counter.get_total_flops()
+        return self.flops
 
     def forward(self, row: Row):
+        if row.matmul is not None:
+            return torch.nn.functional.linear(*self.matmul[row.matmul])
         if row.release:
-            return self.release(self.video, None)[0]
+            with autocast(row.amp, self.device):
+                return self.release(self.video, None)[0]
         model = (self.baseline_fused if row.fused is not None else self.baseline) if row.baseline else \
-            self.model if row.fused is None else self.fused[row.fused]
+            self.model if row.fused is None else self.fused[(row.fused, row.precision)]
         if row.baseline_fast is not None:
             model.fast = row.baseline_fast  # the old checkout's switches: 'off' = its straightforward path
         if row.compile:
@@ -237,7 +323,8 @@ class Runner:
 
     def inference(self, row: Row):
         def run():
-            self.set_release_mode(False) if row.release else self.other_or_model(row).eval()
+            self.set_release_mode(False) if row.release else None if row.matmul is not None else \
+                self.other_or_model(row).eval()
             with torch.inference_mode() if not row.compile else torch.no_grad():
                 return self.forward(row).float()
         return run
@@ -303,6 +390,8 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
     argv += ["--amp", args.amp] if args.amp else []
     argv += ["--ablation"] * args.ablation + ["--compile"] * args.compile
     argv += ["--release-src", args.release_src] if args.release_src else []
+    argv += ["--release-amp", args.release_amp] if args.release_amp else []
+    argv += ["--precision", *args.precision] + ["--matmul"] * args.matmul
     argv += ["--baseline-src", args.baseline_src] if args.baseline_src else []
     argv += ["--baseline-fast", *args.baseline_fast] if args.baseline_fast else []
     argv += ["--grad-checkpointing"] * args.grad_checkpointing
@@ -314,7 +403,8 @@ def memory_in_fresh_process(args, row: str, phase: str) -> float:
 
 def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[str, dict]:
     make = runner.inference if phase == "inference" else runner.train_step
-    rows = [row for row in rows if (phase == "train" and row.trains) or (phase == "inference" and not row.checkpointing)]
+    rows = [row for row in rows if (phase == "train" and row.trains and row.matmul is None)
+            or (phase == "inference" and not row.checkpointing)]
     fns = {row.name: make(row) for row in rows}
     times = {row.name: [] for row in rows}
     iters = args.iters if phase == "inference" else max(1, args.iters // 2)
@@ -339,23 +429,30 @@ def measure(runner: Runner, rows: list[Row], phase: str, args, device) -> dict[s
 def deviations(runner: Runner, rows: list[Row]) -> dict[str, float]:
     """max |logits - unfused logits| / max |unfused logits|, eval mode."""
     ref = runner.inference(rows[0])()
-    return {row.name: ((runner.inference(row)() - ref).abs().max() / ref.abs().max()).item() for row in rows}
+    return {row.name: ((runner.inference(row)() - ref).abs().max() / ref.abs().max()).item() for row in rows
+            if row.matmul is None}
 
 
-def report(phase, rows, results, dev, batch) -> list[dict]:
+def report(phase, rows, results, dev, batch, flops: float | None = None) -> list[dict]:
+    """One table; `flops`: one inference call's FLOPs, for the GFLOP/s column (a bare matmul row: its own)."""
     base = results["unfused"]["sec"]
     print(f"\n{phase}:")
-    print(f"| row | ms/clip | clips/s | vs unfused | peak MiB | logits deviation |")
-    print("|---|---|---|---|---|---|")
+    print(f"| row | ms/clip | clips/s | vs unfused | peak MiB | logits deviation | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
     out = []
     for row in (row for row in rows if row.name in results):
         r = results[row.name]
         name = row.name.removesuffix(" + checkpointing")
+        work = 2 * MATMUL[0] * MATMUL[1] * MATMUL[2] if row.matmul is not None else flops
         line = dict(phase=phase, row=row.name, ms_per_clip=r["sec"] / batch * 1000, clips_per_s=batch / r["sec"],
-                    ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(name))
+                    ratio=base / r["sec"], peak_mib=r["mem"], deviation=dev.get(name),
+                    gflops=work / r["sec"] / 1e9 if work else None)
         dev_text = "-" if line["deviation"] is None else f"{line['deviation']:.1e}"
-        print(f"| {row.name} | {line['ms_per_clip']:.1f} | {line['clips_per_s']:.2f} | {line['ratio']:.2f}x | "
-              f"{line['peak_mib']:.0f} | {dev_text} |")
+        gflops = "-" if line["gflops"] is None else f"{line['gflops']:.0f}"
+        per_clip = ("-", "-") if row.matmul is not None else \
+            (f"{line['ms_per_clip']:.1f}", f"{line['clips_per_s']:.2f}")
+        print(f"| {row.name} | {per_clip[0]} | {per_clip[1]} | {line['ratio']:.2f}x | "
+              f"{line['peak_mib']:.0f} | {dev_text} | {gflops} |")
         out.append(line)
     return out
 
@@ -386,6 +483,12 @@ def main(argv=None) -> None:
                         "e.g. `off on` for its straightforward and fast paths")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="also the unfused model under autocast")
     p.add_argument("--compile", action="store_true", help="also the unfused model through torch.compile")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"],
+                   help="also the fused model in these precisions (bf16: ila.fuse(precision='bf16'); int8: dynamic "
+                        "int8 linears, measured here only)")
+    p.add_argument("--release-amp", choices=["bf16", "fp16"], default=None,
+                   help="with --release-src: also the authors' model under this autocast (fp16: their apex O1)")
+    p.add_argument("--matmul", action="store_true", help="also a bare fp32 and bf16 matmul (the hardware's limit)")
     p.add_argument("--grad-checkpointing", action="store_true", help="also training steps with gradient checkpointing")
     p.add_argument("--rows", nargs="+", default=None, help="keep only these rows (and `unfused`, the reference)")
     p.add_argument("--skip-train", action="store_true")
@@ -433,7 +536,7 @@ def run_preset(args, rows: list[Row], device: torch.device) -> list[dict]:
     if not args.skip_inference:
         dev = deviations(runner, inference_rows)
         lines = report("inference", inference_rows, measure(runner, rows, "inference", args, device), dev,
-                       args.batch)
+                       args.batch, runner.count_flops())
     if not args.skip_train:
         lines += report("training step", [row for row in rows if row.trains], measure(runner, rows, "train", args,
                                                                                         device), dev, args.batch)

@@ -9,21 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from ila.engine import onnx_export
+from ila.errors import UserError
 from ila.hub import export_hub
 from ila.registry import Registry
 
 EXPORTERS = Registry("export format", key="--format")
 
 
-def _hub(checkpoint, out, classes=None, **_):
+def _hub(checkpoint, out, classes=None, precision="fp32", **_):
+    if precision != "fp32":
+        raise UserError(f"--precision {precision}: a hub export shares the trained float32 weights; the precision is "
+                        f"chosen where they are run (ila predict/eval/features --precision, ila.fuse(model, "
+                        f"precision=...))")
     export_hub(checkpoint, out, classes=classes)
     return None
 
 
 def _graph(fmt: str):
-    def export(checkpoint, out, classes=None, frames=None, size=None, overrides=(), check=True):
+    def export(checkpoint, out, classes=None, frames=None, size=None, overrides=(), check=True, precision="fp32"):
         return onnx_export.export(checkpoint, out, fmt, frames=frames, size=size, classes=classes,
-                                  overrides=overrides, check=check)
+                                  overrides=overrides, check=check, precision=precision)
     return export
 
 

@@ -271,14 +271,15 @@ class Pipeline:
 
 def pipeline(model: Any, classes: str | list[str] | None = None, temporal: str | None = None, config: Any = None,
              overrides: Sequence[str] = (), device: str | None = None, topk: int = 5,
-             quiet: bool = False) -> Pipeline:
+             quiet: bool = False, precision: str = "fp32") -> Pipeline:
     """A video classifier from `model`: any source `InferenceSession` reads (an ila checkpoint or run directory,
     a pretrained folder, `.safetensors` file or Hub id, the authors' release checkpoint), or CLIP weights (a file or
     a name such as `ViT-B-32:openai`) with `temporal="mean"` and `classes`: CLIP zero-shot, each frame through
     CLIP's image tower and the embeddings averaged, no ILA weights needed (`config`: a preset or config for its
     frames and size; default 8 frames at the weights' resolution). `classes`: a file, `a,b,c`, a shipped list or a
     list (text heads: any names; classifiers: exactly their outputs); `overrides`: `--set` assignments
-    (`eval.clips=2`); `device`: default `auto`; `topk`: predictions per video. See `Pipeline` for the call."""
+    (`eval.clips=2`); `device`: default `auto`; `topk`: predictions per video; `precision`: fp32 (exact) or bf16
+    (`InferenceSession`). See `Pipeline` for the call."""
     session = PipelineSession(model, classes, overrides, device=device, quiet=quiet, temporal=temporal,
-                              config=config)
+                              config=config, precision=precision)
     return Pipeline(session, topk)

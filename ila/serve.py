@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import inspect
 import os
 import queue
 import shutil
@@ -49,8 +48,7 @@ from ila.engine.session import InferenceSession
 from ila.errors import UserError, one_line, printable
 from ila.version import __version__
 
-PRECISIONS = ("fp32", "bf16", "int8")
-INSTALL = "pip install 'ila[serve]'"
+INSTALL = "pip install -e '.[serve]' in the ila checkout (or bash scripts/setup.sh serve)"
 PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 FIELDS = ("video", "topk", "window", "stride", "block")
 
@@ -76,17 +74,8 @@ def _importable(module: str) -> bool:
 
 def open_session(checkpoint, classes=None, temporal: str | None = None, overrides: Sequence[str] = (),
                  precision: str = "fp32", quiet: bool = False) -> InferenceSession:
-    """The server's inference session. `precision` other than fp32 is passed on as `precision=` (refused in one line
-    by a session that does not take it yet)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {printable(precision)}: use one of {', '.join(PRECISIONS)}")
-    extra = {}
-    if precision != "fp32":
-        if "precision" not in inspect.signature(InferenceSession).parameters:
-            raise UserError(f"--precision {precision}: this version of ila runs models in fp32 only; leave out "
-                            f"--precision")
-        extra["precision"] = precision
-    return InferenceSession(checkpoint, classes, overrides, temporal=temporal, quiet=quiet, **extra)
+    """The server's inference session (`precision`: one of `ila.models.fuse.PRECISIONS`, checked by the session)."""
+    return InferenceSession(checkpoint, classes, overrides, temporal=temporal, quiet=quiet, precision=precision)
 
 
 class Batcher:

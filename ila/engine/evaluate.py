@@ -184,7 +184,7 @@ def _check_previous(out: Path, provenance: dict, overwrite: bool) -> None:
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: str | Path | None = None,
-             classes: str | None = None, overwrite: bool = False) -> dict:
+             classes: str | None = None, overwrite: bool = False, precision: str = "fp32") -> dict:
     """`ila eval`: score the validation list with a checkpoint and write metrics (with which weights and which
     data produced them), per-class accuracy and the confusion matrix (CSV and PNG) to `output` (default:
     `default_output`).
@@ -193,8 +193,9 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
     (`weights.sha256`) on the same data (`data.list_sha256`), or with `overwrite`; otherwise the run stops in one
     line before any scoring. The output folder is locked while the run writes (`ila.engine.runlock`: the lock
     file holds a process id, is emptied on every exit path, and goes with the folder when a failed run made the
-    folder and wrote nothing else); nothing is ever written inside an evaluated shareable folder."""
-    session = InferenceSession(checkpoint, classes, overrides, distributed=True)
+    folder and wrote nothing else); nothing is ever written inside an evaluated shareable folder. `precision`:
+    the inference precision (`InferenceSession`), recorded in metrics.json."""
+    session = InferenceSession(checkpoint, classes, overrides, distributed=True, precision=precision)
     cfg, names, env = session.cfg, session.class_names, session.env
     out = Path(output) if output else default_output(checkpoint, session.record)
     lock = None
@@ -205,7 +206,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
             lock = RunLock(out, "--output folder").acquire()   # one writer; a bad path fails before any scoring
             provenance = {"weights": {"sha256": session.record.sha256, "source": str(checkpoint),
                                       "file": str(session.record.path or "")},
-                          "data": data_record(cfg, read_split(cfg, "val", names)[0])}   # every listed video
+                          "data": data_record(cfg, read_split(cfg, "val", names)[0]),   # every listed video
+                          "precision": session.precision}
             _check_previous(out, provenance, overwrite)
         try:
             metrics, _, scores, labels, samples, skipped = evaluate_split(

@@ -74,7 +74,8 @@ def _read_list(path: str) -> list[str]:
 
 def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per_frame: bool = False,
                  clips: int = 1, text: str | None = None, text_file: str | None = None,
-                 batch_size: int | None = None, overrides: list[str] | tuple = ()) -> dict:
+                 batch_size: int | None = None, overrides: list[str] | tuple = (),
+                 precision: str = "fp32") -> dict:
     """`ila features`: write the embeddings of the videos (and names) to `out`; returns what was written."""
     out = Path(out)
     if out.suffix not in (".safetensors", ".npy"):
@@ -92,7 +93,8 @@ def run_features(checkpoint: str | Path, inputs: list[str], out: str | Path, per
     if out.suffix == ".npy" and paths and names:
         raise UserError("--out .npy holds one array; write videos and texts together to a .safetensors file")
 
-    session = InferenceSession(checkpoint, overrides=overrides, distributed=True, need_classes=False)
+    session = InferenceSession(checkpoint, overrides=overrides, distributed=True, need_classes=False,
+                               precision=precision)
     try:
         result = {"videos": [], "skipped": [], "texts": names or []}
         tensors: dict[str, torch.Tensor] = {}

@@ -19,8 +19,8 @@ import torch
 from ila.atomic import atomic_path, output_file, write_text
 from ila.data.decode import IMAGE_EXTENSIONS, VideoReadError
 from ila.data.folders import find_videos
-from ila.data.transforms import MEAN, STD
 from ila.data.stream import DEFAULT_TIMEOUT, StreamStopped, check_stream_url, check_timeout, is_stream, is_url_like
+from ila.data.transforms import MEAN, STD
 from ila.engine.live import format_window, shown, stream_windows
 from ila.engine.session import InferenceSession, check_window_seconds
 from ila.errors import UserError, printable
@@ -321,7 +321,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
                 classes: str | None = None, visualize: str | None = None, block: int = -1,
                 overrides: list[str] | tuple = (), window: float | None = None, stride: float | None = None,
                 csv_out: str | None = None, timeline: str | None = None, temporal: str | None = None,
-                timeout: float | None = None) -> int:
+                timeout: float | None = None, precision: str = "fp32") -> int:
     """`ila predict`: print the top-k classes of every video (or of every window of each video with
     `window`); optionally a CSV, alignment pictures and timelines. Every output path is checked before any
     video is read. Returns the exit status: 0, or 1 when some videos could not be read (each is named). A live
@@ -342,7 +342,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             if value:
                 raise UserError(f"{flag} is not available for a live stream; --json prints one JSON object per "
                                 f"window as it comes (redirect it to a file)")
-        session = InferenceSession(checkpoint, classes, overrides, temporal=temporal)
+        session = InferenceSession(checkpoint, classes, overrides, temporal=temporal, precision=precision)
         return run_stream(session, url, window, stride, topk, as_json, timeout)
     if timeline and window is None:
         raise UserError("--timeline needs --window SECONDS (it plots the windows' class probabilities over time)")
@@ -351,7 +351,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str], topk: int = 5, as_jso
             check_output(path, flag, picture)             # before any video is read
     errors: dict[str, str] = {}
     paths = video_files(inputs, errors if len(inputs) > 1 else None)
-    session = InferenceSession(checkpoint, classes, overrides, temporal=temporal)
+    session = InferenceSession(checkpoint, classes, overrides, temporal=temporal, precision=precision)
     if visualize:
         check_visualize(session, block)
     if window is None:

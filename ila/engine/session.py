@@ -7,7 +7,8 @@
 
 What every inference entry point (eval, predict, features, export, a server) gets from it, each decided once:
 - the weights, through `ila.weights` (any source `ila.create_model` reads; a run directory means its best.pt),
-  fused for inference (`ila.fuse`: same outputs, less work);
+  fused for inference (`ila.fuse`: same outputs, less work) in the inference precision (`precision=`: fp32, the
+  default and exact, or bf16; `ila.models.fuse.PRECISIONS`); outputs (probabilities, embeddings) are float32;
 - inference-only data settings: no memory cache, no training augmentation; the clip geometry and views of the
   model's preprocessing record, which `--set` may change;
 - the class names and the class-count rule (`ila.engine.classes`: a classifier names exactly its outputs) and,
@@ -40,6 +41,7 @@ from ila.engine.precision import amp_dtype, autocast
 from ila.errors import UserError, printable
 from ila.models.clip import tokenize
 from ila.models.config import ModelConfig
+from ila.models.fuse import bf16_cpu_note, parse_precision
 from ila.models.ila import ILAModel, parameter_group_map
 from ila.models.registry import temporal_variant
 from ila.weights.factory import load_model
@@ -135,12 +137,15 @@ class InferenceSession:
     they are accepted with `temporal=` and/or `config=` (a preset name, YAML file, `Config` or `ModelConfig`: frames
     and size; default 8 frames at the weights' resolution) and scored zero-shot, CLIP's baseline, where nothing in
     the path would be untrained (`temporal="mean"`; see `check_zero_shot`). For trained weights `temporal`, when
-    given, must name the model's own variant, and `config` is refused (their config is their own)."""
+    given, must name the model's own variant, and `config` is refused (their config is their own).
+    `precision`: the inference precision `ila.fuse` casts the model to (`PRECISIONS`: fp32, bf16), checked before
+    any weights are read; where bf16 runs on a CPU without bf16 units one line on stderr says so."""
 
     def __init__(self, weights, classes: str | list[str] | None = None, overrides: Sequence[str] = (),
                  distributed: bool = False, device: str | None = None, quiet: bool = False,
-                 need_classes: bool = True, temporal: str | None = None, config=None):
+                 need_classes: bool = True, temporal: str | None = None, config=None, precision: str = "fp32"):
         overrides = list(overrides)
+        self.precision = parse_precision(precision)
         record = read_weights(weights, quiet=quiet)
         if not record.complete:
             if not record.tower_only or (temporal is None and config is None):
@@ -164,7 +169,10 @@ class InferenceSession:
         cfg.data.cache, cfg.data.augment = "none", "cpu"   # inference reads each video once, as it is
         device = device or dist.inference_device(cfg, overrides)
         self.env = dist.setup(device) if distributed else dist.Env(device=dist.pick_device(device))
-        self.model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [])   # same outputs, less work
+        self.model.fuse(ablation=["bn"] if cfg.eval.release_bn_quirk else [], precision=self.precision)
+        note = bf16_cpu_note() if self.precision == "bf16" and self.env.device.type == "cpu" else None
+        if note and self.env.main and not quiet:
+            print(note, file=sys.stderr)
         self.model.to(self.env.device)
         known = classes or self.record.class_names or cfg.data.class_names
         if need_classes or known:

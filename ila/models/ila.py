@@ -74,11 +74,12 @@ class ILAModel(nn.Module):
         return self.align_delta
 
     # ------------------------------------------------------------------ inference
-    def fuse(self, ablation=()) -> "ILAModel":
+    def fuse(self, ablation=(), precision: str = "fp32") -> "ILAModel":
         """Rewrite this model, in place, for inference: same outputs, less work (`ila.models.fuse`). `ablation`:
-        rewrites to leave out (names from `ila.models.fuse.FUSIONS`), to measure each one. Returns the model,
-        which is in eval mode and refuses `train()` from then on."""
-        return fuse(self, ablation)
+        rewrites to leave out (names from `ila.models.fuse.FUSIONS`), to measure each one; `precision`: fp32
+        (exact) or bf16 (the frame tower cast once; `ila.models.fuse.PRECISIONS`). Returns the model, which is in
+        eval mode and refuses `train()` from then on."""
+        return fuse(self, ablation, precision)
 
     def train(self, mode: bool = True) -> "ILAModel":
         if mode and getattr(self, "fused", ()):
@@ -93,7 +94,7 @@ class ILAModel(nn.Module):
         b, t = video.shape[:2]
         if t != self.cfg.num_frames:
             raise ValueError(f"the model was built for {self.cfg.num_frames} frames, got a clip of {t}")
-        x = self.visual.embed(video.flatten(0, 1))
+        x = self.visual.embed(video.flatten(0, 1).to(self.visual.conv1.weight.dtype))  # bf16 tower: the clip cast
         losses, points = [], []
         transformer = self.visual.transformer
         last = len(transformer.resblocks) - 1
@@ -101,10 +102,12 @@ class ILAModel(nn.Module):
             x, loss, pts = transformer.run_block(block, x, **({"queries": 1} if class_only and i == last else {}))
             losses.append(loss)
             points.append(pts)
+        out = self.visual.proj.dtype      # the head's dtype: a bf16 tower's outputs come back to it (fp32)
+        x = x.to(out)                     # (the same tensor when the tower has the head's dtype)
         frames = self.visual.head(x).view(b, t, -1)
         patches = x[:, 1:].unflatten(0, (b, t))
-        pts = torch.stack(points) if points and points[0] is not None else None
-        return frames, patches, torch.stack(losses), pts
+        pts = torch.stack(points).to(out) if points and points[0] is not None else None
+        return frames, patches, torch.stack(losses).to(out), pts
 
     def forward_head(self, frames: torch.Tensor, patches: torch.Tensor, text: torch.Tensor | None = None,
                      text_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
