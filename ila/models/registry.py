@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ila.models.config import ModelConfig
 
 # the modules that register ila's own variants, imported on the first look-up (they import torch and the blocks)
-BUILTIN_MODULES = ("ila.models.ist_block", "ila.models.temporal")
+BUILTIN_MODULES = ("ila.models.ist_block", "ila.models.temporal", "ila.models.shift", "ila.models.pool")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,9 @@ def register_temporal(name: str, *, description: str, min_frames: int = 2, refer
         raise ValueError(f"a temporal variant's name is a short identifier, not {name!r}")
 
     def decorate(build):
-        if getattr(build, "__module__", None) not in BUILTIN_MODULES:
-            _load_builtin()             # ila's own variants first, whichever module registers before them
+        if getattr(build, "__module__", None) not in BUILTIN_MODULES[:2]:
+            _load_builtin()             # ila's own variants first (in BUILTIN_MODULES' order: the ablations, shift and
+            #                             pool, after the baselines), whichever module registers before them
         if name in _VARIANTS and _VARIANTS[name].build is not build:
             raise ValueError(f"temporal variant {name!r} is already registered (by {_VARIANTS[name].build.__module__})")
         _VARIANTS[name] = TemporalVariant(name, build, description, min_frames, reference, check)
