@@ -9,7 +9,8 @@ from ila.errors import UserError
 from ila.models.alignment import ImplicitAlignment, merge_indexed, merge_pairs, pair_indices
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel, parameter_group_map
-from ila.models.ist_block import ISTBlock, PlainBlock
+from ila.models.ist_block import ISTBlock
+from ila.models.temporal import FrameBlock
 from ila.models.pool import PoolBlock
 from ila.models.shift import ShiftBlock, temporal_shift
 
@@ -152,7 +153,7 @@ def test_align_blocks_builds_ist_blocks_only_where_asked(spec, aligned):
     model = ILAModel(tiny("ila", "model.vision_layers=4", f"model.align_blocks={spec}"))
     blocks = model.visual.transformer.resblocks
     assert [i for i, b in enumerate(blocks) if isinstance(b, ISTBlock)] == aligned
-    assert all(type(b) is PlainBlock for i, b in enumerate(blocks) if i not in aligned)
+    assert all(type(b) is FrameBlock for i, b in enumerate(blocks) if i not in aligned)
     assert not any(n.startswith(f"visual.transformer.resblocks.{i}.") and group != "clip"
                    for n, group in parameter_group_map(model).items() for i in range(4) if i not in aligned)
     out = model(video())
@@ -162,7 +163,7 @@ def test_align_blocks_builds_ist_blocks_only_where_asked(spec, aligned):
 
 def test_align_blocks_applies_to_pool_too():
     blocks = ILAModel(tiny("pool", "model.vision_layers=3", "model.align_blocks=last:1")).visual.transformer.resblocks
-    assert [type(b) for b in blocks] == [PlainBlock, PlainBlock, PoolBlock]
+    assert [type(b) for b in blocks] == [FrameBlock, FrameBlock, PoolBlock]
 
 
 @pytest.mark.parametrize("override, message", [

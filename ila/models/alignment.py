@@ -226,6 +226,10 @@ class ImplicitAlignment(nn.Module):
         rows, cols = alignment_masks(points, self.grid, self.delta if self.training else 0.0)
         return points, rows, cols
 
+    def pair_frames(self, frames: int) -> torch.Tensor:
+        """The frame indices `(T-1, 2)` of each pair's (previous, current) side under this alignment's pairing."""
+        return torch.tensor(pair_indices(frames, self.pairing)).T
+
     def merge(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         """Per-frame view of pair quantities `(B, P, ...)` x 2 -> `(B, T, ...)` under this alignment's pairing."""
         if self.pairing == "adjacent":

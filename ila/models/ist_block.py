@@ -18,10 +18,11 @@ from torch import nn
 
 from ila.errors import UserError
 from ila.models.alignment import ImplicitAlignment, alignment_loss, compose_linears
-from ila.models.clip import MLP, Attention, Linear, ResidualAttentionBlock, activation
+from ila.models.clip import MLP, Attention, Linear, activation
 from ila.models.config import aligned_layers
 from ila.models.fuse import FUSIONS, FusedLinear, as_fused_linear, fold_block_layer_norms
 from ila.models.registry import register_temporal
+from ila.models.temporal import FrameBlock
 from ila.models.temporal_block import TemporalBlock
 
 
@@ -104,7 +105,9 @@ class ISTBlock(TemporalBlock):
 
     def alignment_maps(self, run: Callable[[], object]) -> dict[str, torch.Tensor]:
         """The block's interactive points `(B, T-1, 4)` and 2-D alignment masks `(B, T-1, 2, S, S)` (previous,
-        current frame of each pair) in the forward pass `run()` performs; the alignment is kept only during it."""
+        current frame of each pair) in the forward pass `run()` performs, and `frames` `(T-1, 2)`: the frame
+        indices of each pair's (previous, current) side under the block's pairing (`model.align_pairing`); the
+        alignment is kept only during it."""
         self.record = True
         try:
             run()
@@ -114,7 +117,7 @@ class ISTBlock(TemporalBlock):
         if al is None:
             raise ValueError("the forward pass did not run this block")
         masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
-        return {"points": al.points, "masks": masks}
+        return {"points": al.points, "masks": masks, "frames": self.alignment.pair_frames(self.frames)}
 
 
 def _check_alignment_sizes(cfg) -> None:
@@ -130,24 +133,15 @@ def _check_alignment_sizes(cfg) -> None:
                         f"halved channels predict the points)")
 
 
-class PlainBlock(ResidualAttentionBlock, TemporalBlock):
-    """A layer without the alignment under `model.align_blocks` (`last:K`, `every:K`): CLIP's block on each
-    frame, as `mean`'s `FrameBlock` (not imported from `ila.models.temporal`, which would register its variants
-    before `ila`). Every parameter is CLIP's."""
-
-    def forward(self, x: torch.Tensor, queries: int | None = None):  # type: ignore[override]
-        return super().forward(x, queries), x.new_zeros(()), None
-
-
 def alignment_blocks(cfg, block_fn) -> list[nn.Module]:
-    """One `block_fn` (an IST block class) per layer named by `cfg.align_blocks`, a plain CLIP block
-    (`PlainBlock`) in the others; drop-path rates rise linearly from 0 to `cfg.drop_path` over all layers."""
+    """One `block_fn` (an IST block class) per layer named by `cfg.align_blocks`, `mean`'s plain CLIP block
+    (`FrameBlock`: CLIP's block on each frame, every parameter CLIP's) in the others; drop-path rates rise linearly from 0 to `cfg.drop_path` over all layers."""
     rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
     aligned = set(aligned_layers(cfg.align_blocks, cfg.vision_layers))
     extra = {} if cfg.align_pairing == "adjacent" else {"pairing": cfg.align_pairing}  # a release block_fn's signature
     return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.grid, cfg.num_frames, cfg.interactive_block,
                      cfg.align_hidden, cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu, **extra)
-            if i in aligned else PlainBlock(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu)
+            if i in aligned else FrameBlock(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu)
             for i, rate in enumerate(rates)]
 
 

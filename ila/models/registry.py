@@ -66,9 +66,8 @@ def register_temporal(name: str, *, description: str, min_frames: int = 2, refer
         raise ValueError(f"a temporal variant's name is a short identifier, not {name!r}")
 
     def decorate(build):
-        if getattr(build, "__module__", None) not in BUILTIN_MODULES[:2]:
-            _load_builtin()             # ila's own variants first (in BUILTIN_MODULES' order: the ablations, shift and
-            #                             pool, after the baselines), whichever module registers before them
+        if getattr(build, "__module__", None) not in BUILTIN_MODULES:
+            _load_builtin()             # ila's own variants first, whichever module registers before them
         if name in _VARIANTS and _VARIANTS[name].build is not build:
             raise ValueError(f"temporal variant {name!r} is already registered (by {_VARIANTS[name].build.__module__})")
         _VARIANTS[name] = TemporalVariant(name, build, description, min_frames, reference, check)
@@ -91,11 +90,20 @@ def _load_builtin() -> None:
             importlib.import_module(module)
 
 
+def _order(variant: TemporalVariant) -> int:
+    """ila's own variants in BUILTIN_MODULES' order (whichever module happened to be imported first), then the
+    others in registration order."""
+    module = getattr(variant.build, "__module__", None)
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+
 def temporal_variants(references: bool = True) -> tuple[str, ...]:
-    """The registered variant names, in registration order; `references=False` leaves out cost references
-    (`joint`): the variants a comparison (the demo) trains by default."""
+    """The registered variant names: ila's own in BUILTIN_MODULES' order, then the others in registration order;
+    `references=False` leaves out cost references (`joint`, and the ablations `shift` and `pool`): the variants a
+    comparison (the demo) trains by default."""
     _load_builtin()
-    return tuple(name for name, v in _VARIANTS.items() if references or not v.reference)
+    ordered = sorted(_VARIANTS.values(), key=_order)          # stable: registration order within a module
+    return tuple(v.name for v in ordered if references or not v.reference)
 
 
 def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
@@ -103,7 +111,7 @@ def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
     _load_builtin()
     variant = _VARIANTS.get(name) if isinstance(name, str) else None
     if variant is None:
-        raise UserError(f"{key}={_REPR.repr(name)} is not allowed; use one of {', '.join(_VARIANTS)}")
+        raise UserError(f"{key}={_REPR.repr(name)} is not allowed; use one of {', '.join(temporal_variants())}")
     return variant
 
 
