@@ -1,21 +1,39 @@
 """The paper's ablations in miniature (Sec. 4.3.1, 4.3.4): the `shift` and `pool` variants, and ILA's
 `model.align_pairing` / `model.align_blocks` options. (The registry-wide checks every variant passes, `shift`'s and
 `pool`'s too, are tests/test_models_variants.py's; the release defaults' parity is tests/test_models_parity.py's.)"""
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from ila.config import REQUIRED_MODEL_KEYS, load_config
+from ila.data.annotations import load_annotations
+from ila.data.positions import read_positions, view_centres
+from ila.data.positions import positions_json
+from ila.data.synthetic import make_dataset, render_clip, write_mp4
+from ila.engine.checkpoint import save_checkpoint
+from ila.engine.distributed import Env
+from ila.engine.evaluate import evaluate_split, run_eval
+from ila.engine.loaders import video_dataset
+from ila.engine.tracking import point_errors
+from ila.models import build_model
 from ila.errors import UserError
-from ila.models.alignment import ImplicitAlignment, merge_indexed, merge_pairs, pair_indices
+from ila.models.alignment import POINT_RANGE, ImplicitAlignment, merge_indexed, merge_pairs, pair_indices
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel, parameter_group_map
 from ila.models.ist_block import ISTBlock
 from ila.models.temporal import FrameBlock
 from ila.models.pool import PoolBlock
 from ila.models.shift import ShiftBlock, temporal_shift
+from test_engine_train import tiny as tiny_run
 
 
 def tiny(temporal, *overrides):
+    """The tiny preset's model config with `model.temporal` and overrides; with a data folder first, the whole
+    run config of tests/test_engine_train.py's `tiny` on that generated set."""
+    if not isinstance(temporal, str):
+        return tiny_run(temporal, *overrides)
     return load_config("tiny", [f"model.temporal={temporal}", *overrides]).model
 
 
@@ -189,3 +207,149 @@ def test_saved_configs_without_the_new_keys_take_the_defaults():
     assert (cfg.align_pairing, cfg.align_blocks) == ("adjacent", "all")
     defaults = ModelConfig()
     assert (defaults.align_pairing, defaults.align_blocks) == ("adjacent", "all")
+
+
+# ----------------------------------------------------------------------------------------------------- tracking
+
+def test_point_error_by_hand():
+    """4x4 grid of 8 px patches: cell k's centre is pixel 8k + 4, grid coordinate 2k/3 - 1."""
+    points = torch.tensor([[[[-1.0, -1.0, 1.0, 1.0],            # pair (0, 1): prev at cell (0, 0), cur at (3, 3)
+                             [-1.0, 1.0, 1 / 3, -1 / 3]]]])     # pair (0, 2): prev at (0, 3), cur at (2, 1)
+    centres = torch.tensor([[[[4.0, 4.0], [4.0, 28.0], [float("nan"), float("nan")]]]])   # frame 2 invisible
+    got = point_errors(points, centres, torch.tensor(pair_indices(3, "first")).T, patch=8, grid=4)
+    # visible sides: (0,0)->(0,0): 0; (3,3)->(0,3): 3; (0,3)->(0,0): 3; frame 2 left out
+    assert got["point_sides"] == 3 and got["point_error"] == pytest.approx(2.0)
+    assert got["centre_point_error"] == pytest.approx(1.5 * 2 ** 0.5)    # every visible centre is a corner cell
+    adjacent = point_errors(points, centres, torch.tensor(pair_indices(3, "adjacent")).T, patch=8, grid=4)
+    # pairs (0, 1), (1, 2): (0,0)->(0,0): 0; (3,3)->(0,3): 3; frame 1's (0,3)->(0,3): 0; frame 2 left out
+    assert adjacent["point_sides"] == 3 and adjacent["point_error"] == pytest.approx(1.0)
+
+
+def test_view_centres_follow_the_test_sampling_resize_and_crop():
+    centres = np.stack([np.arange(8.0), 10 + np.arange(8.0)], 1)          # frame f at (f, 10 + f), 32x32 video
+    views = view_centres(centres, (32, 32), 4, 32, clips=2)             # short side 32 -> 36, centre crop at 2
+    frames = np.array([[0, 2, 4, 6], [1, 3, 5, 7]])                     # 2 views of 4 segments of 2 frames
+    np.testing.assert_allclose(views, np.stack([frames * 1.125 - 2, (10 + frames) * 1.125 - 2], -1))
+    three = view_centres(centres, (48, 32), 4, 32, clips=1, crops=3)    # resized to 32 high, crops along x
+    np.testing.assert_allclose(three[:, 0, 0], [1.0 - x for x in (0, 8, 16)])
+
+
+def force_points(model, xy):
+    """Every IST block's points at `xy` = (x_prev, y_prev, x_cur, y_cur): the last convolution of the point head
+    at zero weight and a bias whose tanh gives them."""
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            if isinstance(block, ISTBlock):
+                last = block.alignment.point_head.temporal[2]
+                last.weight.zero_()
+                last.bias.copy_(torch.atanh(torch.tensor(xy) / POINT_RANGE))
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    """A flat generated set (no texture, no distractors, lossless) of 40 px videos: the object is the only
+    thing that differs from the background."""
+    root = tmp_path_factory.mktemp("flat")
+    make_dataset(str(root), num_train=2, num_val=8, size=40, frames=8, distractors=0, texture=0.0, qp=0,
+                 verbose=False)
+    return root
+
+
+def test_view_centres_are_where_the_object_is_in_the_views(tmp_path):
+    """Discs moving left / right (and still ones) on a flat background, lossless: in the views the evaluation
+    reads, the disc's pixels are centred on what `view_centres` gives (wherever the crop leaves it whole)."""
+    labels = [0, 1, 0, 1, 6, 7]
+    (tmp_path / "val").mkdir()
+    centres = {}
+    for i, label in enumerate(labels):
+        clip, centres[f"val/{i}.mp4"] = render_clip(label, 40, 8, np.random.default_rng(i), distractors=0,
+                                                    texture=0.0, object_size=(0.15, 0.15), shape="disc",
+                                                    centres=True)
+        write_mp4(str(tmp_path / f"val/{i}.mp4"), clip, qp=0)
+    (tmp_path / "val.txt").write_text("".join(f"val/{i}.mp4 {label}\n" for i, label in enumerate(labels)))
+    (tmp_path / "positions.json").write_text(positions_json(centres, (40, 40)))
+    cfg = tiny(tmp_path, "unused", "data.num_frames=4", "model.num_frames=4")
+    positions = read_positions(tmp_path / "positions.json")
+    samples = load_annotations(str(tmp_path / "val.txt"), root=str(tmp_path))
+    dataset = video_dataset(cfg, samples, train=False, clips=2)
+    radius = 0.15 * 40 * 36 / 40                                        # in view pixels (40 px -> 36 px, crop 32)
+    ys, xs = torch.meshgrid(torch.arange(32.0) + 0.5, torch.arange(32.0) + 0.5, indexing="ij")
+    checked = 0
+    for i, sample in enumerate(samples):
+        views = dataset[i]["video"]                                     # (V, T, 3, 32, 32), normalised
+        expected = view_centres(positions.centres(sample.path), positions.size, 4, 32, clips=2)
+        away = (views - views[..., :1, :1]).abs().sum(2) > 0.5          # (V, T, 32, 32): not the background
+        for v in range(2):
+            for t in range(4):
+                if not ((expected[v, t] > radius + 0.5) & (expected[v, t] < 32 - radius - 0.5)).all():
+                    continue                                            # the crop cuts the disc
+                weight = away[v, t].float()
+                centroid = np.array([float((xs * weight).sum() / weight.sum()), float((ys * weight).sum() /
+                                                                                     weight.sum())])
+                # within 0.8 px: yuv420's half-resolution colour blurs an edge by up to a pixel; a frame off by one
+                # would be 1.8 px or more away (motion 0.5 x 28 px over 7 steps, scaled by 0.9), a crop 2 px
+                assert np.abs(centroid - expected[v, t]).max() < 0.8, (sample.path, v, t, centroid, expected[v, t])
+                checked += 1
+    assert checked >= 24
+
+
+@pytest.mark.parametrize("pairing", ["adjacent", "first"])
+def test_eval_reports_point_error_of_points_forced_to_a_known_place(flat, pairing, tmp_path):
+    cfg = tiny(flat, tmp_path, "model.temporal=ila", f"model.align_pairing={pairing}", "eval.clips=2",
+               "data.num_frames=4", "model.num_frames=4")
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    force_points(model, (-1 / 3, -1 / 3, 1 / 3, 1 / 3))                  # prev at cell (1, 1), cur at cell (2, 2)
+    names = (flat / "classes.txt").read_text().splitlines()
+    positions = read_positions(flat / "positions.json")
+    metrics, idx, scores, *_ = evaluate_split(model, cfg, Env(), names, progress=False, positions=positions)
+    plain, _, plain_scores, *_ = evaluate_split(model, cfg, Env(), names, progress=False)
+    torch.testing.assert_close(scores, plain_scores)                     # the same scores, from the same pass
+    assert "point_error" not in plain
+    prev, cur = pair_indices(4, pairing)
+    moved, fixed = [], []
+    for sample in load_annotations(str(flat / "val.txt"), root=str(flat)):
+        cells = view_centres(positions.centres(sample.path), positions.size, 4, 32, clips=2) / 8 - 0.5
+        for frames, at in ((prev, 1.0), (cur, 2.0)):
+            side = cells[:, frames]                                      # (V, P, 2)
+            keep = np.isfinite(side).all(-1)
+            moved += list(np.linalg.norm(side - at, axis=-1)[keep])
+            fixed += list(np.linalg.norm(side - 1.5, axis=-1)[keep])
+    assert metrics["point_sides"] == len(moved) and metrics["point_videos"] == 8 and metrics["point_block"] == 1
+    assert metrics["point_error"] == pytest.approx(np.mean(moved), abs=1e-5)
+    assert metrics["centre_point_error"] == pytest.approx(np.mean(fixed), abs=1e-5)
+
+
+def test_ila_eval_writes_point_error_for_a_set_with_positions_only(flat, tmp_path):
+    cfg = tiny(flat, tmp_path, "model.temporal=ila", "data.num_frames=4", "model.num_frames=4")
+    names = (flat / "classes.txt").read_text().splitlines()
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = save_checkpoint(tmp_path / "model.pt", model, cfg, names)
+    metrics = run_eval(path, output=tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["point_error"] == pytest.approx(metrics["point_error"]) and saved["point_videos"] == 8
+    # zero-initialised point heads: every point at the grid centre, so the two distances agree
+    assert saved["point_error"] == pytest.approx(saved["centre_point_error"], abs=1e-4)
+    pool_cfg = tiny(flat, tmp_path, "model.temporal=pool", "data.num_frames=4", "model.num_frames=4")
+    pool_path = save_checkpoint(tmp_path / "pool.pt", build_model(pool_cfg.model), pool_cfg, names)
+    assert "point_error" not in run_eval(pool_path, output=tmp_path / "eval-pool")   # no maps: nothing to measure
+    (flat / "positions.json").rename(flat / "positions.bak")
+    try:
+        assert "point_error" not in run_eval(path, output=tmp_path / "eval-none", overwrite=True)
+    finally:
+        (flat / "positions.bak").rename(flat / "positions.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"format": "other"}', "its format is not ila-object-centres/1"),
+    ('{"format": "ila-object-centres/1", "size": [0, 4], "videos": {}}', "size must be"),
+    ('{"format": "ila-object-centres/1", "size": [4, 4], "videos": {"a.mp4": [[1, "x"]]}}', "centres of 'a.mp4'"),
+    ('{"format": "ila-object-centres/1", "size": [4, 4], "videos": {"a.mp4": []}}', "centres of 'a.mp4'"),
+    ("[1, 2", "positions.json"),
+])
+def test_a_damaged_positions_file_is_refused_in_one_line(tmp_path, text, message):
+    (tmp_path / "positions.json").write_text(text)
+    with pytest.raises(UserError, match=message) as info:
+        read_positions(tmp_path / "positions.json")
+    assert "\n" not in str(info.value)
