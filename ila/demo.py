@@ -306,6 +306,25 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_results(paths) -> dict:
+    """The runs of several `ila demo` outputs (their results.json, e.g. one process per seed) as one
+    {(setting, row): [runs]} for `format_table`, rows in the order first seen, runs in the order given."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            saved = jsonsafe.loads(path.read_bytes(), path)
+            runs = saved["results"].items()
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(f"{path} is not the results.json of ila demo") from None
+        for key, seeds in runs:
+            setting, _, row = key.partition("/")
+            merged.setdefault((setting, row), []).extend(seeds)
+    return merged
+
+
 # ----------------------------------------------------------------------------------------------------- demo
 
 def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, data_seed: int = 0,

@@ -19,7 +19,7 @@ from ila.data.cache import MemoryVideoDataset
 from ila.data.dataset import VideoDataset
 from ila.data.synthetic import SHAPES, appearance_class_names, make_appearance_dataset
 from ila.config import load_config
-from ila.demo import QUICK, VARIANTS, Row, parse_row, parse_rows, prepare_data
+from ila.demo import QUICK, VARIANTS, Row, format_table, merge_results, parse_row, parse_rows, prepare_data
 from ila.errors import UserError
 from ila.weights.checkpoint import read_checkpoint
 from ila.models.ila import parameter_group
@@ -269,3 +269,18 @@ def test_rows_parse_and_refuse_duplicates():
         parse_rows(["ila", "mean", "ila"])
     with pytest.raises(UserError, match="^no variant given"):
         parse_rows([])
+
+
+def test_merge_results_of_one_process_per_seed(tmp_path):
+    for seed, top1 in ((0, 50.0), (1, 60.0)):
+        run = {"top1": top1, "mean_class_acc": top1, "gflops_per_view": 0.09, "params_m": 0.64, "trainable_m": 0.64,
+               "train_seconds": 10.0, "train_steps_per_s": 5.0, "point_error": 1.0 + seed, "centre_point_error": 1.5,
+               "seed": seed}
+        (tmp_path / f"s{seed}.json").write_text(json.dumps({"results": {"scratch/ila@first": [run]}}))
+    merged = merge_results([tmp_path / "s0.json", tmp_path / "s1.json"])
+    assert list(merged) == [("scratch", "ila@first")] and [r["seed"] for r in merged[("scratch", "ila@first")]] == [0, 1]
+    row = format_table(merged).splitlines()[2]
+    assert "55.0 ± 7.1" in row and "1.50 ± 0.71" in row and "50.0 / 60.0" in row
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(UserError, match="is not the results.json of ila demo$"):
+        merge_results([tmp_path / "bad.json"])
