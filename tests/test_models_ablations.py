@@ -16,6 +16,7 @@ from ila.engine.checkpoint import save_checkpoint
 from ila.engine.distributed import Env
 from ila.engine.evaluate import evaluate_split, run_eval
 from ila.engine.loaders import video_dataset
+from ila.engine.predict import run_predict
 from ila.engine.tracking import point_errors
 from ila.models import build_model
 from ila.errors import UserError
@@ -353,3 +354,16 @@ def test_a_damaged_positions_file_is_refused_in_one_line(tmp_path, text, message
     with pytest.raises(UserError, match=message) as info:
         read_positions(tmp_path / "positions.json")
     assert "\n" not in str(info.value)
+
+
+def test_pictures_of_a_model_aligning_in_its_last_block_only(flat, tmp_path):
+    cfg = tiny(flat, tmp_path, "model.temporal=ila", "model.align_blocks=last:1", "model.align_pairing=first",
+               "data.num_frames=4", "model.num_frames=4")
+    names = (flat / "classes.txt").read_text().splitlines()
+    path = save_checkpoint(tmp_path / "half.pt", build_model(cfg.model), cfg, names)
+    video = str(flat / "val" / "000000.mp4")
+    run_predict(path, [video], visualize=str(tmp_path / "points") + "/")
+    assert (tmp_path / "points" / "000000.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UserError, match=r"^--block 0: block 0 does not align frames \(model.align_blocks=last:1\); "
+                                        r"choose one of 1$"):
+        run_predict(path, [video], visualize=str(tmp_path / "points0") + "/", block=0)

@@ -57,11 +57,17 @@ def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
 def check_visualize(session, block: int) -> None:
     """Refuse a model without alignment maps or a block it does not have (before any video is read)."""
     layers = session.cfg.model.vision_layers
-    if not session.model.has_alignment_maps:
+    blocks = session.model.visual.transformer.resblocks
+    with_maps = [i for i, b in enumerate(blocks) if getattr(b, "has_alignment_maps", False)]
+    if not with_maps:
         raise UserError(f"--visualize shows the learnable alignment's points; the blocks of this model "
                         f"(temporal={session.cfg.model.temporal!r}) have none")
     if not -layers <= block < layers:
         raise UserError(f"--block {block} is out of range; the model has blocks 0..{layers - 1} (or -1 for the last)")
+    if block % layers not in with_maps:         # model.align_blocks left this one a plain CLIP block
+        raise UserError(f"--block {block}: block {block % layers} does not align frames "
+                        f"(model.align_blocks={session.cfg.model.align_blocks}); choose one of "
+                        f"{', '.join(map(str, with_maps))}")
 
 
 def draw_points(session, path: str, out: str | Path, block: int = -1, result: dict | None = None) -> Path:
