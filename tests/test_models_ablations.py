@@ -338,7 +338,13 @@ def test_ila_eval_writes_point_error_for_a_set_with_positions_only(flat, tmp_pat
     (flat / "positions.json").rename(flat / "positions.bak")
     try:
         assert "point_error" not in run_eval(path, output=tmp_path / "eval-none", overwrite=True)
+        (flat / "positions.json").write_text('{"cameras": [1, 2]}')     # a set's own file of another format
+        assert "point_error" not in run_eval(path, output=tmp_path / "eval-other", overwrite=True)
+        (flat / "positions.json").write_text('{"format": "ila-object-centres/1", "size": [40, 40], "videos": 3}')
+        with pytest.raises(UserError, match="positions.json is not a positions file .videos must map"):
+            run_eval(path, output=tmp_path / "eval-damaged", overwrite=True)
     finally:
+        (flat / "positions.json").unlink(missing_ok=True)
         (flat / "positions.bak").rename(flat / "positions.json")
 
 

@@ -74,14 +74,17 @@ def _bad(path: Path, what: str) -> UserError:
                      f"ila make-dataset")
 
 
-def read_positions(path: str | Path) -> Positions:
-    """Read and check a positions file; a one-line UserError for a damaged one."""
+def read_positions(path: str | Path, others: bool = False) -> Positions | None:
+    """Read and check a positions file; a one-line UserError for a damaged one. `others=True`: None for a JSON
+    file of another format (a data set's own `positions.json` that ila did not write)."""
     path = Path(path)
     try:
         data = jsonsafe.loads(path.read_bytes(), path)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if others:
+            return None
         raise _bad(path, f"its format is not {FORMAT}")
     size, videos = data.get("size"), data.get("videos")
     if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)

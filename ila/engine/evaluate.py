@@ -42,6 +42,7 @@ from ila.engine.loaders import read_split, video_dataset
 from ila.engine.runlock import RunLock
 from ila.engine.session import InferenceSession, probabilities, run_videos
 from ila.engine.tracking import PointRecorder, tracking_block, tracking_metrics
+from ila.models.alignment import pair_indices
 from ila.errors import UserError
 
 
@@ -121,8 +122,11 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
     if bad:
         raise UserError(f"evaluation gave a non-finite {bad[0]}; the scores or labels are broken")
     if points is not None:
-        metrics.update(tracking_metrics(points, [samples[i].path for i in idx.tolist()], positions,
-                                        recorder.pair_frames, cfg, clips, crops, block))
+        pair_frames = recorder.pair_frames          # None where this process ran no video (torchrun, few videos)
+        if pair_frames is None:
+            pair_frames = torch.tensor(pair_indices(cfg.model.num_frames, cfg.model.align_pairing)).T
+        metrics.update(tracking_metrics(points, [samples[i].path for i in idx.tolist()], positions, pair_frames,
+                                        cfg, clips, crops, block))
     return metrics, idx, scores, labels, [samples[i] for i in idx.tolist()], failed
 
 
@@ -225,7 +229,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
         try:
             metrics, _, scores, labels, samples, skipped = evaluate_split(
                 session.model, cfg, env, names, session.text, amp=session.amp,
-                positions=read_positions(found) if found and tracking_block(session.model) is not None else None)
+                positions=read_positions(found, others=True) if found and tracking_block(session.model) is not None
+                else None)
         except UnreadableVideos as e:
             if env.main:
                 write_skipped(out / "unreadable.csv", e.failed)
