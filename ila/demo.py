@@ -14,7 +14,10 @@
    `train.init_parts=tower`: alignment, skip projections and head train), with the same budget.
 4. Each model is evaluated by `ila eval` (`eval.clips` temporal views; metrics.json, confusion.png and
    per_class.png in RUN/eval/); one table is printed: top-1, mean class accuracy, GFLOPs per view,
-   parameters, training time and speed.
+   parameters, training time and speed, and for models with alignment maps `point_error` against the
+   fixed-centre figure (the set's positions.json: `ila.engine.tracking`).
+   The table's rows (`--variants`) may also be ablations: `pool`, `shift`, and ILA with options
+   (`ila@first`, `ila@middle`, `ila@half`, `ila@loss`, ...: `parse_row`; docs/ablations.md).
 5. `ila predict --visualize` on one validation video draws where ILA's interactive points land.
 """
 from __future__ import annotations

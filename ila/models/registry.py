@@ -42,7 +42,8 @@ class TemporalVariant:
     description: str                    # what the blocks are, for model cards and help; may name model keys as
     #                                     {key} (e.g. "{interactive_block}"), filled from the model's config
     min_frames: int = 2                 # frames per clip the variant needs (1: no temporal modelling)
-    reference: bool = False             # a cost reference rather than a baseline: left out of comparisons
+    reference: bool = False             # left out of the default comparison (the demo's rows): a cost reference
+    #                                     (`joint`) or an ablation (`shift`, `pool`) rather than a baseline
     check: Callable | None = None       # (cfg) -> None: raises UserError for a config the variant cannot build
 
     def describe(self, model: dict) -> str:
