@@ -109,7 +109,7 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
         model.train(was_training)
     points = None
     if recorder is not None and idx.numel():
-        scores, points = recorder.split(scores, len(class_names), clips * crops)
+        scores, points = recorder.split(scores, clips * crops, cfg.model.num_frames - 1)
     if failed and cfg.data.bad_files != "skip":
         raise UnreadableVideos(_named(failed, len(dataset)) + "; fix or remove them, or set data.bad_files=skip "
                                "to evaluate the others", failed)

@@ -55,9 +55,10 @@ class PointRecorder:
         self.pair_frames = maps["frames"]
         return torch.cat([out[0].float(), maps["points"].float().reshape(views.shape[0], -1)], 1)
 
-    def split(self, rows: torch.Tensor, classes: int, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, rows: torch.Tensor, views: int, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Gathered rows `(N, K + V*P*4)` -> scores `(N, K)`, points `(N, V, P, 4)`."""
-        return rows[:, :classes], rows[:, classes:].reshape(rows.shape[0], views, -1, 4)
+        classes = rows.shape[1] - views * pairs * 4
+        return rows[:, :classes], rows[:, classes:].reshape(rows.shape[0], views, pairs, 4)
 
 
 def tracking_metrics(points: torch.Tensor, paths: list[str], positions: Positions, pair_frames: torch.Tensor,
