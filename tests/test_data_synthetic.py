@@ -115,9 +115,9 @@ def test_make_dataset_records_each_frames_object_centre(tmp_path):
     assert positions.size == (32, 32) and len(positions.videos) == 16
     for split, count in (("train", 8), ("val", 8)):
         for i in range(count):
-            rng = lambda: np.random.default_rng([0, 0 if split == "train" else 1, i])   # noqa: E731
-            clip, where = render_clip(i % 8, 32, 8, rng(), centres=True)
-            assert np.array_equal(clip, render_clip(i % 8, 32, 8, rng()))       # the same draws either way
+            key = [0, 0 if split == "train" else 1, i]
+            clip, where = render_clip(i % 8, 32, 8, np.random.default_rng(key), centres=True)
+            assert np.array_equal(clip, render_clip(i % 8, 32, 8, np.random.default_rng(key)))   # the same draws
             np.testing.assert_allclose(positions.centres(str(out / f"{split}/{i:06d}.mp4")), where, atol=1e-3)
             assert positions.centres(f"{split}/{i:06d}.mp4") is not None      # as the lists name it, too
     right, left = (positions.videos[f"val/00000{k}.mp4"] for k in (0, 1))      # moving left to right / back

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_engine_train import tiny as tiny_run
 
 from ila.config import REQUIRED_MODEL_KEYS, load_config
 from ila.data.annotations import load_annotations
-from ila.data.positions import read_positions, view_centres
-from ila.data.positions import positions_json
+from ila.data.positions import positions_json, read_positions, view_centres
 from ila.data.synthetic import make_dataset, render_clip, write_mp4
 from ila.engine.checkpoint import save_checkpoint
 from ila.engine.distributed import Env
@@ -18,16 +18,15 @@ from ila.engine.evaluate import evaluate_split, run_eval
 from ila.engine.loaders import video_dataset
 from ila.engine.predict import run_predict
 from ila.engine.tracking import point_errors
-from ila.models import build_model
 from ila.errors import UserError
+from ila.models import build_model
 from ila.models.alignment import POINT_RANGE, ImplicitAlignment, merge_indexed, merge_pairs, pair_indices
 from ila.models.config import ModelConfig
 from ila.models.ila import ILAModel, parameter_group_map
 from ila.models.ist_block import ISTBlock
-from ila.models.temporal import FrameBlock
 from ila.models.pool import PoolBlock
 from ila.models.shift import ShiftBlock, temporal_shift
-from test_engine_train import tiny as tiny_run
+from ila.models.temporal import FrameBlock
 
 
 def tiny(temporal, *overrides):
@@ -303,7 +302,7 @@ def test_eval_reports_point_error_of_points_forced_to_a_known_place(flat, pairin
     force_points(model, (-1 / 3, -1 / 3, 1 / 3, 1 / 3))                  # prev at cell (1, 1), cur at cell (2, 2)
     names = (flat / "classes.txt").read_text().splitlines()
     positions = read_positions(flat / "positions.json")
-    metrics, idx, scores, *_ = evaluate_split(model, cfg, Env(), names, progress=False, positions=positions)
+    metrics, _, scores, *_ = evaluate_split(model, cfg, Env(), names, progress=False, positions=positions)
     plain, _, plain_scores, *_ = evaluate_split(model, cfg, Env(), names, progress=False)
     torch.testing.assert_close(scores, plain_scores)                     # the same scores, from the same pass
     assert "point_error" not in plain

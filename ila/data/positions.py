@@ -114,7 +114,7 @@ def view_centres(centres: np.ndarray, size: tuple[int, int], num_frames: int, in
     new_w, new_h = scaled_size(width, height, short)
     scaled = centres[frames] * np.array([new_w / width, new_h / height])               # (clips, T, 2)
     if crops == 1:                                        # torchvision's center_crop
-        boxes = [(int(round((new_w - input_size) / 2.0)), int(round((new_h - input_size) / 2.0)))]
+        boxes = [(round((new_w - input_size) / 2.0), round((new_h - input_size) / 2.0))]
     elif new_w >= new_h:
         boxes = [(x, 0) for x in (0, (new_w - input_size) // 2, new_w - input_size)]
     else:

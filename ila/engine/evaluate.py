@@ -42,8 +42,8 @@ from ila.engine.loaders import read_split, video_dataset
 from ila.engine.runlock import RunLock
 from ila.engine.session import InferenceSession, probabilities, run_videos
 from ila.engine.tracking import PointRecorder, tracking_block, tracking_metrics
-from ila.models.alignment import pair_indices
 from ila.errors import UserError
+from ila.models.alignment import pair_indices
 
 
 class UnreadableVideos(UserError):
