@@ -117,7 +117,8 @@ def _cmd_features(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, seed=args.seed, quick=args.quick, epochs=args.epochs,
              settings=[s for s in args.settings.split(",") if s], seeds=args.seeds, data=args.data,
-             variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None)
+             variants=[v for v in args.variants.split(",") if v] if args.variants is not None else None,
+             align_loss=args.align_loss)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -366,8 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="scratch,frozen", metavar="scratch,frozen",
                    help="from scratch, and/or frozen-pretrained (tower pretrained on single frames, then frozen)")
     p.add_argument("--variants", default=None, metavar=",".join(temporal_variants(references=False)),
-                   help=f"temporal variants to train, comma-separated, from {', '.join(temporal_variants())} "
-                        f"(default: all but the cost references)")
+                   help=f"the table's rows, comma-separated: temporal variants from "
+                        f"{', '.join(temporal_variants())} (default: all but the cost references and ablations), "
+                        f"each optionally with @OPTIONs: @first / @middle (pair with the first / middle frame), "
+                        f"@half / @last:K / @every:K (which blocks align), @loss / @noloss (alignment loss at "
+                        f"weight 1 / off), e.g. ila,pool,shift,ila@first,ila@half,ila@loss; see docs/ablations.md")
+    p.add_argument("--align-loss", default=None, choices=["on", "off"],
+                   help="the alignment loss for every row that does not set it: on (weight 1, the release's) or "
+                        "off (0, the demo's recipe: the default)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

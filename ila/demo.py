@@ -14,7 +14,10 @@
    `train.init_parts=tower`: alignment, skip projections and head train), with the same budget.
 4. Each model is evaluated by `ila eval` (`eval.clips` temporal views; metrics.json, confusion.png and
    per_class.png in RUN/eval/); one table is printed: top-1, mean class accuracy, GFLOPs per view,
-   parameters, training time and speed.
+   parameters, training time and speed, and for models with alignment maps `point_error` against the
+   fixed-centre figure (the set's positions.json: `ila.engine.tracking`).
+   The table's rows (`--variants`) may also be ablations: `pool`, `shift`, and ILA with options
+   (`ila@first`, `ila@middle`, `ila@half`, `ila@loss`, ...: `parse_row`; docs/ablations.md).
 5. `ila predict --visualize` on one validation video draws where ILA's interactive points land.
 """
 from __future__ import annotations
@@ -38,7 +41,8 @@ from ila.engine.report import read_metrics
 from ila.engine.train import run_dir_of, train
 from ila.errors import UserError
 from ila.info import count_flops, count_parameters
-from ila.models.registry import temporal_variants
+from ila.models.ist_block import ISTBlock
+from ila.models.registry import create_blocks, temporal_variants
 from ila.presets import DEMO_RECIPE, PRESETS
 from ila.weights.checkpoint import latest_checkpoint
 
@@ -83,6 +87,75 @@ QUICK = Budget(train_clips=32, val_clips=16, epochs=2, batch_size=8, warmup_epoc
                pretrain_epochs=1)
 
 
+# ----------------------------------------------------------------------------------------------------- rows
+
+ALIGN_LOSS_ON = 1.0   # `--align-loss on` / a row's `@loss`: the release's alignment-loss weight
+ROW_OPTIONS = {       # a row's @OPTION -> (config key, value; "{half}": half the depth)
+    "adjacent": ("model.align_pairing", "adjacent"), "first": ("model.align_pairing", "first"),
+    "middle": ("model.align_pairing", "middle"), "half": ("model.align_blocks", "last:{half}"),
+    "all": ("model.align_blocks", "all"), "loss": ("train.align_loss_weight", ALIGN_LOSS_ON),
+    "noloss": ("train.align_loss_weight", 0.0)}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the demo's table: a registered temporal variant and config changes (`VARIANT@OPTION@...`)."""
+
+    name: str                   # as given, e.g. "ila@first"; the run folder is `slug`
+    variant: str
+    changes: tuple = ()         # (("model.align_pairing", "first"), ...)
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("@", "-").replace(":", "")
+
+
+def parse_row(text: str) -> Row:
+    """`VARIANT[@OPTION...]`: OPTION is `first` / `middle` / `adjacent` (model.align_pairing), `half` / `all` /
+    `last:K` / `every:K` (model.align_blocks; half: the last half of the blocks), `loss` / `noloss` (the
+    alignment loss at the release's weight 1 / off). Pairing and block options only for variants with IST blocks
+    (ila, pool). A one-line UserError for anything else."""
+    variant, *options = text.split("@")
+    if variant not in temporal_variants():
+        raise UserError(f"unknown variant(s) [{variant!r}]; choose from {', '.join(temporal_variants())}")
+    changes, layers = {}, PRESETS["demo"].model.vision_layers
+    for option in options:
+        kind, _, count = option.partition(":")
+        if option in ROW_OPTIONS:
+            key, value = ROW_OPTIONS[option]
+            value = value.format(half=max(layers // 2, 1)) if isinstance(value, str) else value
+        elif kind in ("last", "every") and count:
+            key, value = "model.align_blocks", option
+        else:
+            raise UserError(f"row {text!r}: unknown option {option!r}; use {', '.join(ROW_OPTIONS)}, last:K or "
+                            f"every:K after VARIANT@")
+        if key in changes:
+            raise UserError(f"row {text!r} sets {key} twice")
+        changes[key] = value
+    if changes:
+        try:
+            cfg = load_config("demo", [f"model.temporal={variant}", *(f"{k}={v}" for k, v in changes.items()
+                                                                         if k.startswith("model."))]).model
+        except UserError as e:
+            raise UserError(f"row {text!r}: {e}") from None
+        if not any(isinstance(b, ISTBlock) for b in create_blocks(cfg)):
+            raise UserError(f"row {text!r}: {variant} has no IST blocks, so the row options do not apply "
+                            f"(they do for ila and pool)")
+    return Row(text, variant, tuple(changes.items()))
+
+
+def parse_rows(rows) -> tuple[Row, ...]:
+    """The demo's rows from names (`ila`, `ila@first`, ...); refuses none given and a row given twice."""
+    parsed = tuple(parse_row(r) if isinstance(r, str) else r for r in rows)
+    if not parsed:
+        raise UserError(f"no variant given; choose from {', '.join(temporal_variants())}")
+    slugs = [r.slug for r in parsed]
+    twice = next((r.name for r in parsed if slugs.count(r.slug) > 1), None)
+    if twice:
+        raise UserError(f"row {twice!r} is given twice")
+    return parsed
+
+
 # ----------------------------------------------------------------------------------------------------- data
 
 def _json_or_none(path: Path):
@@ -101,7 +174,8 @@ def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False
     if appearance:
         params["kind"] = kind
     marker = root / "demo-dataset.json"
-    if marker.is_file() and _json_or_none(marker) == params and (root / "val.txt").is_file():
+    complete = (root / "val.txt").is_file() and (appearance or (root / "positions.json").is_file())
+    if marker.is_file() and _json_or_none(marker) == params and complete:
         print(f"[data] reusing {root} ({budget.train_clips} train + {budget.val_clips} val clips)")
         return root
     print(f"[data] generating the {kind} set in {root}: {budget.train_clips} train + {budget.val_clips} val clips "
@@ -119,10 +193,11 @@ def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False
 # ----------------------------------------------------------------------------------------------------- configs
 
 def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, setting: str = "scratch",
-                tower: Path | None = None):
+                tower: Path | None = None, changes=(), name: str | None = None):
     """The run's `ila` config: the `demo` preset with `model.temporal` set and this demo's recipe; `frozen`
     starts from the pretrained `tower` checkpoint and trains only alignment, skip projections and head;
-    `pretrain` is the tower's single-frame appearance run."""
+    `pretrain` is the tower's single-frame appearance run. `changes`: a row's (key, value) pairs
+    (`Row.changes`: model.align_pairing, model.align_blocks, train.align_loss_weight); `name`: the row's."""
     data, run = data.resolve(), run.resolve()
     model = {"preset": "demo", "temporal": variant}
     train = {"init": "none", "epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr,
@@ -140,6 +215,9 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
         model.update(temporal="mean", num_frames=1)
         train.update(epochs=budget.pretrain_epochs, eval_every_epochs=budget.pretrain_epochs)
         frames = 1
+    for key, value in changes:
+        section, _, field = key.partition(".")
+        (model if section == "model" else train)[field] = value
     return load_config({
         "model": model,
         "data": {"root": str(data), "train_list": str(data / "train.txt"), "val_list": str(data / "val.txt"),
@@ -147,7 +225,7 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
                  "cache": "memory", "recipe": "crop", "workers": 0},
         "train": train,
         "eval": {"clips": budget.eval_clips if setting != "pretrain" else 1, "crops": 1, "batch_size": 32},
-        "name": f"demo-{setting}-{variant}", "output": str(run), "device": "cpu"})
+        "name": f"demo-{setting}-{name or variant}", "output": str(run), "device": "cpu"})
 
 
 def write_config(cfg, path: Path) -> Path:
@@ -187,26 +265,30 @@ def train_and_eval(cfg, config_path: Path, log) -> dict:
             "train_seconds": train_seconds, "train_steps": steps,
             "train_steps_per_s": steps / max(train_seconds, 1e-9),
             "eval_clips_per_s": metrics["videos"] * cfg.eval.clips / max(eval_seconds, 1e-9),
+            "point_error": metrics.get("point_error"), "centre_point_error": metrics.get("centre_point_error"),
+            "align_loss_weight": cfg.train.align_loss_weight,
             "checkpoint": str(checkpoint), "config": str(config_path), "run": str(run_dir),
             "val_curve": [r["val_top1"] for r in rows if "val_top1" in r]}
 
 
 # ----------------------------------------------------------------------------------------------------- table
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], digits: int = 1) -> str:
     """'82.8' for one value, '82.8 ± 1.6' (mean ± sample standard deviation) for several."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.1f}"
+        return f"{mean:.{digits}f}"
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def format_table(results: dict) -> str:
     """results: {(setting, variant): [one dict per seed]} -> a Markdown table (mean ± spread over seeds)."""
     several = any(len(runs) > 1 for runs in results.values())
+    tracked = any(x.get("point_error") is not None for runs in results.values() for x in runs)
     head = ("setting", "model", "top-1 (%)", "mean class (%)", "GFLOPs/view", "params (M)", "trained (M)",
-            "train s", "steps/s") + (("top-1 per seed",) if several else ())
+            "train s", "steps/s") + (("point err", "centre err") if tracked else ()) + \
+        (("top-1 per seed",) if several else ())
     rows = [head]
     for (setting, variant), runs in results.items():
         r = runs[0]
@@ -214,6 +296,9 @@ def format_table(results: dict) -> str:
                f"{r['gflops_per_view']:.3f}", f"{r['params_m']:.2f}", f"{r['trainable_m']:.2f}",
                f"{sum(x['train_seconds'] for x in runs) / len(runs):.0f}",
                f"{sum(x['train_steps_per_s'] for x in runs) / len(runs):.1f}")
+        if tracked:          # patches from each frame's object centre: the points, and a point fixed at the centre
+            errors = [[x[k] for x in runs if x.get(k) is not None] for k in ("point_error", "centre_point_error")]
+            row += tuple(_spread(e, 2) if e else "-" for e in errors)
         if several:
             row += (" / ".join(f"{x['top1']:.1f}" for x in runs),)
         rows.append(row)
@@ -224,14 +309,36 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_results(paths) -> dict:
+    """The runs of several `ila demo` outputs (their results.json, e.g. one process per seed) as one
+    {(setting, row): [runs]} for `format_table`, rows in the order first seen, runs in the order given."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            saved = jsonsafe.loads(path.read_bytes(), path)
+            runs = saved["results"].items()
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(f"{path} is not the results.json of ila demo") from None
+        for key, seeds in runs:
+            setting, _, row = key.partition("/")
+            merged.setdefault((setting, row), []).extend(seeds)
+    return merged
+
+
 # ----------------------------------------------------------------------------------------------------- demo
 
 def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, data_seed: int = 0,
              variants=None, budget: Budget | None = None, epochs: int | None = None,
-             settings=SETTINGS, seeds: int = 1, data: str = "flat") -> dict:
+             settings=SETTINGS, seeds: int = 1, data: str = "flat", align_loss: str | None = None) -> dict:
     """Run the demo for `seeds` training seeds (seed, seed + 1, ...) on the `data` kind of generated set;
-    returns {"SETTING/VARIANT": [metrics and speeds per seed]} (also written to OUT/results.json).
-    `variants`: registered temporal variants (default: every one that is not a cost reference)."""
+    returns {"SETTING/ROW": [metrics and speeds per seed]} (also written to OUT/results.json).
+    `variants`: the table's rows, registered temporal variants with options (`parse_row`: `ila`, `pool`,
+    `ila@first`, `ila@half`, `ila@loss`, ...; default: every variant that is not a cost reference or an
+    ablation), each at the same budget. `align_loss`: `on` (weight 1, the release's) or `off` (0, the demo's
+    recipe) for every row that does not set it."""
     started = time.perf_counter()
     if data not in DATA_KINDS:
         raise UserError(f"unknown --data {data!r}; choose from {', '.join(DATA_KINDS)}")
@@ -242,12 +349,12 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     budget = budget or replace(QUICK if quick else FULL, **DATA_KINDS[data])
     if epochs is not None:
         budget = replace(budget, epochs=epochs)
-    variants = temporal_variants(references=False) if variants is None else tuple(variants)
+    if align_loss not in (None, "on", "off"):
+        raise UserError(f"--align-loss must be on or off; got {align_loss!r}")
+    if align_loss is not None:
+        budget = replace(budget, align_loss_weight=ALIGN_LOSS_ON if align_loss == "on" else 0.0)
+    rows = parse_rows(temporal_variants(references=False) if variants is None else variants)
     settings = tuple(settings)
-    unknown = [v for v in variants if v not in temporal_variants()]
-    if unknown or not variants:
-        raise UserError(f"{f'unknown variant(s) {unknown}' if unknown else 'no variant given'}; choose from "
-                        f"{', '.join(temporal_variants())}")
     wrong = [s for s in settings if s not in SETTINGS]
     if wrong or not settings:
         raise UserError(f"unknown setting(s) {wrong}; choose from {', '.join(SETTINGS)}")
@@ -260,8 +367,9 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
         print(msg, flush=True)
 
     seed_list = list(range(seed, seed + seeds))
-    log(f"ila demo: temporal variants {', '.join(variants)} on time-reversed motions "
-        f"({'quick' if quick else 'full'} budget: {budget.epochs} epochs, {data} set, seed(s) "
+    log(f"ila demo: rows {', '.join(r.name for r in rows)} on time-reversed motions "
+        f"({'quick' if quick else 'full'} budget: {budget.epochs} epochs, alignment loss weight "
+        f"{budget.align_loss_weight:g} unless a row sets it, {data} set, seed(s) "
         f"{', '.join(map(str, seed_list))}, settings {', '.join(settings)}, {torch.get_num_threads()} CPU thread(s))")
     suffix = "" if data == "flat" else f"-{data}"        # OUT/data, OUT/data-textured (and -appearance) side by side
     motion_data = prepare_data(out / f"data{suffix}", budget, data_seed)
@@ -277,14 +385,18 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
                 tower = Path(r["checkpoint"])
                 log(f"[pretrain] image tower on single frames of {len(appearance_class_names())} appearance "
                     f"classes (shape x colour): top-1 {r['top1']:.1f}% ({r['train_seconds']:.0f} s)  ->  {tower}")
-            for variant in variants:
-                name = variant if setting == "scratch" else f"{setting}-{variant}"
-                cfg = demo_config(variant, motion_data, base / name, budget, s, setting, tower)
+            for row in rows:
+                name = row.slug if setting == "scratch" else f"{setting}-{row.slug}"
+                cfg = demo_config(row.variant, motion_data, base / name, budget, s, setting, tower, row.changes,
+                                  row.slug)
                 r = train_and_eval(cfg, base / "configs" / f"{name}.yaml", log)
                 r["seed"] = s
-                results.setdefault((setting, variant), []).append(r)
+                results.setdefault((setting, row.name), []).append(r)
+                tracked = "" if r["point_error"] is None else (
+                    f", point_error {r['point_error']:.2f} patches (fixed centre {r['centre_point_error']:.2f})")
                 log(f"[{name}, seed {s}] {budget.eval_clips}-view test: top-1 {r['top1']:.1f}%, mean class "
-                    f"{r['mean_class_acc']:.1f}%, {r['train_seconds']:.0f} s of training  ->  {r['checkpoint']}")
+                    f"{r['mean_class_acc']:.1f}%{tracked}, {r['train_seconds']:.0f} s of training  ->  "
+                    f"{r['checkpoint']}")
 
     table = format_table(results)
     log(f"\nResults on {budget.val_clips} validation videos of the {data} set ({budget.eval_clips} views each; "
@@ -293,7 +405,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
         if (setting, "ila") not in results:
             continue
         ila = results[(setting, "ila")]
-        for other in (v for v in variants if v != "ila"):
+        for other in (r.name for r in rows if r.name != "ila"):
             runs = results[(setting, other)]
             leads = [a["top1"] - b["top1"] for a, b in zip(ila, runs)]
             log(f"{setting}: ILA - {other}: {_spread(leads)} points top-1 (per seed: "
@@ -316,6 +428,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     elapsed = time.perf_counter() - started
     summary = {f"{st}/{v}": runs for (st, v), runs in results.items()}
     write_text(out / "results.json", json.dumps({"seeds": seed_list, "data": data, "budget": asdict(budget),
+                                                 "rows": {r.name: dict(r.changes) for r in rows},
                                                  "seconds": elapsed, "results": summary}, indent=2) + "\n")
     log(f"\nDone in {elapsed / 60:.1f} min. Outputs in {out}/: results.md, results.json, "
         f"{', '.join(p.name + '/' for p in pictures)}; per model: configs/NAME.yaml, NAME/curves.png, "

@@ -9,6 +9,7 @@ from ila.data.annotations import load_annotations, load_class_names
 from ila.data.decode import VideoReader
 from ila.data.synthetic import (DEFAULT_PAIRS, MOTIONS, class_names, hflip_label_swap, make_dataset, render_clip,
                                 write_mp4)
+from ila.data.positions import read_positions
 from ila.errors import UserError
 
 
@@ -103,3 +104,30 @@ def test_cli_make_dataset(tmp_path, capsys):
     assert len(load_annotations(os.path.join(out, "val.txt"))) == 8
     assert main(["make-dataset", out, "--size", "31"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_make_dataset_records_each_frames_object_centre(tmp_path):
+    """positions.json: one centre per frame of every clip, the clip's own random draws (the clips are the same
+    bytes as without it), reversed with the clip for a twin, missing where a fade hides the object."""
+    out = tmp_path / "motion"
+    make_dataset(str(out), num_train=8, num_val=8, size=32, frames=8, seed=0, verbose=False)
+    positions = read_positions(out / "positions.json")
+    assert positions.size == (32, 32) and len(positions.videos) == 16
+    for split, count in (("train", 8), ("val", 8)):
+        for i in range(count):
+            key = [0, 0 if split == "train" else 1, i]
+            clip, where = render_clip(i % 8, 32, 8, np.random.default_rng(key), centres=True)
+            assert np.array_equal(clip, render_clip(i % 8, 32, 8, np.random.default_rng(key)))   # the same draws
+            np.testing.assert_allclose(positions.centres(str(out / f"{split}/{i:06d}.mp4")), where, atol=1e-3)
+            assert positions.centres(f"{split}/{i:06d}.mp4") is not None      # as the lists name it, too
+    right, left = (positions.videos[f"val/00000{k}.mp4"] for k in (0, 1))      # moving left to right / back
+    assert (np.diff(right[:, 0]) > 0).all() and (np.diff(left[:, 0]) < 0).all() and np.ptp(right[:, 1]) == 0
+    fade_out = positions.videos["val/000005.mp4"]                               # disappearing: gone at the end
+    assert np.isnan(fade_out[-1]).all() and np.isfinite(fade_out[0]).all()
+    assert positions.centres(str(tmp_path / "elsewhere.mp4")) is None
+
+
+def test_a_twins_centres_are_its_partners_reversed():
+    forward, a = render_clip(0, 32, 8, np.random.default_rng(5), centres=True)
+    backward, b = render_clip(1, 32, 8, np.random.default_rng(5), centres=True)
+    assert np.array_equal(forward[::-1], backward) and np.array_equal(a[::-1], b)

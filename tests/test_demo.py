@@ -18,7 +18,9 @@ from ila.data.annotations import read_annotations
 from ila.data.cache import MemoryVideoDataset
 from ila.data.dataset import VideoDataset
 from ila.data.synthetic import SHAPES, appearance_class_names, make_appearance_dataset
-from ila.demo import QUICK, VARIANTS, prepare_data
+from ila.config import load_config
+from ila.demo import QUICK, VARIANTS, Row, format_table, merge_results, parse_row, parse_rows, prepare_data
+from ila.errors import UserError
 from ila.weights.checkpoint import read_checkpoint
 from ila.models.ila import parameter_group
 
@@ -205,3 +207,80 @@ def test_appearance_overrides_leave_the_motion_clips_unchanged():
     clip = render_clip(3, 32, 8, np.random.default_rng([0, 0, 3]), distractors=2, texture=0.5)
     assert hashlib.sha256(clip.tobytes()).hexdigest() == \
         "38692857baf0017bcdf2eb4000795fa1b8c1f43b8ba9f3535d4f529a6fc607d1"
+
+
+def test_rows_with_pairing_blocks_and_alignment_loss(tmp_path, capsys):
+    """The ablation rows: each one its own model and config at the same budget, ILA's rows with point_error."""
+    out = tmp_path / "rows"
+    rows = ["ila", "pool", "shift", "ila@first", "ila@half", "ila@noloss"]
+    assert main(["demo", "--quick", "--out", str(out), "--settings", "scratch", "--variants", ",".join(rows),
+                 "--align-loss", "on"]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["results"]) == [f"scratch/{r}" for r in rows]
+    assert saved["rows"]["ila@first"] == {"model.align_pairing": "first"}
+    assert saved["rows"]["ila@half"] == {"model.align_blocks": "last:2"}               # the demo preset: 4 blocks
+    assert saved["budget"]["align_loss_weight"] == 1.0                                 # --align-loss on
+    configs = {r: load_config(str(out / "configs" / f"{Row(r, '').slug}.yaml")) for r in rows}
+    assert configs["ila@first"].model.align_pairing == "first" and configs["ila"].model.align_pairing == "adjacent"
+    assert configs["ila@half"].model.align_blocks == "last:2" and configs["ila"].model.align_blocks == "all"
+    assert [configs[r].train.align_loss_weight for r in rows] == [1.0] * 5 + [0.0]
+    assert configs["pool"].model.temporal == "pool" and configs["shift"].model.temporal == "shift"
+    assert len({c.train.epochs for c in configs.values()}) == 1                       # one budget for every row
+    results = {key.split("/")[1]: runs[0] for key, runs in saved["results"].items()}
+    assert read_checkpoint(results["ila@first"]["checkpoint"])["config"]["model"]["align_pairing"] == "first"
+    for row, r in results.items():
+        tracked = row.startswith("ila")
+        assert (r["point_error"] is not None) is tracked and (r["centre_point_error"] is not None) is tracked
+        if tracked:
+            saved_eval = json.loads((Path(r["run"]) / "eval" / "metrics.json").read_text())
+            assert saved_eval["point_error"] == pytest.approx(r["point_error"])
+    table = (out / "results.md").read_text().splitlines()
+    assert "point err" in table[0] and "centre err" in table[0]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [cells[1] for cells in body] == rows
+    assert [cells[-1] != "-" for cells in body] == [r.startswith("ila") for r in rows]
+    assert float(body[4][4]) < float(body[0][4])                      # half the IST blocks: fewer GFLOPs per view
+    assert "scratch: ILA - pool:" in printed and "scratch: ILA - ila@first:" in printed
+
+
+@pytest.mark.parametrize("row, message", [
+    ("mean@first", "row 'mean@first': mean has no IST blocks, so the row options do not apply"),
+    ("shift@loss", "row 'shift@loss': shift has no IST blocks"),
+    ("ila@bogus", "row 'ila@bogus': unknown option 'bogus'; use adjacent, first, middle, half"),
+    ("ila@", "row 'ila@': unknown option ''"),
+    ("ila@last:9", "row 'ila@last:9': model.align_blocks='last:9' is not allowed"),
+    ("ila@every:x", "row 'ila@every:x': model.align_blocks='every:x' is not allowed"),
+    ("ila@first@middle", "row 'ila@first@middle' sets model.align_pairing twice"),
+    ("nope@first", "unknown variant(s) ['nope']"),
+])
+def test_bad_rows_are_refused_in_one_line(tmp_path, capsys, row, message):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "x"), "--variants", row]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_rows_parse_and_refuse_duplicates():
+    assert parse_row("ila@middle@last:1@loss") == Row("ila@middle@last:1@loss", "ila", (
+        ("model.align_pairing", "middle"), ("model.align_blocks", "last:1"), ("train.align_loss_weight", 1.0)))
+    assert parse_row("pool@every:2").slug == "pool-every2" and parse_row("attention") == Row("attention", "attention")
+    with pytest.raises(UserError, match="^row 'ila' is given twice$"):
+        parse_rows(["ila", "mean", "ila"])
+    with pytest.raises(UserError, match="^no variant given"):
+        parse_rows([])
+
+
+def test_merge_results_of_one_process_per_seed(tmp_path):
+    for seed, top1 in ((0, 50.0), (1, 60.0)):
+        run = {"top1": top1, "mean_class_acc": top1, "gflops_per_view": 0.09, "params_m": 0.64, "trainable_m": 0.64,
+               "train_seconds": 10.0, "train_steps_per_s": 5.0, "point_error": 1.0 + seed, "centre_point_error": 1.5,
+               "seed": seed}
+        (tmp_path / f"s{seed}.json").write_text(json.dumps({"results": {"scratch/ila@first": [run]}}))
+    merged = merge_results([tmp_path / "s0.json", tmp_path / "s1.json"])
+    assert list(merged) == [("scratch", "ila@first")] and [r["seed"] for r in merged[("scratch", "ila@first")]] == [0, 1]
+    row = format_table(merged).splitlines()[2]
+    assert "55.0 ± 7.1" in row and "1.50 ± 0.71" in row and "50.0 / 60.0" in row
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(UserError, match="is not the results.json of ila demo$"):
+        merge_results([tmp_path / "bad.json"])

@@ -15,9 +15,10 @@ from ila.models.ila import ILAModel
 from ila.models.registry import (create_blocks, register_temporal, temporal_variant, temporal_variants,
                                  unregister_temporal)
 
-# the whole of a new variant: a module with its block and one registration (a TSM-style channel shift)
+# the whole of a new variant: a module with its block and one registration (a TSM-style channel shift, named
+# `tsm_demo`: ila's own `shift` variant, ila.models.shift, is built in)
 SHIFT_MODULE = '''
-"""`shift`: an eighth of every token's channels comes from the previous frame, then CLIP's block."""
+"""`tsm_demo`: an eighth of every token's channels comes from the previous frame, then CLIP's block."""
 import torch
 
 from ila.models.clip import ResidualAttentionBlock
@@ -39,13 +40,13 @@ class ShiftBlock(ResidualAttentionBlock, TemporalBlock):     # nothing of its ow
         return super().forward(x, queries), x.new_zeros(()), None
 
 
-@register_temporal("shift", description="temporal-shift CLIP blocks ({num_frames} frames)", min_frames=3)
+@register_temporal("tsm_demo", description="temporal-shift CLIP blocks ({num_frames} frames)", min_frames=3)
 def shift_blocks(cfg, block_fn=ShiftBlock):
     return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.num_frames, cfg.quick_gelu)
             for _ in range(cfg.vision_layers)]
 '''
 
-BUILTIN = ("ila", "mean", "attention", "joint")
+BUILTIN = ("ila", "mean", "attention", "joint", "shift", "pool")
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def shift(tmp_path, monkeypatch):
     try:
         yield module
     finally:
-        unregister_temporal("shift")
+        unregister_temporal("tsm_demo")
         sys.modules.pop("shift_variant", None)
 
 
@@ -66,19 +67,19 @@ def test_the_builtin_variants_are_registered_once_each():
     assert temporal_variants(references=False) == ("ila", "mean", "attention")   # joint: a cost reference
     assert temporal_variant("mean").min_frames == 1 and temporal_variant("ila").min_frames == 2
     keys = dict((k, kind) for k, kind, _ in config_keys())
-    assert keys["model.temporal"] == "one of ila, mean, attention, joint"
+    assert keys["model.temporal"] == "one of ila, mean, attention, joint, shift, pool"
     with pytest.raises(ValueError, match="'ila' is already registered"):
         register_temporal("ila", description="another")(lambda cfg: [])
 
 
 def test_a_new_variant_is_one_module_and_one_registration(shift, capsys):
-    assert temporal_variants() == (*BUILTIN, "shift")
+    assert temporal_variants() == (*BUILTIN, "tsm_demo")
     # the config accepts it and checks what the registration asks (three frames at least)
-    cfg = load_config("tiny", ["model.temporal=shift", "data.num_frames=4"])
-    assert cfg.model.temporal == "shift"
-    assert dict((k, kind) for k, kind, _ in config_keys())["model.temporal"].endswith("joint, shift")
+    cfg = load_config("tiny", ["model.temporal=tsm_demo", "data.num_frames=4"])
+    assert cfg.model.temporal == "tsm_demo"
+    assert dict((k, kind) for k, kind, _ in config_keys())["model.temporal"].endswith("shift, pool, tsm_demo")
     with pytest.raises(UserError, match=r"^model.num_frames=2: temporal modelling needs at least 3 frames$"):
-        load_config("tiny", ["model.temporal=shift", "data.num_frames=2"])
+        load_config("tiny", ["model.temporal=tsm_demo", "data.num_frames=2"])
 
     # the model builds its blocks and runs, forward and backward; the blocks see frame order
     torch.manual_seed(0)
@@ -103,39 +104,39 @@ def test_a_new_variant_is_one_module_and_one_registration(shift, capsys):
     # the CLI offers it and `ila info` describes it
     info = next(a for a in build_parser()._subparsers._group_actions[0].choices["info"]._actions
                 if a.dest == "temporal")
-    assert tuple(info.choices) == (*BUILTIN, "shift")
-    assert main(["info", "tiny", "--temporal", "shift"]) == 0
-    assert capsys.readouterr().out.startswith("tiny: shift, 4 frames")
+    assert tuple(info.choices) == (*BUILTIN, "tsm_demo")
+    assert main(["info", "tiny", "--temporal", "tsm_demo"]) == 0
+    assert capsys.readouterr().out.startswith("tiny: tsm_demo, 4 frames")
     # the demo takes it (and names it among the choices when given a wrong one)
     assert main(["demo", "--variants", "ila,nope", "--out", "/nonexistent/never-written"]) == 2
-    assert "unknown variant(s) ['nope']; choose from ila, mean, attention, joint, shift" in capsys.readouterr().err
+    assert "unknown variant(s) ['nope']; choose from ila, mean, attention, joint, shift, pool, tsm_demo" in capsys.readouterr().err
 
 
 def test_a_shared_model_of_a_new_variant_loads_while_it_is_registered(shift, tmp_path):
     torch.manual_seed(0)
-    cfg = load_config("tiny", ["model.temporal=shift"])
+    cfg = load_config("tiny", ["model.temporal=tsm_demo"])
     model = ila.build_model(cfg.model).eval()
-    folder = tmp_path / "shift-model"
+    folder = tmp_path / "tsm_demo-model"
     ila.save_pretrained(model, folder, [f"c{i}" for i in range(8)], config=cfg)
     assert "temporal-shift CLIP blocks (4 frames)" in (folder / "README.md").read_text()
     video = torch.randn(1, 4, 3, 32, 32)
     again = from_pretrained(folder)
     with torch.no_grad():
         assert torch.equal(again(video).logits, model(video).logits)
-    unregister_temporal("shift")
+    unregister_temporal("tsm_demo")
     try:
-        with pytest.raises(UserError, match=r'model.temporal must be one of ila, mean, attention, joint, got "shift"'):
+        with pytest.raises(UserError, match=r'model.temporal must be one of ila, mean, attention, joint, shift, pool, got "tsm_demo"'):
             from_pretrained(folder)
     finally:
         importlib.reload(shift)                    # registered again for the fixture to remove
 
 
 def test_an_unregistered_variant_is_refused_in_one_line(shift):
-    unregister_temporal("shift")
+    unregister_temporal("tsm_demo")
     try:
         with pytest.raises(UserError) as info:
-            load_config("tiny", ["model.temporal=shift"])
-        assert str(info.value) == "model.temporal='shift' is not allowed; use one of ila, mean, attention, joint"
+            load_config("tiny", ["model.temporal=tsm_demo"])
+        assert str(info.value) == "model.temporal='tsm_demo' is not allowed; use one of ila, mean, attention, joint, shift, pool"
         with pytest.raises(UserError, match="model.temporal=3 is not allowed; use one of ila, mean"):
             load_config({"model": {"preset": "tiny", "temporal": 3}})
     finally:

@@ -17,6 +17,8 @@ import time
 import av
 import numpy as np
 
+from ila.atomic import write_text
+from ila.data.positions import POSITIONS_FILE, positions_json
 from ila.errors import UserError
 
 MOTIONS = {
@@ -48,7 +50,8 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
                  object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
                  min_contrast: float = 120.0, qp: int = 20, verbose: bool = True, layout: str = "lists") -> str:
     """Write `train/` and `val/` H.264 MP4 clips, `train.txt` / `val.txt` (`path label`) and `classes.txt`;
-    with layout="folders", `train/CLASS/` and `val/CLASS/` class folders instead, and no list files.
+    with layout="folders", `train/CLASS/` and `val/CLASS/` class folders instead, and no list files. Beside them,
+    `positions.json` (`ila.data.positions`) records each frame's object centre (for `point_error`).
 
     motion: range of the motion amplitude as a fraction of the largest one (travel across the frame,
     growth, rotation up to 180 degrees, fade ramp speed); object_size: range of the object radius as a
@@ -67,6 +70,7 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
             f.write("".join(n + "\n" for n in names))
     params = dict(pairs=tuple(pairs), motion=motion, object_size=object_size, distractors=distractors,
                   texture=texture, min_contrast=min_contrast)
+    centres = {}
     for split, count in (("train", num_train), ("val", num_val)):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         lines = []
@@ -74,12 +78,14 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
             label = i % len(names)
             rel = f"{split}/{i:06d}.mp4" if layout == "lists" else f"{split}/{names[label]}/{i:06d}.mp4"
             os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
-            clip = render_clip(label, size, frames, np.random.default_rng([seed, _SPLITS[split], i]), **params)
+            clip, centres[rel] = render_clip(label, size, frames, np.random.default_rng([seed, _SPLITS[split], i]),
+                                             centres=True, **params)
             write_mp4(os.path.join(out_dir, rel), clip, fps=fps, qp=qp)
             lines.append(f"{rel} {label}\n")
         if layout == "lists":
             with open(os.path.join(out_dir, f"{split}.txt"), "w") as f:
                 f.write("".join(lines))
+    write_text(os.path.join(out_dir, POSITIONS_FILE), positions_json(centres, (size, size)))
     if verbose:
         print(f"wrote {num_train} train + {num_val} val clips ({len(names)} classes in {len(pairs)} "
               f"time-reversed pairs, {frames} frames of {size}x{size}) to {out_dir}"
@@ -137,9 +143,12 @@ def make_appearance_dataset(out_dir: str, num_train: int = 1280, num_val: int = 
 
 def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pairs=DEFAULT_PAIRS,
                 motion=(0.5, 0.85), object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
-                min_contrast: float = 120.0, shape: str | None = None, colour=None) -> np.ndarray:
+                min_contrast: float = 120.0, shape: str | None = None, colour=None, centres: bool = False):
     """One clip of class `label` as uint8 (frames, size, size, 3): the forward motion of its pair,
-    played backwards for an odd label; `shape` / `colour` (RGB) fix the object's appearance."""
+    played backwards for an odd label; `shape` / `colour` (RGB) fix the object's appearance. `centres=True`:
+    (clip, centres) with the object's centre in each frame, float (frames, 2) as (x, y) in pixels (pixel i spans
+    [i, i + 1]), NaN where the object is invisible (a fade at opacity 0). The random draws are the same either
+    way."""
     kind = pairs[label // 2]
     background = _background(size, rng, texture)
     for _ in range(distractors):
@@ -181,7 +190,11 @@ def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pa
         frame = background.copy()
         _draw(frame, shape, cx[k], cy[k], radius[k], angle[k], colour, opacity[k])
         clip[k] = np.clip(frame + 0.5, 0, 255)
-    return clip[::-1].copy() if label % 2 else clip
+    where = np.stack([cx, cy], axis=1).astype(np.float64)
+    where[opacity <= 0] = np.nan
+    if label % 2:
+        clip, where = clip[::-1].copy(), where[::-1].copy()
+    return (clip, where) if centres else clip
 
 
 def write_mp4(path: str, clip: np.ndarray, fps: int = 16, qp: int = 20) -> None:

@@ -34,13 +34,16 @@ from ila.atomic import (
     output_dir,  # noqa: F401
     write_text,
 )
+from ila.data.positions import Positions, find_positions, read_positions
 from ila.engine import distributed as dist
 from ila.engine import report
 from ila.engine.classes import ClassText, class_text
 from ila.engine.loaders import read_split, video_dataset
 from ila.engine.runlock import RunLock
 from ila.engine.session import InferenceSession, probabilities, run_videos
+from ila.engine.tracking import PointRecorder, tracking_block, tracking_metrics
 from ila.errors import UserError
+from ila.models.alignment import pair_indices
 
 
 class UnreadableVideos(UserError):
@@ -77,11 +80,14 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str], text: ClassText | None = None,
                    clips: int | None = None, crops: int | None = None, progress: bool = True,
-                   amp: torch.dtype | None = None, release_bn_quirk: bool | None = None):
+                   amp: torch.dtype | None = None, release_bn_quirk: bool | None = None,
+                   positions: Positions | None = None):
     """Score `data.val_list` with the config's views (the training loop's validation and `ila eval`); returns
     (metrics, indices, scores, labels, samples, skipped) where the indices, scores and labels cover the readable
     videos and `skipped` lists the others as (index, path, reason). Unreadable videos raise `UnreadableVideos`
-    naming all of them unless `data.bad_files=skip`."""
+    naming all of them unless `data.bad_files=skip`. With the set's object `positions` and a model with alignment
+    maps, the same forward passes also give the interactive points, and the metrics gain `point_error`
+    (`ila.engine.tracking`)."""
     samples, _ = read_split(cfg, "val", class_names)
     clips = cfg.eval.clips if clips is None else clips
     crops = cfg.eval.crops if crops is None else crops
@@ -91,13 +97,19 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
         text = class_text(model, class_names, env.device)
     quirk = cfg.eval.release_bn_quirk if release_bn_quirk is None else release_bn_quirk
     was_training = model.training
+    block = tracking_block(model) if positions is not None else None
+    score = lambda views: probabilities(model, text, views)  # noqa: E731
+    recorder = None if block is None else PointRecorder(score, model, block)
     model.eval()
     try:
-        idx, scores, labels, failed = run_videos(dataset, lambda views: probabilities(model, text, views), env,
-                                                 cfg.eval.batch_size, cfg.data.workers, cfg.train.seed, amp,
-                                                 progress, "eval", model if quirk else None)
+        idx, scores, labels, failed = run_videos(dataset, recorder or score, env, cfg.eval.batch_size,
+                                                 cfg.data.workers, cfg.train.seed, amp, progress, "eval",
+                                                 model if quirk else None)
     finally:
         model.train(was_training)
+    points = None
+    if recorder is not None and idx.numel():
+        scores, points = recorder.split(scores, clips * crops, cfg.model.num_frames - 1)
     if failed and cfg.data.bad_files != "skip":
         raise UnreadableVideos(_named(failed, len(dataset)) + "; fix or remove them, or set data.bad_files=skip "
                                "to evaluate the others", failed)
@@ -109,6 +121,12 @@ def evaluate_split(model: nn.Module, cfg, env: dist.Env, class_names: list[str],
     bad = [k for k in ("top1", "top5", "mean_class_acc") if not np.isfinite(metrics[k])]
     if bad:
         raise UserError(f"evaluation gave a non-finite {bad[0]}; the scores or labels are broken")
+    if points is not None:
+        pair_frames = recorder.pair_frames          # None where this process ran no video (torchrun, few videos)
+        if pair_frames is None:
+            pair_frames = torch.tensor(pair_indices(cfg.model.num_frames, cfg.model.align_pairing)).T
+        metrics.update(tracking_metrics(points, [samples[i].path for i in idx.tolist()], positions, pair_frames,
+                                        cfg, clips, crops, block))
     return metrics, idx, scores, labels, [samples[i] for i in idx.tolist()], failed
 
 
@@ -209,9 +227,12 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
                           "data": data_record(cfg, read_split(cfg, "val", names)[0]),   # every listed video
                           "precision": session.precision}
             _check_previous(out, provenance, overwrite)
+        found = find_positions(cfg.data.val_list, cfg.data.root)   # a generated set's object centres
         try:
             metrics, _, scores, labels, samples, skipped = evaluate_split(
-                session.model, cfg, env, names, session.text, amp=session.amp)
+                session.model, cfg, env, names, session.text, amp=session.amp,
+                positions=read_positions(found, others=True) if found and tracking_block(session.model) is not None
+                else None)
         except UnreadableVideos as e:
             if env.main:
                 write_skipped(out / "unreadable.csv", e.failed)
@@ -220,8 +241,11 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | tuple = (), output: 
             write_eval_outputs(out, metrics, names, samples, scores, labels, cfg, provenance)
             write_skipped(out / "skipped.csv", skipped)
             note = f" (and {len(skipped)} unreadable, skipped: listed in skipped.csv)" if skipped else ""
+            tracked = "" if metrics.get("point_error") is None else (
+                f"; point_error {metrics['point_error']:.2f} patches (fixed centre: "
+                f"{metrics['centre_point_error']:.2f}), block {metrics['point_block']}")
             print(f"{len(samples)} videos{note}, {cfg.eval.clips} clip(s) x {cfg.eval.crops} crop(s): "
-                  f"{report.format_metrics(metrics)}  ->  {out}")
+                  f"{report.format_metrics(metrics)}{tracked}  ->  {out}")
         return metrics
     finally:
         if lock is not None:

@@ -62,11 +62,17 @@ def video_files(inputs: list[str], errors: dict | None = None) -> list[str]:
 def check_visualize(session, block: int) -> None:
     """Refuse a model without alignment maps or a block it does not have (before any video is read)."""
     layers = session.cfg.model.vision_layers
-    if not session.model.has_alignment_maps:
+    blocks = session.model.visual.transformer.resblocks
+    with_maps = [i for i, b in enumerate(blocks) if getattr(b, "has_alignment_maps", False)]
+    if not with_maps:
         raise UserError(f"--visualize shows the learnable alignment's points; the blocks of this model "
                         f"(temporal={session.cfg.model.temporal!r}) have none")
     if not -layers <= block < layers:
         raise UserError(f"--block {block} is out of range; the model has blocks 0..{layers - 1} (or -1 for the last)")
+    if block % layers not in with_maps:         # model.align_blocks left this one a plain CLIP block
+        raise UserError(f"--block {block}: block {block % layers} does not align frames "
+                        f"(model.align_blocks={session.cfg.model.align_blocks}); choose one of "
+                        f"{', '.join(map(str, with_maps))}")
 
 
 def draw_points(session, path: str, out: str | Path, block: int = -1, result: dict | None = None,
@@ -81,14 +87,16 @@ def draw_points(session, path: str, out: str | Path, block: int = -1, result: di
     if result and result.get("predictions"):
         top = result["predictions"][0]
         title += f"; predicted {top['class']} ({top['probability']:.1%})"
-    return draw_alignment(video[0].cpu(), maps["points"][0].cpu(), maps["masks"][0].cpu(), out, title=title)
+    return draw_alignment(video[0].cpu(), maps["points"][0].cpu(), maps["masks"][0].cpu(), out, title=title,
+                          pair_frames=maps.get("frames"))
 
 
 def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tensor, out: str | Path,
-                   title: str = "") -> Path:
+                   title: str = "", pair_frames: torch.Tensor | None = None) -> Path:
     """Frame pairs as columns (previous frame above, current below), each with its alignment mask shaded
     over it and its interactive point marked, with a legend. video (T,3,S,S) normalised; points (T-1,4);
-    masks (T-1,2,g,g). The picture format follows the file name's suffix."""
+    masks (T-1,2,g,g); pair_frames (T-1,2): the frames of each pair's sides (None: adjacent frames t, t+1).
+    The picture format follows the file name's suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,9 +109,11 @@ def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tenso
     pairs, size, grid = points.shape[0], frames.shape[1], masks.shape[-1]
     fig, axes = plt.subplots(2, pairs, figsize=(2.1 * pairs + 1.2, 5.4), squeeze=False, layout="constrained")
     shade = None
-    for t in range(pairs):
-        for row, (frame, mask, (x, y)) in enumerate(((frames[t], masks[t, 0], points[t, :2]),
-                                                     (frames[t + 1], masks[t, 1], points[t, 2:]))):
+    sides = [(t, t + 1) for t in range(pairs)] if pair_frames is None else pair_frames.tolist()
+    for t, (before, after) in enumerate(sides):
+        for row, (index, mask, (x, y)) in enumerate(((before, masks[t, 0], points[t, :2]),
+                                                     (after, masks[t, 1], points[t, 2:]))):
+            frame = frames[index]
             ax = axes[row, t]
             ax.imshow(frame, extent=(0, size, size, 0))
             shade = ax.imshow(mask.numpy(), cmap="magma", alpha=0.45, vmin=0, vmax=1, extent=(0, size, size, 0),
@@ -113,7 +123,7 @@ def draw_alignment(video: torch.Tensor, points: torch.Tensor, masks: torch.Tenso
             ax.plot(px(x), px(y), marker="+", color="cyan", markersize=12, markeredgewidth=2)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(f"frame {t + row}" + (" (previous)" if row == 0 else " (current)"), fontsize=8)
+            ax.set_xlabel(f"frame {index}" + (" (previous)" if row == 0 else " (current)"), fontsize=8)
     fig.colorbar(shade, ax=axes, fraction=0.03, label="alignment mask weight (shaded over the frame)")
     fig.legend(handles=[Line2D([], [], marker="+", color="cyan", linestyle="none", markersize=12, markeredgewidth=2,
                                label="interactive point: where the pair is aligned")],

@@ -1,8 +1,9 @@
 """Implicit mask-based alignment: interactive points of a frame pair and the soft masks around them.
 
-Shapes: B videos, P = T-1 adjacent frame pairs, an S x S patch grid, D channels. A pair is
-(previous frame, current frame) = (frame t, frame t+1). Points are (x_prev, y_prev, x_cur, y_cur) in grid
-coordinates where cell k sits at 2k/(S-1) - 1 (x indexes columns, y rows).
+Shapes: B videos, P = T-1 frame pairs, an S x S patch grid, D channels. A pair is
+(previous frame, current frame) = (frame t, frame t+1) under the release's `adjacent` pairing; `first` / `middle`
+pair every other frame with the first / middle frame (paper Sec. 4.3.4: (reference frame, frame t)). Points are
+(x_prev, y_prev, x_cur, y_cur) in grid coordinates where cell k sits at 2k/(S-1) - 1 (x indexes columns, y rows).
 """
 from __future__ import annotations
 
@@ -107,6 +108,33 @@ def merge_pairs(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     return out
 
 
+PAIRINGS = ("adjacent", "first", "middle")
+
+
+def pair_indices(frames: int, pairing: str = "adjacent") -> tuple[list[int], list[int]]:
+    """The frame of each pair's previous and current side, `(prev, cur)`, each a list of P = T-1 frame indices:
+    `adjacent` (release): (t, t+1); `first`: (0, t) for t = 1..T-1; `middle`: (T//2, t) for every t != T//2."""
+    if pairing == "adjacent":
+        return list(range(frames - 1)), list(range(1, frames))
+    if pairing == "first":
+        return [0] * (frames - 1), list(range(1, frames))
+    if pairing == "middle":
+        mid = frames // 2
+        return [mid] * (frames - 1), [t for t in range(frames) if t != mid]
+    raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+
+
+def merge_indexed(prev: torch.Tensor, cur: torch.Tensor, prev_index: list[int], cur_index: list[int],
+                  frames: int) -> torch.Tensor:
+    """`merge_pairs` for any pairing: each frame takes the mean of the pair quantities of every pair side it is
+    on (a frame on no side takes zeros).   `(B, P, ...)` x 2 -> `(B, T, ...)`."""
+    index = torch.tensor(prev_index + cur_index, device=prev.device)
+    weights = nn.functional.one_hot(index, frames).to(prev.dtype).T                   # (T, 2P)
+    weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+    both = torch.cat([prev, cur], dim=1)                                                # (B, 2P, ...)
+    return (weights @ both.flatten(2)).view(both.shape[0], frames, *both.shape[2:])
+
+
 def compose_linears(inner: nn.Linear, outer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of `outer(inner(x))` as one linear: W_o (W_i x + b_i) + b_o = (W_o W_i) x + (W_o b_i + b_o).
     Differentiable (the training forward uses it under autograd); `ila.fuse` stores its result once."""
@@ -130,13 +158,21 @@ class ImplicitAlignment(nn.Module):
     """Align adjacent frames at their interactive points (paper Sec. 3.2, release form).
 
     Input: the block's message features A `(B, T, L, D)` (class token first, then S*S patch tokens).
+    `pairing`: which frame each frame is paired with (`pair_indices`; release: `adjacent`). A subclass swaps the
+    mask step (`masks`); one without interactive points sets `predicts_points = False` (no point head is built).
     """
 
-    def __init__(self, dim: int, grid: int, trunk: str = "separable", hidden: int = 256, point_hidden: int = 128):
+    predicts_points = True
+
+    def __init__(self, dim: int, grid: int, trunk: str = "separable", hidden: int = 256, point_hidden: int = 128,
+                 pairing: str = "adjacent"):
         super().__init__()
+        pair_indices(2, pairing)            # refuses an unknown pairing here rather than in the forward pass
         self.grid = grid
+        self.pairing = pairing
         self.interactive_block = interactive_block(dim, hidden, trunk)
-        self.point_head = InteractivePointHead(hidden, point_hidden)
+        if self.predicts_points:
+            self.point_head = InteractivePointHead(hidden, point_hidden)
         half = hidden // 2
         self.token_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))  # temporal conv over frames
         self.token_proj = Linear(half, dim)
@@ -152,23 +188,27 @@ class ImplicitAlignment(nn.Module):
         b, t, length, dim = a.shape
         s = self.grid
         cls, patches = a[:, :, :1], a[:, :, 1:]                          # (B,T,1,D), (B,T,N,D)
+        if self.pairing == "adjacent":                                    # the release: slices, no index copies
+            prev_frames, cur_frames = patches[:, :-1], patches[:, 1:]
+        else:
+            prev_index, cur_index = (torch.tensor(i, device=a.device) for i in pair_indices(t, self.pairing))
+            prev_frames, cur_frames = patches[:, prev_index], patches[:, cur_index]
         # the tokens are already channels-last feature maps: no transpose copy, NHWC convolutions
-        pairs = torch.cat([patches[:, :-1], patches[:, 1:]], dim=-1)     # (B, P, N, 2D): [P_t ; C_t]
+        pairs = torch.cat([prev_frames, cur_frames], dim=-1)             # (B, P, N, 2D): [P_t ; C_t]
         pairs = pairs.view(b * (t - 1), s, s, 2 * dim).permute(0, 3, 1, 2)  # (B*P, 2D, S, S) channels-last
         features = self.interactive_block(pairs)                         # (B*P, C, S, S)
-        points = POINT_RANGE * self.point_head(features, b)              # (B, P, 4)
+        points, rows, cols = self.masks(features, b)
 
-        rows, cols = alignment_masks(points, s, self.delta if self.training else 0.0)
         masks = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).flatten(-2)    # (B, P, 2, N)
         # P~_t = m_P * P_t and C~_t = m_C * C_t are never materialised: the MI vectors (their sums over cells) are
         # one contraction with the masks, and a frame's two masks are merged before one multiply with its tokens
-        pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], patches[:, :-1])
-        pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], patches[:, 1:])
-        aligned = patches * merge_pairs(masks[:, :, 0], masks[:, :, 1]).unsqueeze(-1)
+        pooled_prev = torch.einsum("bpn,bpnd->bpd", masks[:, :, 0], prev_frames)
+        pooled_cur = torch.einsum("bpn,bpnd->bpd", masks[:, :, 1], cur_frames)
+        aligned = patches * self.merge(masks[:, :, 0], masks[:, :, 1]).unsqueeze(-1)
         aligned = torch.cat([cls, aligned], dim=2)                        # (B, T, L, D)
 
         prev_half, cur_half = features.unflatten(0, (b, t - 1)).chunk(2, dim=2)
-        per_frame = merge_pairs(prev_half, cur_half)                      # (B, T, C/2, S, S)
+        per_frame = self.merge(prev_half, cur_half)                       # (B, T, C/2, S, S)
         conv = self.token_conv(per_frame.transpose(1, 2))                 # (B, C/2, T, S, S)
         conv = conv.flatten(3).permute(0, 2, 3, 1)                        # (B, T, N, C/2)
         if isinstance(skip, nn.Linear):                                   # the class token through skip alone
@@ -179,18 +219,38 @@ class ImplicitAlignment(nn.Module):
             interactive = interactive if skip is None else skip(interactive)
         return Alignment(aligned, interactive, pooled_prev, pooled_cur, points, rows, cols)
 
+    def masks(self, features: torch.Tensor, batch: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The mask step: trunk features `(B*P, C, S, S)` -> (points `(B, P, 4)`, mask rows, mask columns, each
+        `(B, P, 2, S)`): the soft masks around the predicted interactive points (with the training disturbance)."""
+        points = POINT_RANGE * self.point_head(features, batch)          # (B, P, 4)
+        rows, cols = alignment_masks(points, self.grid, self.delta if self.training else 0.0)
+        return points, rows, cols
+
+    def pair_frames(self, frames: int) -> torch.Tensor:
+        """The frame indices `(T-1, 2)` of each pair's (previous, current) side under this alignment's pairing."""
+        return torch.tensor(pair_indices(frames, self.pairing)).T
+
+    def merge(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        """Per-frame view of pair quantities `(B, P, ...)` x 2 -> `(B, T, ...)` under this alignment's pairing."""
+        if self.pairing == "adjacent":
+            return merge_pairs(prev, cur)
+        frames = prev.shape[1] + 1
+        return merge_indexed(prev, cur, *pair_indices(frames, self.pairing), frames)
+
     def fuse(self, rewrites: Collection[str] | None = None) -> None:
         """Rewrite the alignment in place for inference (`ila.fuse`; `rewrites`: names from FUSIONS, None: all).
         `point_head`: the point head's grouped 1x1 temporal convolutions as block-diagonal linears; `bn`: every
         Conv2d + BatchNorm2d [+ MaxPool2d] + ReLU of the trunk and the point head as one folded convolution.
         (The block's `skip` rewrite, which reaches into `token_proj` and `class_proj`, is `ISTBlock.fuse`.)"""
         rewrites = FUSIONS if rewrites is None else rewrites
-        if "point_head" in rewrites and isinstance(self.point_head.temporal, nn.Sequential):
-            self.point_head.temporal = GroupedPointwise(self.point_head.temporal)
+        head = getattr(self, "point_head", None)
+        if "point_head" in rewrites and head is not None and isinstance(head.temporal, nn.Sequential):
+            head.temporal = GroupedPointwise(head.temporal)
         if "bn" in rewrites:
             onednn = "onednn" in rewrites
             self.interactive_block = fold_conv_bn_relu(self.interactive_block, onednn)
-            self.point_head.spatial = fold_conv_bn_relu(self.point_head.spatial, onednn)
+            if head is not None:
+                head.spatial = fold_conv_bn_relu(head.spatial, onednn)
 
 
 def alignment_loss(pooled_prev: torch.Tensor, pooled_cur: torch.Tensor) -> torch.Tensor:

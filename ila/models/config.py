@@ -1,6 +1,7 @@
 """The model's configuration: everything needed to build an ILA model (and nothing about data or training)."""
 from __future__ import annotations
 
+import reprlib
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -21,6 +22,23 @@ _RANGES = {"image_resolution": (1, 4096), "vision_patch_size": (1, 4096), "visio
            "align_delta": (0.0, 1.0), "drop_path": (0.0, 0.99), "num_classes": (1, 100_000),
            "mit_layers": (0, 64), "prompts_layers": (0, 64), "prompts_alpha": (-1e6, 1e6),
            "classifier_dropout": (0.0, 0.99)}
+
+
+_REPR = reprlib.Repr()                      # a bounded repr of a refused value
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def aligned_layers(spec: str, layers: int) -> list[int]:
+    """The layer indices that carry the alignment for `model.align_blocks`: `all`; `last:K` (the last K layers);
+    `every:K` (every K-th layer counting from 1: layers K-1, 2K-1, ..., so the last one aligns when K divides the
+    depth). A ValueError for anything else (`ModelConfig.validate` words it for users)."""
+    kind, _, count = spec.partition(":")
+    if spec == "all":
+        return list(range(layers))
+    if kind in ("last", "every") and count.isdigit() and 1 <= int(count) <= layers and str(int(count)) == count:
+        k = int(count)
+        return list(range(layers - k, layers)) if kind == "last" else list(range(k - 1, layers, k))
+    raise ValueError(f"align_blocks must be all, last:K or every:K with K in [1, {layers}], got {spec!r}")
 
 
 @dataclass
@@ -49,6 +67,9 @@ class ModelConfig:
     align_hidden: int = 256                 # interactive-block channels (release: 256)
     point_hidden: int = 128                 # point-prediction channels (release: 128)
     align_delta: float = 0.2                # initial disturbance offset of the nine training points
+    align_pairing: Literal["adjacent", "first", "middle"] = "adjacent"  # each frame aligned with: its predecessor
+                                            # (release) | the first frame | the middle frame (paper Sec. 4.3.4)
+    align_blocks: str = "all"               # layers with the alignment: all | last:K | every:K (others: CLIP blocks)
     drop_path: float = 0.0
     # head
     head: Head = "text"                     # "text": video-text logits (Kinetics) | "classifier" (SSv2)
@@ -70,7 +91,7 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         variant = temporal_variant(self.temporal)
         choices = {"interactive_block": ("separable", "dense"), "mi_token": ("release", "paper"),
-                   "head": ("text", "classifier")}
+                   "head": ("text", "classifier"), "align_pairing": ("adjacent", "first", "middle")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"model.{key}={getattr(self, key)!r} is not allowed; use one of {', '.join(allowed)}")
@@ -87,6 +108,11 @@ class ModelConfig:
         if self.image_resolution % self.vision_patch_size:
             raise UserError(f"model.image_resolution={self.image_resolution} must be a multiple of "
                             f"model.vision_patch_size={self.vision_patch_size}")
+        try:
+            aligned_layers(self.align_blocks, self.vision_layers)
+        except (ValueError, AttributeError):
+            raise UserError(f"model.align_blocks={_REPR.repr(self.align_blocks)} is not allowed; use all, last:K or "
+                            f"every:K with K in [1, {self.vision_layers}] (model.vision_layers)")
         if variant.check is not None:
             variant.check(self)                 # what the variant's own blocks need (ILA: the alignment's sizes)
         if self.num_frames < variant.min_frames:

@@ -29,7 +29,8 @@ class ILAOutput:
 
     logits: torch.Tensor                 # (B, K) video-text logits or (B, num_classes)
     align_losses: torch.Tensor           # (layers,) auxiliary alignment loss per block (zeros for baselines)
-    points: torch.Tensor | None          # (layers, B, T-1, 4) interactive points (x_prev, y_prev, x_cur, y_cur)
+    points: torch.Tensor | None          # (A, B, T-1, 4) interactive points (x_prev, y_prev, x_cur, y_cur) of the
+    #                                      A blocks that predict them (all layers for ila; None: no such block)
     video_features: torch.Tensor         # (B, E) MIT output (text head) / logits (classifier head)
 
 
@@ -106,7 +107,8 @@ class ILAModel(nn.Module):
         x = x.to(out)                     # (the same tensor when the tower has the head's dtype)
         frames = self.visual.head(x).view(b, t, -1)
         patches = x[:, 1:].unflatten(0, (b, t))
-        pts = torch.stack(points).to(out) if points and points[0] is not None else None
+        given = [p for p in points if p is not None]            # the blocks that align (`model.align_blocks`)
+        pts = torch.stack(given).to(out) if given else None
         return frames, patches, torch.stack(losses).to(out), pts
 
     def forward_head(self, frames: torch.Tensor, patches: torch.Tensor, text: torch.Tensor | None = None,

@@ -17,30 +17,35 @@ from timm.layers import DropPath
 from torch import nn
 
 from ila.errors import UserError
-from ila.models.alignment import ImplicitAlignment, alignment_loss, compose_linears, merge_pairs
+from ila.models.alignment import ImplicitAlignment, alignment_loss, compose_linears
 from ila.models.clip import MLP, Attention, Linear, activation
+from ila.models.config import aligned_layers
 from ila.models.fuse import FUSIONS, FusedLinear, as_fused_linear, fold_block_layer_norms
 from ila.models.registry import register_temporal
+from ila.models.temporal import FrameBlock
 from ila.models.temporal_block import TemporalBlock
 
 
 class ISTBlock(TemporalBlock):
     """One IST block; `forward` returns the new tokens (and, while `record` is on, keeps the block's alignment in
     `self.last`). Its own parameters: the message projection and the alignment (group `message`), the two skip
-    projections (group `temporal`); `ln_1`, `attn`, `ln_2`, `mlp` are CLIP's block."""
+    projections (group `temporal`); `ln_1`, `attn`, `ln_2`, `mlp` are CLIP's block. `pairing`: which frame each
+    frame is aligned with (`ila.models.alignment.pair_indices`; release: `adjacent`). A subclass swaps the
+    alignment module (`alignment_class`) and the auxiliary loss (`pair_loss`)."""
 
+    alignment_class = ImplicitAlignment
     trainable = {"message_*": "message", "alignment": "message", "temporal_*": "temporal"}
     has_alignment_maps = True
 
     def __init__(self, width: int, heads: int, grid: int, frames: int, trunk: str = "separable",
                  hidden: int = 256, point_hidden: int = 128, mi_token: str = "release", drop_path: float = 0.0,
-                 quick_gelu: bool = True):
+                 quick_gelu: bool = True, pairing: str = "adjacent"):
         super().__init__()
         self.frames = frames
         self.mi_token = mi_token
         self.message_fc = Linear(width, width)
         self.message_ln = nn.LayerNorm(width)
-        self.alignment = ImplicitAlignment(width, grid, trunk, hidden, point_hidden)
+        self.alignment = self.alignment_class(width, grid, trunk, hidden, point_hidden, pairing)
         self.temporal_skip_align_fc = Linear(width, width)
         self.temporal_skip_fc = Linear(width, width)
         for fc in (self.temporal_skip_align_fc, self.temporal_skip_fc):  # each block starts as the CLIP block
@@ -70,13 +75,17 @@ class ISTBlock(TemporalBlock):
             x = x + self.drop_path(align_fc(aligned))
             x = x + self.drop_path(inter)
         if self.mi_token == "paper":
-            mi = merge_pairs(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
+            mi = self.alignment.merge(al.pooled_prev, al.pooled_cur) / (length - 1)   # Avg over cells, per frame
             x = torch.cat([x, mi.reshape(bt, 1, width)], dim=1)
             x = self.attn(self.ln_1(x), residual=x, queries=queries)[:, :length]
         else:
             x = self.attn(self.ln_1(x), residual=x, queries=queries)
         x = self.mlp(self.ln_2(x), residual=x)
-        return x, alignment_loss(al.pooled_prev, al.pooled_cur), al.points
+        return x, self.pair_loss(al), al.points
+
+    def pair_loss(self, al) -> torch.Tensor:
+        """The block's auxiliary alignment loss (the release's: mean over pairs of 1 - cos of the MI vectors)."""
+        return alignment_loss(al.pooled_prev, al.pooled_cur)
 
     def fuse(self, rewrites: Collection[str] | None = None) -> None:
         """Rewrite the block in place for inference (`ila.fuse`; `rewrites`: names from FUSIONS, None: all).
@@ -96,7 +105,9 @@ class ISTBlock(TemporalBlock):
 
     def alignment_maps(self, run: Callable[[], object]) -> dict[str, torch.Tensor]:
         """The block's interactive points `(B, T-1, 4)` and 2-D alignment masks `(B, T-1, 2, S, S)` (previous,
-        current frame of each pair) in the forward pass `run()` performs; the alignment is kept only during it."""
+        current frame of each pair) in the forward pass `run()` performs, and `frames` `(T-1, 2)`: the frame
+        indices of each pair's (previous, current) side under the block's pairing (`model.align_pairing`); the
+        alignment is kept only during it."""
         self.record = True
         try:
             run()
@@ -106,7 +117,7 @@ class ISTBlock(TemporalBlock):
         if al is None:
             raise ValueError("the forward pass did not run this block")
         masks = al.mask_rows.unsqueeze(-1) * al.mask_cols.unsqueeze(-2)
-        return {"points": al.points, "masks": masks}
+        return {"points": al.points, "masks": masks, "frames": self.alignment.pair_frames(self.frames)}
 
 
 def _check_alignment_sizes(cfg) -> None:
@@ -122,10 +133,21 @@ def _check_alignment_sizes(cfg) -> None:
                         f"halved channels predict the points)")
 
 
+def alignment_blocks(cfg, block_fn) -> list[nn.Module]:
+    """One `block_fn` (an IST block class) per layer named by `cfg.align_blocks`, `mean`'s plain CLIP block
+    (`FrameBlock`: CLIP's block on each frame, every parameter CLIP's) in the others; drop-path rates rise linearly from 0 to `cfg.drop_path` over all layers."""
+    rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
+    aligned = set(aligned_layers(cfg.align_blocks, cfg.vision_layers))
+    extra = {} if cfg.align_pairing == "adjacent" else {"pairing": cfg.align_pairing}  # a release block_fn's signature
+    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.grid, cfg.num_frames, cfg.interactive_block,
+                     cfg.align_hidden, cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu, **extra)
+            if i in aligned else FrameBlock(cfg.vision_width, cfg.vision_width // 64, cfg.quick_gelu)
+            for i, rate in enumerate(rates)]
+
+
 @register_temporal("ila", description="IST blocks ({interactive_block} interactive block)",
                    check=_check_alignment_sizes)
 def ist_blocks(cfg, block_fn=ISTBlock) -> list[nn.Module]:
-    """`ila`: one IST block per layer; drop-path rates rise linearly from 0 to `cfg.drop_path`."""
-    rates = [cfg.drop_path * i / max(cfg.vision_layers - 1, 1) for i in range(cfg.vision_layers)]
-    return [block_fn(cfg.vision_width, cfg.vision_width // 64, cfg.grid, cfg.num_frames, cfg.interactive_block,
-                     cfg.align_hidden, cfg.point_hidden, cfg.mi_token, rate, cfg.quick_gelu) for rate in rates]
+    """`ila`: one IST block per layer (or per layer of `cfg.align_blocks`, plain CLIP blocks elsewhere), each
+    pairing frames by `cfg.align_pairing`."""
+    return alignment_blocks(cfg, block_fn)

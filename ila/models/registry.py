@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ila.models.config import ModelConfig
 
 # the modules that register ila's own variants, imported on the first look-up (they import torch and the blocks)
-BUILTIN_MODULES = ("ila.models.ist_block", "ila.models.temporal")
+BUILTIN_MODULES = ("ila.models.ist_block", "ila.models.temporal", "ila.models.shift", "ila.models.pool")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class TemporalVariant:
     description: str                    # what the blocks are, for model cards and help; may name model keys as
     #                                     {key} (e.g. "{interactive_block}"), filled from the model's config
     min_frames: int = 2                 # frames per clip the variant needs (1: no temporal modelling)
-    reference: bool = False             # a cost reference rather than a baseline: left out of comparisons
+    reference: bool = False             # left out of the default comparison (the demo's rows): a cost reference
+    #                                     (`joint`) or an ablation (`shift`, `pool`) rather than a baseline
     check: Callable | None = None       # (cfg) -> None: raises UserError for a config the variant cannot build
 
     def describe(self, model: dict) -> str:
@@ -90,11 +91,20 @@ def _load_builtin() -> None:
             importlib.import_module(module)
 
 
+def _order(variant: TemporalVariant) -> int:
+    """ila's own variants in BUILTIN_MODULES' order (whichever module happened to be imported first), then the
+    others in registration order."""
+    module = getattr(variant.build, "__module__", None)
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+
 def temporal_variants(references: bool = True) -> tuple[str, ...]:
-    """The registered variant names, in registration order; `references=False` leaves out cost references
-    (`joint`): the variants a comparison (the demo) trains by default."""
+    """The registered variant names: ila's own in BUILTIN_MODULES' order, then the others in registration order;
+    `references=False` leaves out cost references (`joint`, and the ablations `shift` and `pool`): the variants a
+    comparison (the demo) trains by default."""
     _load_builtin()
-    return tuple(name for name, v in _VARIANTS.items() if references or not v.reference)
+    ordered = sorted(_VARIANTS.values(), key=_order)          # stable: registration order within a module
+    return tuple(v.name for v in ordered if references or not v.reference)
 
 
 def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
@@ -102,7 +112,7 @@ def temporal_variant(name: str, key: str = "model.temporal") -> TemporalVariant:
     _load_builtin()
     variant = _VARIANTS.get(name) if isinstance(name, str) else None
     if variant is None:
-        raise UserError(f"{key}={_REPR.repr(name)} is not allowed; use one of {', '.join(_VARIANTS)}")
+        raise UserError(f"{key}={_REPR.repr(name)} is not allowed; use one of {', '.join(temporal_variants())}")
     return variant
 
 
