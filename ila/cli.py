@@ -149,8 +149,8 @@ EXAMPLES = {
              "ila eval --checkpoint runs/demo --set data.val_list=my_test_videos/ data.num_frames=16"],
     "predict": ["ila predict --checkpoint runs/demo my_videos/ --json",
                 "ila predict --model ViT-B-32.pt --temporal mean --classes dancing,cooking,swimming clip.mp4",
-                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --timeline timeline.png",
-                "ila predict --checkpoint runs/demo rtsp://camera.local/live --window 2 --stride 1 --json"],
+                "ila predict --checkpoint runs/demo long.mp4 --window 4 --stride 2 --json   (a long file, or a live "
+                "stream: rtsp://, tcp://, http(s)://, /dev/video0)"],
     "serve": ["ila serve --checkpoint runs/demo   (then open http://127.0.0.1:8000/)",
               "curl -F video=@clip.mp4 -F topk=3 http://127.0.0.1:8000/predict",
               "ila serve --model ViT-B-32.pt --temporal mean --classes dancing,cooking --host 0.0.0.0 --port 8080"],
