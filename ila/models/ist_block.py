@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable, Collection
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
 from ila.errors import UserError
@@ -51,7 +50,11 @@ class ISTBlock(TemporalBlock):
         for fc in (self.temporal_skip_align_fc, self.temporal_skip_fc):  # each block starts as the CLIP block
             nn.init.zeros_(fc.weight)
             nn.init.zeros_(fc.bias)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            from timm.layers import DropPath  # timm (with torchvision and wandb) costs seconds of import: only here
+            self.drop_path = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
