@@ -98,6 +98,16 @@ def from_file(served, session):
     return session.windows(served[1], WINDOW, STRIDE, topk=3)["windows"]
 
 
+def to_mpegts(path: str, out_path: str) -> None:
+    """The video stream of `path` remuxed, packets unchanged, into an MPEG-TS file (what a live sender sends)."""
+    with av.open(path) as source, av.open(out_path, "w", format="mpegts") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+
+
 def same_windows(got: list[dict], expected: list[dict]) -> None:
     assert [(w["start"], w["end"]) for w in got] == [(w["start"], w["end"]) for w in expected]
     assert [w["predictions"][0]["class"] for w in got] == [w["predictions"][0]["class"] for w in expected]
@@ -273,12 +283,7 @@ def test_http_reads_a_playlist_of_segments_but_never_a_local_file_or_text(served
     """Over HTTP: an HLS playlist of MPEG-TS segments is a stream (the file's windows); a playlist naming a local
     file, and a text page (FFmpeg would render it as frames), are refused when opened."""
     _, video = served
-    with av.open(video) as source, av.open(str(tmp_path / "segment.ts"), "w", format="mpegts") as out:
-        stream = out.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
+    to_mpegts(video, str(tmp_path / "segment.ts"))
     (tmp_path / "notes.txt").write_text("not a video\n" * 100)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None
@@ -306,12 +311,7 @@ def test_a_stream_that_changes_size_and_restarts_its_clock(served, session, tmp_
     write_long_video(second, [5, 4, 3, 2, 1, 0], 0.5, size=(64, 40), fps=8, keyframe_every=4)
     data = b""
     for path in (video, second):
-        with av.open(path) as source, av.open(str(tmp_path / "part.ts"), "w", format="mpegts") as out:
-            stream = out.add_stream_from_template(source.streams.video[0])
-            for packet in source.demux(source.streams.video[0]):
-                if packet.dts is not None:
-                    packet.stream = stream
-                    out.mux(packet)
+        to_mpegts(path, str(tmp_path / "part.ts"))
         data += (tmp_path / "part.ts").read_bytes()
     listener = socket.create_server(("127.0.0.1", 0))
 
