@@ -181,11 +181,10 @@ def _suffix(name: str) -> str:
 class Service:
     """What the routes do, without HTTP: a session, its batcher, the private upload folder and the limits."""
 
-    def __init__(self, session: InferenceSession, batcher: Batcher, precision: str = "fp32",
-                 max_upload_mb: float = 100, read_timeout: float = 10.0, max_pending: int = 64,
-                 upload_timeout: float = 120.0):
+    def __init__(self, session: InferenceSession, batcher: Batcher, max_upload_mb: float = 100,
+                 read_timeout: float = 10.0, max_pending: int = 64, upload_timeout: float = 120.0):
         self.check(max_upload_mb, read_timeout, upload_timeout, max_pending)
-        self.session, self.batcher, self.precision = session, batcher, precision
+        self.session, self.batcher = session, batcher
         self.max_bytes, self.max_pending = int(max_upload_mb * 2 ** 20), max_pending
         self.read_timeout, self.upload_timeout = read_timeout, upload_timeout
         self.folder = tempfile.mkdtemp(prefix="ila-serve-")          # mode 0700: this process only
@@ -212,7 +211,7 @@ class Service:
         model = os.path.basename(os.path.normpath(source)) if os.path.exists(source) else source
         return {"status": "ok", "model": model,
                 "temporal": s.cfg.model.temporal, "classes": len(s.class_names), "frames": s.cfg.data.num_frames,
-                "size": s.cfg.data.input_size, "device": str(s.env.device), "precision": self.precision,
+                "size": s.cfg.data.input_size, "device": str(s.env.device), "precision": s.precision,
                 "version": __version__, "alignment_maps": bool(s.model.has_alignment_maps),
                 "max_upload_mb": round(self.max_bytes / 2 ** 20, 3), "max_batch": self.batcher.max_batch,
                 "max_wait_ms": self.batcher.max_wait * 1000, "batches": dict(self.batcher.stats),
@@ -488,7 +487,7 @@ def run_serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, precision: 
     session = open_session(checkpoint, classes, temporal, overrides, precision)
     sock = listen(host, port)
     port = sock.getsockname()[1]
-    service = Service(session, Batcher(session, max_batch, max_wait_ms), precision, max_upload_mb, read_timeout,
+    service = Service(session, Batcher(session, max_batch, max_wait_ms), max_upload_mb, read_timeout,
                       max_pending, upload_timeout)
     server = make_server(service, host, port, log_level="info")
     shown = f"[{host}]" if ":" in host else host
