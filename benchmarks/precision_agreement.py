@@ -13,11 +13,15 @@ models' validation sets.
    and the largest probability difference.
 
 `--int8` adds the int8 row measured by benchmarks/model_speed.py (every linear of the fused fp32 model as a
-dynamic int8 linear; not an ila option), to compare its agreement with bf16's.
+dynamic int8 linear; not an ila option), to compare its agreement with bf16's. `--autocast` adds the fp32 model
+run under `torch.autocast("cpu", torch.bfloat16)` (the residual stream and the elementwise work stay fp32; not an
+ila option either). For each trained row, the fp32 probability margin between the top two classes of every video
+whose prediction changed (near ties change first), beside the median margin of all videos.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -79,26 +83,35 @@ def trained(run: str, sets: list[str], precisions: list[str]) -> list[dict]:
         scores, labels = {}, None
         for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
             session = InferenceSession(run, overrides=overrides, quiet=True,
-                                       precision="fp32" if precision == "int8" else precision)
+                                       precision="fp32" if precision in ("int8", "autocast") else precision)
             if precision == "int8":
                 int8_linears(session.model)
             samples = read_split(session.cfg, "val", session.class_names)[0]
             start = time.perf_counter()
-            result = session.scores(samples, progress=False)
+            with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast"
+                  else contextlib.nullcontext()):
+                result = session.scores(samples, progress=False)
             seconds = time.perf_counter() - start
             scores[precision], labels = result.outputs, result.labels
             ref = scores["fp32"]
+            top2 = ref.float().topk(2, dim=-1).values
+            margins = top2[:, 0] - top2[:, 1]                         # fp32 probability margin of the top two
+            changed = result.outputs.argmax(-1) != ref.argmax(-1)
             top1 = float((result.outputs.argmax(-1) == labels).float().mean()) * 100
             rows.append(dict(set=folder, precision=precision, videos=len(labels), top1=top1,
                              top1_change=top1 - float((ref.argmax(-1) == labels).float().mean()) * 100,
                              unchanged=float((result.outputs.argmax(-1) == ref.argmax(-1)).float().mean()) * 100,
-                             max_prob_diff=(result.outputs - ref).abs().max().item(), seconds=seconds))
+                             max_prob_diff=(result.outputs - ref).abs().max().item(), seconds=seconds,
+                             changed_margins=[round(m, 4) for m in margins[changed].tolist()],
+                             median_margin=margins.median().item()))
     print(f"\ntrained run {run}: validation sets, eval's views, every video once")
-    print("| set | precision | videos | top-1 % | change (points) | unchanged predictions % | max prob. diff | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| set | precision | videos | top-1 % | change (points) | unchanged predictions % | max prob. diff | s | "
+          "fp32 margins of the changed | median margin |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {os.path.basename(r['set'].rstrip('/'))} | {r['precision']} | {r['videos']} | {r['top1']:.2f} | "
-              f"{r['top1_change']:+.2f} | {r['unchanged']:.2f} | {r['max_prob_diff']:.1e} | {r['seconds']:.1f} |")
+              f"{r['top1_change']:+.2f} | {r['unchanged']:.2f} | {r['max_prob_diff']:.1e} | {r['seconds']:.1f} | "
+              f"{', '.join(f'{m:.4f}' for m in r['changed_margins']) or '-'} | {r['median_margin']:.3f} |")
     return rows
 
 
@@ -109,6 +122,7 @@ def main(argv=None) -> None:
     p.add_argument("--run", default=None, help="a trained run directory or checkpoint")
     p.add_argument("--val", nargs="*", default=[], help="`ila make-dataset` folders whose val.txt to score")
     p.add_argument("--int8", action="store_true", help="also the int8 row (benchmarks/model_speed.py's)")
+    p.add_argument("--autocast", action="store_true", help="also the fp32 model under bf16 autocast (trained runs)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
@@ -119,7 +133,7 @@ def main(argv=None) -> None:
     if args.fixtures:
         out["fixtures"] = fixtures(args.fixtures, precisions, args.tolerance)
     if args.run:
-        out["trained"] = trained(args.run, args.val, precisions)
+        out["trained"] = trained(args.run, args.val, precisions + ["autocast"] * args.autocast)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

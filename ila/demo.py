@@ -33,7 +33,8 @@ import torch
 from ila import jsonsafe
 from ila.atomic import write_text
 from ila.config import load_config
-from ila.data.synthetic import appearance_class_names, class_names, make_appearance_dataset, make_dataset
+from ila.data.synthetic import (DEFAULT_PAIRS, appearance_class_names, class_names, make_appearance_dataset,
+                                make_dataset)
 from ila.engine.evaluate import run_eval
 from ila.engine.loaders import read_split, video_dataset
 from ila.engine.predict import run_predict
@@ -73,6 +74,8 @@ class Budget:
     val_every: int = 2          # single-view validation for the curves every N epochs (and at the end)
     pretrain_epochs: int = 5    # frozen setting: single-frame appearance pretraining of the tower
     size: int = VIDEO_SIZE      # generator: frame side in pixels (the loader resizes to the model's input)
+    pairs: tuple = DEFAULT_PAIRS  # generator: the motion pairs (classes 2p, 2p + 1)
+    flicker: bool = False       # generator: the background texture drawn anew in every frame
 
 
 FULL = Budget()
@@ -170,6 +173,10 @@ def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False
     """Generate the motion set (or the appearance set) under `root` unless the same one is already there."""
     params = {"train": budget.train_clips, "val": budget.val_clips, "size": budget.size, "frames": budget.frames,
               "seed": seed, "motion": list(budget.motion), "distractors": budget.distractors, "texture": budget.texture}
+    if tuple(budget.pairs) != DEFAULT_PAIRS:     # recorded only when set, so that older sets are reused
+        params["pairs"] = list(budget.pairs)
+    if budget.flicker and not appearance:        # single frames (the appearance set) look alike either way
+        params["flicker"] = True
     kind = "appearance" if appearance else "motion"
     if appearance:
         params["kind"] = kind
@@ -183,9 +190,11 @@ def prepare_data(root: Path, budget: Budget, seed: int, appearance: bool = False
           f"{budget.motion[1]:g}, {budget.distractors} distractors, background texture {budget.texture:g}")
     if marker.is_file():
         marker.unlink()
+    extra = {} if appearance else {"flicker": budget.flicker}
     make = make_appearance_dataset if appearance else make_dataset
     make(str(root), num_train=budget.train_clips, num_val=budget.val_clips, size=budget.size, frames=budget.frames,
-         seed=seed, motion=tuple(budget.motion), distractors=budget.distractors, texture=budget.texture)
+         seed=seed, motion=tuple(budget.motion), distractors=budget.distractors, texture=budget.texture,
+         pairs=tuple(budget.pairs), **extra)
     marker.write_text(json.dumps(params) + "\n")
     return root
 
@@ -197,7 +206,8 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
     """The run's `ila` config: the `demo` preset with `model.temporal` set and this demo's recipe; `frozen`
     starts from the pretrained `tower` checkpoint and trains only alignment, skip projections and head;
     `pretrain` is the tower's single-frame appearance run. `changes`: a row's (key, value) pairs
-    (`Row.changes`: model.align_pairing, model.align_blocks, train.align_loss_weight); `name`: the row's."""
+    (`Row.changes`: model.align_pairing, model.align_blocks, train.align_loss_weight; any `model.`, `data.` or
+    `train.` key); `name`: the row's."""
     data, run = data.resolve(), run.resolve()
     model = {"preset": "demo", "temporal": variant}
     train = {"init": "none", "epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr,
@@ -215,14 +225,15 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
         model.update(temporal="mean", num_frames=1)
         train.update(epochs=budget.pretrain_epochs, eval_every_epochs=budget.pretrain_epochs)
         frames = 1
+    loader = {"root": str(data), "train_list": str(data / "train.txt"), "val_list": str(data / "val.txt"),
+              "class_names": str(data / "classes.txt"), "num_frames": frames, "input_size": 32,
+              "cache": "memory", "recipe": "crop", "workers": 0}
     for key, value in changes:
         section, _, field = key.partition(".")
-        (model if section == "model" else train)[field] = value
+        {"model": model, "data": loader, "train": train}[section][field] = value
     return load_config({
         "model": model,
-        "data": {"root": str(data), "train_list": str(data / "train.txt"), "val_list": str(data / "val.txt"),
-                 "class_names": str(data / "classes.txt"), "num_frames": frames, "input_size": 32,
-                 "cache": "memory", "recipe": "crop", "workers": 0},
+        "data": loader,
         "train": train,
         "eval": {"clips": budget.eval_clips if setting != "pretrain" else 1, "crops": 1, "batch_size": 32},
         "name": f"demo-{setting}-{name or variant}", "output": str(run), "device": "cpu"})
@@ -332,13 +343,16 @@ def merge_results(paths) -> dict:
 
 def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, data_seed: int = 0,
              variants=None, budget: Budget | None = None, epochs: int | None = None,
-             settings=SETTINGS, seeds: int = 1, data: str = "flat", align_loss: str | None = None) -> dict:
+             settings=SETTINGS, seeds: int = 1, data: str = "flat", align_loss: str | None = None,
+             changes=()) -> dict:
     """Run the demo for `seeds` training seeds (seed, seed + 1, ...) on the `data` kind of generated set;
     returns {"SETTING/ROW": [metrics and speeds per seed]} (also written to OUT/results.json).
     `variants`: the table's rows, registered temporal variants with options (`parse_row`: `ila`, `pool`,
     `ila@first`, `ila@half`, `ila@loss`, ...; default: every variant that is not a cost reference or an
     ablation), each at the same budget. `align_loss`: `on` (weight 1, the release's) or `off` (0, the demo's
-    recipe) for every row that does not set it."""
+    recipe) for every row that does not set it. `changes`: config (key, value) pairs for every model, before each
+    row's own (e.g. `(("model.image_resolution", 64), ("data.input_size", 64))`; the frozen setting's pretrained
+    tower takes them too, except frame counts: it sees single frames)."""
     started = time.perf_counter()
     if data not in DATA_KINDS:
         raise UserError(f"unknown --data {data!r}; choose from {', '.join(DATA_KINDS)}")
@@ -380,15 +394,16 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
             tower = None
             if setting == "frozen":
                 appearance = prepare_data(out / f"data-appearance{suffix}", budget, data_seed, appearance=True)
-                cfg = demo_config("pretrain", appearance, base / "pretrain", budget, s, "pretrain")
+                cfg = demo_config("pretrain", appearance, base / "pretrain", budget, s, "pretrain",
+                                  changes=[(k, v) for k, v in changes if not k.endswith(".num_frames")])
                 r = train_and_eval(cfg, base / "configs" / "pretrain.yaml", log)
                 tower = Path(r["checkpoint"])
                 log(f"[pretrain] image tower on single frames of {len(appearance_class_names())} appearance "
                     f"classes (shape x colour): top-1 {r['top1']:.1f}% ({r['train_seconds']:.0f} s)  ->  {tower}")
             for row in rows:
                 name = row.slug if setting == "scratch" else f"{setting}-{row.slug}"
-                cfg = demo_config(row.variant, motion_data, base / name, budget, s, setting, tower, row.changes,
-                                  row.slug)
+                cfg = demo_config(row.variant, motion_data, base / name, budget, s, setting, tower,
+                                  (*changes, *row.changes), row.slug)
                 r = train_and_eval(cfg, base / "configs" / f"{name}.yaml", log)
                 r["seed"] = s
                 results.setdefault((setting, row.name), []).append(r)
@@ -417,7 +432,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     first = next((st for st in settings if (st, "ila") in results), None)
     if first is not None:
         # one validation video of each class (the val split cycles through the labels), drawn by `ila predict`
-        count = min(len(class_names()), budget.val_clips)
+        count = min(len(class_names(budget.pairs)), budget.val_clips)
         videos = [str(motion_data / "val" / f"{k:06d}.mp4") for k in range(count)]
         points = out / "points"
         checkpoint = results[(first, "ila")][0]["checkpoint"]

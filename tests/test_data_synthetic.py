@@ -131,3 +131,24 @@ def test_a_twins_centres_are_its_partners_reversed():
     forward, a = render_clip(0, 32, 8, np.random.default_rng(5), centres=True)
     backward, b = render_clip(1, 32, 8, np.random.default_rng(5), centres=True)
     assert np.array_equal(forward[::-1], backward) and np.array_equal(a[::-1], b)
+
+
+def test_flicker_redraws_the_background_under_the_same_object():
+    """`flicker=True`: frame 0 and the object (its centres, shape, colour) are those of the static clip; the textured
+    background of every later frame is drawn anew, so consecutive frames differ away from the object too."""
+    key = dict(pairs=("horizontal", "vertical"), distractors=1, texture=0.8)
+    static, where = render_clip(0, 48, 6, np.random.default_rng(7), centres=True, **key)
+    flick, where_f = render_clip(0, 48, 6, np.random.default_rng(7), centres=True, flicker=True, **key)
+    assert np.array_equal(where, where_f) and np.array_equal(static[0], flick[0])
+    far = np.ones((48, 48), bool)                               # pixels more than 18 px from the object in frames 0-1
+    yy, xx = np.mgrid[:48, :48] + 0.5
+    for x, y in where[:2]:
+        far &= np.hypot(xx - x, yy - y) > 18
+    still = np.abs(static[1].astype(int) - static[0])[far].mean()
+    moved = np.abs(flick[1].astype(int) - flick[0])[far].mean()
+    assert still == 0 and moved > 10
+    # a flat background has nothing to redraw; the reversed twin reverses the flickering clip too
+    flat = [render_clip(0, 48, 6, np.random.default_rng(7), texture=0.0, distractors=0, flicker=f) for f in (0, 1)]
+    assert np.array_equal(*flat)
+    twin = render_clip(1, 48, 6, np.random.default_rng(7), flicker=True, **key)
+    assert np.array_equal(twin, flick[::-1])

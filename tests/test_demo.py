@@ -5,6 +5,7 @@ source (`data.cache=memory`) serves exactly the clips of the decoding dataset, a
 takes the image tower (and only it) from a pretrained checkpoint."""
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 from pathlib import Path
 import subprocess
@@ -19,7 +20,8 @@ from ila.data.cache import MemoryVideoDataset
 from ila.data.dataset import VideoDataset
 from ila.data.synthetic import SHAPES, appearance_class_names, make_appearance_dataset
 from ila.config import load_config
-from ila.demo import QUICK, VARIANTS, Row, format_table, merge_results, parse_row, parse_rows, prepare_data
+from ila.demo import (QUICK, VARIANTS, Row, format_table, merge_results, parse_row, parse_rows, prepare_data,
+                      run_demo)
 from ila.errors import UserError
 from ila.weights.checkpoint import read_checkpoint
 from ila.models.ila import parameter_group
@@ -284,3 +286,34 @@ def test_merge_results_of_one_process_per_seed(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(UserError, match="is not the results.json of ila demo$"):
         merge_results([tmp_path / "bad.json"])
+
+
+def test_changes_reach_every_model_and_the_pretrained_tower(tmp_path):
+    """`run_demo(changes=...)` (benchmarks/alignment_search.py's settings): an 8x8 patch grid and 4 frames for
+    every row, the pretrained tower at the same resolution on single frames; a budget's `pairs` and `flicker`
+    make the set (2 translation pairs: 4 classes), recorded in its marker so another budget makes it again."""
+    grid8 = (("model.image_resolution", 64), ("data.input_size", 64), ("model.num_frames", 4),
+             ("data.num_frames", 4))
+    budget = replace(QUICK, size=72, pairs=("horizontal", "vertical"), motion=(0.8, 1.0), texture=0.8, flicker=True,
+                     distractors=0, train_clips=16, val_clips=8, epochs=1)
+    out = tmp_path / "search"
+    results = run_demo(out, variants=["ila@loss", "pool"], budget=budget, settings=("frozen",), changes=grid8)
+    for row in ("ila-loss", "pool"):
+        cfg = load_config(str(out / "configs" / f"frozen-{row}.yaml"))
+        assert (cfg.model.image_resolution, cfg.data.input_size, cfg.model.num_frames, cfg.data.num_frames) == \
+            (64, 64, 4, 4)
+        assert cfg.model.grid == 8
+        trained = read_checkpoint(results[f"frozen/{row.replace('-', '@')}"][0]["checkpoint"])["config"]["model"]
+        assert trained["num_classes"] == 4 and trained["image_resolution"] == 64       # one output per class
+    pretrain = load_config(str(out / "configs" / "pretrain.yaml"))
+    assert (pretrain.model.image_resolution, pretrain.model.num_frames, pretrain.data.num_frames) == (64, 1, 1)
+    assert results["frozen/ila@loss"][0]["align_loss_weight"] == 1.0
+    assert results["frozen/ila@loss"][0]["point_error"] is not None
+    marker = json.loads((out / "data" / "demo-dataset.json").read_text())
+    assert marker["pairs"] == ["horizontal", "vertical"] and marker["flicker"] is True and marker["size"] == 72
+    assert (out / "data" / "classes.txt").read_text().splitlines() == ["moving left to right", "moving right to left",
+                                                                        "moving top to bottom", "moving bottom to top"]
+    assert "flicker" not in json.loads((out / "data-appearance" / "demo-dataset.json").read_text())
+    # the same folder with the flicker off: the set is made again, not reused
+    prepare_data(out / "data", replace(budget, flicker=False), 0)
+    assert "flicker" not in json.loads((out / "data" / "demo-dataset.json").read_text())

@@ -48,7 +48,8 @@ def hflip_label_swap(pairs=DEFAULT_PAIRS) -> dict[int, int]:
 def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: int = 64, frames: int = 16,
                  seed: int = 0, *, pairs=DEFAULT_PAIRS, fps: int = 16, motion=(0.5, 0.85),
                  object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
-                 min_contrast: float = 120.0, qp: int = 20, verbose: bool = True, layout: str = "lists") -> str:
+                 min_contrast: float = 120.0, qp: int = 20, verbose: bool = True, layout: str = "lists",
+                 flicker: bool = False) -> str:
     """Write `train/` and `val/` H.264 MP4 clips, `train.txt` / `val.txt` (`path label`) and `classes.txt`;
     with layout="folders", `train/CLASS/` and `val/CLASS/` class folders instead, and no list files. Beside them,
     `positions.json` (`ila.data.positions`) records each frame's object centre (for `point_error`).
@@ -57,7 +58,8 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
     growth, rotation up to 180 degrees, fade ramp speed); object_size: range of the object radius as a
     fraction of the frame side; distractors: static shapes per clip; texture: background texture
     strength (0 = flat); min_contrast: least RGB distance between the object and the background mean;
-    qp: H.264 quantiser (0 = lossless). Returns out_dir.
+    qp: H.264 quantiser (0 = lossless); flicker: the background texture drawn anew in every frame (`render_clip`).
+    Returns out_dir.
     """
     _check_args(num_train, num_val, size, frames, pairs, motion, object_size, distractors, texture, qp)
     if layout not in ("lists", "folders"):
@@ -69,7 +71,7 @@ def make_dataset(out_dir: str, num_train: int = 1280, num_val: int = 320, size: 
         with open(os.path.join(out_dir, "classes.txt"), "w") as f:
             f.write("".join(n + "\n" for n in names))
     params = dict(pairs=tuple(pairs), motion=motion, object_size=object_size, distractors=distractors,
-                  texture=texture, min_contrast=min_contrast)
+                  texture=texture, min_contrast=min_contrast, flicker=flicker)
     centres = {}
     for split, count in (("train", num_train), ("val", num_val)):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
@@ -143,19 +145,25 @@ def make_appearance_dataset(out_dir: str, num_train: int = 1280, num_val: int = 
 
 def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pairs=DEFAULT_PAIRS,
                 motion=(0.5, 0.85), object_size=(0.12, 0.22), distractors: int = 2, texture: float = 0.5,
-                min_contrast: float = 120.0, shape: str | None = None, colour=None, centres: bool = False):
+                min_contrast: float = 120.0, shape: str | None = None, colour=None, centres: bool = False,
+                flicker: bool = False):
     """One clip of class `label` as uint8 (frames, size, size, 3): the forward motion of its pair,
     played backwards for an odd label; `shape` / `colour` (RGB) fix the object's appearance. `centres=True`:
     (clip, centres) with the object's centre in each frame, float (frames, 2) as (x, y) in pixels (pixel i spans
     [i, i + 1]), NaN where the object is invisible (a fade at opacity 0). The random draws are the same either
-    way."""
+    way. `flicker=True`: the background's texture is drawn anew in every frame (same colour, same distractors), so
+    the moving object is the only thing two frames share (the clip's other draws, and so its object, stay those of
+    `flicker=False`)."""
     kind = pairs[label // 2]
-    background = _background(size, rng, texture)
+    base = rng.uniform(40, 215, 3).astype(np.float32)
+    background = _background(size, rng, texture, base)
+    placed = []
     for _ in range(distractors):
         other = SHAPES[int(rng.integers(len(SHAPES)))]
         r = rng.uniform(*object_size) * size * 0.8
         cx, cy = rng.uniform(0, size, 2)
-        _draw(background, other, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
+        placed.append((other, cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3)))
+        _draw(background, *placed[-1])
     if colour is None:
         colour = _contrasting_colour(background.reshape(-1, 3).mean(0), min_contrast, rng)
     if shape is None:
@@ -187,7 +195,12 @@ def render_clip(label: int, size: int, frames: int, rng: np.random.Generator, pa
         angle = angle + m * math.pi * t                 # angle grows clockwise on screen (y points down)
     clip = np.empty((frames, size, size, 3), np.uint8)
     for k in range(frames):
-        frame = background.copy()
+        if flicker and k:                               # a new texture under the same colour and distractors
+            frame = _background(size, rng, texture, base)
+            for args in placed:
+                _draw(frame, *args)
+        else:
+            frame = background.copy()
         _draw(frame, shape, cx[k], cy[k], radius[k], angle[k], colour, opacity[k])
         clip[k] = np.clip(frame + 0.5, 0, 255)
     where = np.stack([cx, cy], axis=1).astype(np.float64)
@@ -280,8 +293,8 @@ def _shape_alpha(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, angle: fl
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
-def _background(size: int, rng: np.random.Generator, texture: float) -> np.ndarray:
-    base = rng.uniform(40, 215, 3).astype(np.float32)
+def _background(size: int, rng: np.random.Generator, texture: float, base: np.ndarray) -> np.ndarray:
+    """A flat `base` colour (RGB) with a random smooth + fine texture of strength `texture` over it."""
     image = np.broadcast_to(base, (size, size, 3)).copy()
     if texture > 0:
         cells = int(rng.choice([4, 8, 16]))
