@@ -13,7 +13,7 @@ from ila.config import load_config
 from ila.convert import convert_release
 from ila.data.annotations import ANNOTATION_FORMATS, format_choices
 from ila.data.prepare import prepare
-from ila.data.synthetic import make_dataset
+from ila.data.synthetic import DEFAULT_PAIRS, MOTIONS, make_dataset
 from ila.demo import run_demo
 from ila.engine.evaluate import run_eval
 from ila.engine.features import run_features
@@ -39,9 +39,10 @@ def _cmd_make_dataset(args: argparse.Namespace) -> None:
         motion = (float(low), float(high or low))
     except ValueError:
         raise UserError(f"--motion {args.motion!r}: give a range LOW,HIGH of fractions, e.g. 0.7,1.0") from None
+    pairs = tuple(p.strip() for p in args.pairs.split(",") if p.strip())
     make_dataset(args.out_dir, num_train=args.train, num_val=args.val, size=args.size,
                  frames=args.frames, seed=args.seed, motion=motion, distractors=args.distractors,
-                 texture=args.texture, layout=args.layout)
+                 texture=args.texture, layout=args.layout, pairs=pairs, flicker=args.flicker)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -205,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion", default="0.5,0.85", help="motion amplitude range LOW,HIGH (fraction of the largest)")
     p.add_argument("--distractors", type=int, default=2, help="static distractor shapes per clip")
     p.add_argument("--texture", type=float, default=0.5, help="background texture strength (0: flat)")
+    p.add_argument("--pairs", default=",".join(DEFAULT_PAIRS),
+                   help=f"the motion pairs, comma-separated, of {', '.join(MOTIONS)} (2 classes each)")
+    p.add_argument("--flicker", action="store_true",
+                   help="draw the background texture anew in every frame (only the object persists)")
     p.add_argument("--layout", choices=["lists", "folders"], default="lists",
                    help="lists: train.txt/val.txt + classes.txt; folders: train/CLASS/*.mp4, val/CLASS/*.mp4")
     p.set_defaults(func=_cmd_make_dataset)

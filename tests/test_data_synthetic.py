@@ -152,3 +152,17 @@ def test_flicker_redraws_the_background_under_the_same_object():
     assert np.array_equal(*flat)
     twin = render_clip(1, 48, 6, np.random.default_rng(7), flicker=True, **key)
     assert np.array_equal(twin, flick[::-1])
+
+
+def test_cli_make_dataset_pairs_and_flicker(tmp_path, capsys):
+    """`--pairs` picks the motion pairs (2 classes each), `--flicker` redraws the background in every frame; a bad
+    pair is one line naming the choices."""
+    out = tmp_path / "moving"
+    assert main(["make-dataset", str(out), "--train", "4", "--val", "4", "--size", "32", "--frames", "4",
+                 "--pairs", "horizontal,vertical", "--flicker", "--distractors", "0", "--texture", "0.8"]) == 0
+    assert load_class_names(str(out / "classes.txt")) == [*MOTIONS["horizontal"], *MOTIONS["vertical"]]
+    frames = decode_all(str(out / "train" / "000000.mp4")).astype(int)
+    assert np.abs(frames[1] - frames[0]).mean() > 5          # the whole background changed, not only the object
+    assert main(["make-dataset", str(tmp_path / "bad"), "--pairs", "horizontal,sideways"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown motion pair(s) ['sideways']; choose from horizontal, vertical" in err[0]
