@@ -17,7 +17,9 @@ script moves every knob the issue names towards alignment and measures whether t
 - the alignment loss on (`ila@loss`, the release's weight 1) beside ILA without it and `pool`;
 - `grid8-flicker`: the same with a textured background drawn anew in every frame, so that the moving object is
   the only content two frames share (with a static background, two points on the same background cell give
-  identical pooled features, which the release's loss, 1 - cos of the pooled features, cannot beat).
+  identical pooled features, which the release's loss, 1 - cos of the pooled features, cannot beat);
+- `grid8-flicker-loss10`: the flickering set with the alignment loss at 10x the release's weight on `ila` (its
+  only rows: `ila`, `pool`): can the loss move the points at all?
 
 Each setting is one `ila demo` run (`ila.demo.run_demo` with the setting's budget and config changes: the same
 engine, configs in OUT/SETTING/configs/ that `ila train --config` reruns); the table is `ila.demo.format_table`'s.
@@ -39,9 +41,11 @@ from ila.demo import FULL, format_table, merge_results, run_demo
 
 GRID8 = (("model.image_resolution", 64), ("data.input_size", 64), ("model.num_frames", 4), ("data.num_frames", 4))
 MOVING = dict(size=72, pairs=("horizontal", "vertical"), motion=(0.8, 1.0))
-SETTINGS = {
-    "grid8": (dict(MOVING, distractors=0, texture=0.0), GRID8),
-    "grid8-flicker": (dict(MOVING, distractors=0, texture=0.8, flicker=True), GRID8),
+FLICKER = dict(MOVING, distractors=0, texture=0.8, flicker=True)
+SETTINGS = {  # name: (generator, config changes for every row, rows (None: --rows))
+    "grid8": (dict(MOVING, distractors=0, texture=0.0), GRID8, None),
+    "grid8-flicker": (FLICKER, GRID8, None),
+    "grid8-flicker-loss10": (FLICKER, (*GRID8, ("train.align_loss_weight", 10.0)), ("ila", "pool")),
 }
 ROWS = ("ila@loss", "ila", "pool")
 
@@ -66,12 +70,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     for name in names:
-        generator, changes = SETTINGS[name]
+        generator, changes, rows = SETTINGS[name]
         budget = replace(FULL, train_clips=args.train, val_clips=args.val, epochs=args.epochs,
                          pretrain_epochs=args.pretrain_epochs, **generator)
         print(f"\n===== {name}: generator {json.dumps(generator)}; config {dict(changes)}", flush=True)
-        run_demo(out / name, seed=args.seed, variants=args.rows.split(","), budget=budget, settings=("frozen",),
-                 changes=changes)
+        run_demo(out / name, seed=args.seed, variants=list(rows or args.rows.split(",")), budget=budget,
+                 settings=("frozen",), changes=changes)
     print()
     for name in names:
         results = out / name / "results.json"
