@@ -20,6 +20,9 @@ script moves every knob the issue names towards alignment and measures whether t
   identical pooled features, which the release's loss, 1 - cos of the pooled features, cannot beat);
 - `grid8-flicker-loss10`: the flickering set with the alignment loss at 10x the release's weight on `ila` (its
   only rows: `ila`, `pool`): can the loss move the points at all?
+- `grid8-flicker-paper`: the flickering set with the paper's form of the block (`model.mi_token=paper`: each
+  frame's mask-pooled features enter its spatial attention as one more token, so where the points sit decides what
+  that token carries; `pool`'s token is then the plain average, the paper's "Average Pooling" row exactly).
 
 Each setting is one `ila demo` run (`ila.demo.run_demo` with the setting's budget and config changes: the same
 engine, configs in OUT/SETTING/configs/ that `ila train --config` reruns); the table is `ila.demo.format_table`'s.
@@ -46,6 +49,7 @@ SETTINGS = {  # name: (generator, config changes for every row, rows (None: --ro
     "grid8": (dict(MOVING, distractors=0, texture=0.0), GRID8, None),
     "grid8-flicker": (FLICKER, GRID8, None),
     "grid8-flicker-loss10": (FLICKER, (*GRID8, ("train.align_loss_weight", 10.0)), ("ila", "pool")),
+    "grid8-flicker-paper": (FLICKER, (*GRID8, ("model.mi_token", "paper")), None),
 }
 ROWS = ("ila@loss", "ila", "pool")
 
