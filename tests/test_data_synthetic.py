@@ -94,6 +94,8 @@ def test_invalid_arguments_are_user_errors(tmp_path):
         make_dataset(str(tmp_path), num_train=2, num_val=0, size=33)
     with pytest.raises(UserError, match="unknown motion"):
         make_dataset(str(tmp_path), num_train=2, num_val=0, pairs=("spiral",))
+    with pytest.raises(UserError, match="no motion pairs given; choose one or more of horizontal"):
+        make_dataset(str(tmp_path), num_train=2, num_val=0, pairs=())
     with pytest.raises(UserError, match="frames"):
         make_dataset(str(tmp_path), num_train=2, num_val=0, frames=1)
 

@@ -322,9 +322,11 @@ def _contrasting_colour(background_mean: np.ndarray, min_contrast: float, rng: n
 
 
 def _check_pairs(pairs) -> None:
+    if not pairs:
+        raise UserError(f"no motion pairs given; choose one or more of {', '.join(MOTIONS)}")
     unknown = [p for p in pairs if p not in MOTIONS]
-    if unknown or not pairs:
-        raise UserError(f"unknown motion pair(s) {unknown or pairs}; choose from {', '.join(MOTIONS)}")
+    if unknown:
+        raise UserError(f"unknown motion pair(s) {unknown}; choose from {', '.join(MOTIONS)}")
     if len(set(pairs)) != len(pairs):
         raise UserError(f"motion pairs repeat: {list(pairs)}")
 
