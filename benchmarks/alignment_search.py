@@ -70,6 +70,9 @@ def main(argv=None) -> None:
     unknown = [s for s in names if s not in SETTINGS]
     if unknown or not names:
         raise SystemExit(f"--settings: unknown {unknown}; choose from {', '.join(SETTINGS)}")
+    for flag in ("epochs", "pretrain_epochs", "train", "val"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
