@@ -116,6 +116,13 @@ def same_windows(got: list[dict], expected: list[dict]) -> None:
             assert p["class"] == q["class"] and p["probability"] == pytest.approx(q["probability"], abs=1e-5)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child, before Python starts: SIGINT to its default. A test run started in the background by a shell
+    without job control (`cmd &` in a script, as a CI runner may do) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler: the Ctrl-C under test would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_predict_on_a_tcp_stream_prints_json_lines_as_the_file_path_scores_them(served, from_file):
     """`ila predict URL --json` in a subprocess: one JSON object per window, in order, each printed before the
     stream ends (the server stalls after its last packet), the same windows and top-1 as the file read directly,
@@ -127,7 +134,8 @@ def test_predict_on_a_tcp_stream_prints_json_lines_as_the_file_path_scores_them(
     proc = subprocess.Popen([sys.executable, "-m", "ila", "predict", "--checkpoint", checkpoint, server.url,
                              "--window", str(WINDOW), "--stride", str(STRIDE), "--json", "--topk", "3",
                              "--timeout", "60", "--set", "device=cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_as_at_a_terminal)
     try:
         # the stream stays open: windows come while it plays (the last ones wait for frames that the demuxer and
         # decoder hold until more packets or the stream's end come)
