@@ -228,9 +228,12 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
     loader = {"root": str(data), "train_list": str(data / "train.txt"), "val_list": str(data / "val.txt"),
               "class_names": str(data / "classes.txt"), "num_frames": frames, "input_size": 32,
               "cache": "memory", "recipe": "crop", "workers": 0}
+    sections = {"model": model, "data": loader, "train": train}
     for key, value in changes:
-        section, _, field = key.partition(".")
-        {"model": model, "data": loader, "train": train}[section][field] = value
+        section, _, field = str(key).partition(".")
+        if section not in sections or not field:
+            raise UserError(f"config change {key!r}: give a key of model., data. or train. (e.g. model.num_frames)")
+        sections[section][field] = value
     return load_config({
         "model": model,
         "data": loader,

@@ -317,3 +317,14 @@ def test_changes_reach_every_model_and_the_pretrained_tower(tmp_path):
     # the same folder with the flicker off: the set is made again, not reused
     prepare_data(out / "data", replace(budget, flicker=False), 0)
     assert "flicker" not in json.loads((out / "data" / "demo-dataset.json").read_text())
+
+
+@pytest.mark.parametrize("key, message", [
+    ("eval.clips", "config change 'eval.clips': give a key of model., data. or train."),
+    ("model", "config change 'model': give a key of model., data. or train."),
+    ("model.bogus", "bogus"),
+])
+def test_bad_changes_are_one_line_before_anything_runs(tmp_path, key, message):
+    with pytest.raises(UserError, match=message):
+        run_demo(tmp_path / "x", quick=True, variants=["ila"], settings=("scratch",), changes=((key, 1),))
+    assert not (tmp_path / "x" / "ila").exists()
