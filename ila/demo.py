@@ -229,10 +229,7 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
               "class_names": str(data / "classes.txt"), "num_frames": frames, "input_size": 32,
               "cache": "memory", "recipe": "crop", "workers": 0}
     sections = {"model": model, "data": loader, "train": train}
-    for key, value in changes:
-        section, _, field = str(key).partition(".")
-        if section not in sections or not field:
-            raise UserError(f"config change {key!r}: give a key of model., data. or train. (e.g. model.num_frames)")
+    for section, field, value in split_changes(changes):
         sections[section][field] = value
     return load_config({
         "model": model,
@@ -240,6 +237,20 @@ def demo_config(variant: str, data: Path, run: Path, budget: Budget, seed: int, 
         "train": train,
         "eval": {"clips": budget.eval_clips if setting != "pretrain" else 1, "crops": 1, "batch_size": 32},
         "name": f"demo-{setting}-{name or variant}", "output": str(run), "device": "cpu"})
+
+
+def split_changes(changes) -> list[tuple[str, str, object]]:
+    """Config changes `((key, value), ...)` as `(section, field, value)`, the section one of model, data, train; a
+    one-line UserError for anything else."""
+    split = []
+    for change in changes:
+        key = change[0] if isinstance(change, (tuple, list)) and len(change) == 2 else None
+        section, _, field = key.partition(".") if isinstance(key, str) else ("", "", "")
+        if section not in ("model", "data", "train") or not field:
+            raise UserError(f"config change {change!r}: give (KEY, VALUE) with a key of model., data. or train. "
+                            f"(e.g. ('model.num_frames', 4))")
+        split.append((section, field, change[1]))
+    return split
 
 
 def write_config(cfg, path: Path) -> Path:
@@ -371,6 +382,8 @@ def run_demo(out: str | Path = "demo_out", seed: int = 0, quick: bool = False, d
     if align_loss is not None:
         budget = replace(budget, align_loss_weight=ALIGN_LOSS_ON if align_loss == "on" else 0.0)
     rows = parse_rows(temporal_variants(references=False) if variants is None else variants)
+    changes = tuple(changes)
+    split_changes(changes)                      # a bad change stops here, before anything is generated or trained
     settings = tuple(settings)
     wrong = [s for s in settings if s not in SETTINGS]
     if wrong or not settings:

@@ -319,12 +319,21 @@ def test_changes_reach_every_model_and_the_pretrained_tower(tmp_path):
     assert "flicker" not in json.loads((out / "data" / "demo-dataset.json").read_text())
 
 
-@pytest.mark.parametrize("key, message", [
-    ("eval.clips", "config change 'eval.clips': give a key of model., data. or train."),
-    ("model", "config change 'model': give a key of model., data. or train."),
-    ("model.bogus", "bogus"),
+@pytest.mark.parametrize("change, message", [
+    (("eval.clips", 1),
+     r"config change \('eval.clips', 1\): give \(KEY, VALUE\) with a key of model., data. or train."),
+    (("model", 1), r"config change \('model', 1\): give \(KEY, VALUE\)"),
+    ((3, 1), r"config change \(3, 1\): give \(KEY, VALUE\)"),
+    ("model.num_frames", r"config change 'model.num_frames': give \(KEY, VALUE\)"),
 ])
-def test_bad_changes_are_one_line_before_anything_runs(tmp_path, key, message):
-    with pytest.raises(UserError, match=message):
-        run_demo(tmp_path / "x", quick=True, variants=["ila"], settings=("scratch",), changes=((key, 1),))
+def test_bad_changes_are_one_line_before_anything_runs(tmp_path, change, message):
+    with pytest.raises(UserError, match=message) as info:
+        run_demo(tmp_path / "x", quick=True, variants=["ila"], settings=("scratch",), changes=(change,))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "x").exists()                       # refused before the set is generated
+
+
+def test_an_unknown_config_key_in_changes_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'model.bogus'"):
+        run_demo(tmp_path / "x", quick=True, variants=["ila"], settings=("scratch",), changes=(("model.bogus", 1),))
     assert not (tmp_path / "x" / "ila").exists()
