@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from ila.demo import FULL, format_table, merge_results, run_demo
+from ila.errors import UserError
 
 GRID8 = (("model.image_resolution", 64), ("data.input_size", 64), ("model.num_frames", 4), ("data.num_frames", 4))
 MOVING = dict(size=72, pairs=("horizontal", "vertical"), motion=(0.8, 1.0))
@@ -76,6 +77,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file; give a folder (one sub-folder per setting)")
     for name in names:
         generator, changes, rows = SETTINGS[name]
         budget = replace(FULL, train_clips=args.train, val_clips=args.val, epochs=args.epochs,
@@ -91,4 +94,9 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:                      # a bad run, preset or set: one line, as ila's commands print it
+        raise SystemExit(f"{os.path.basename(__file__)}: {e}") from None
+    except OSError as e:                        # an output folder that cannot be written
+        raise SystemExit(f"{os.path.basename(__file__)}: {e.strerror or e} ({e.filename})") from None

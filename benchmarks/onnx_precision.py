@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ila import create_model
 from ila.config import Config
 from ila.engine.checkpoint import save_checkpoint
 from ila.export import export
-from ila.models.ila import ILAModel
-from ila.presets import get_preset
+from ila.errors import UserError
 
 
 def main(argv=None) -> None:
@@ -46,9 +46,10 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = get_preset(args.preset)
+    model = create_model(args.preset)                    # the preset with fresh weights (seed 0)
+    cfg = model.cfg
     names = [f"class {i}" for i in range(cfg.num_classes if cfg.head == "classifier" else 400)]
-    save_checkpoint(out / "model.pt", ILAModel(cfg), Config(model=cfg), names)
+    save_checkpoint(out / "model.pt", model, Config(model=cfg), names)
     start = time.perf_counter()
     export(out / "model.pt", out / "fp32.onnx", "onnx")
     print(f"fp32 export and parity check: {time.perf_counter() - start:.0f} s", flush=True)
@@ -81,9 +82,15 @@ def main(argv=None) -> None:
     print("| graph | ms/clip | vs fp32 | logits drift vs fp32 graph | top-1 unchanged |")
     print("|---|---|---|---|---|")
     print(f"| fp32 (ila export) | {best['fp32'] * 1e3:.1f} | 1.00x | - | - |")
-    print(f"| int8 (quantize_dynamic, per channel{', pre-processed' if args.preprocess else ''}) | {best['int8'] * 1e3:.1f} | {best['fp32'] / best['int8']:.2f}x | "
+    label = "int8 (quantize_dynamic, per channel" + (", pre-processed)" if args.preprocess else ")")
+    print(f"| {label} | {best['int8'] * 1e3:.1f} | {best['fp32'] / best['int8']:.2f}x | "
           f"{drift:.1e} | {same} |")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:                      # a bad run, preset or set: one line, as ila's commands print it
+        raise SystemExit(f"{os.path.basename(__file__)}: {e}") from None
+    except OSError as e:                        # an output folder that cannot be written
+        raise SystemExit(f"{os.path.basename(__file__)}: {e.strerror or e} ({e.filename})") from None

@@ -33,6 +33,7 @@ import torch
 import ila
 from ila.engine.loaders import read_split
 from ila.engine.session import InferenceSession
+from ila.errors import UserError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_speed import int8_linears  # noqa: E402  (the int8 row is the speed benchmark's)
@@ -100,7 +101,7 @@ def trained(run: str, sets: list[str], precisions: list[str]) -> list[dict]:
             top1 = float((result.outputs.argmax(-1) == labels).float().mean()) * 100
             rows.append(dict(set=folder, precision=precision, videos=len(labels), top1=top1,
                              top1_change=top1 - float((ref.argmax(-1) == labels).float().mean()) * 100,
-                             unchanged=float((result.outputs.argmax(-1) == ref.argmax(-1)).float().mean()) * 100,
+                             unchanged=100 - float(changed.float().mean()) * 100,
                              max_prob_diff=(result.outputs - ref).abs().max().item(), seconds=seconds,
                              changed_margins=[round(m, 4) for m in margins[changed].tolist()],
                              median_margin=margins.median().item()))
@@ -140,4 +141,9 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:                      # a bad run, preset or set: one line, as ila's commands print it
+        raise SystemExit(f"{os.path.basename(__file__)}: {e}") from None
+    except OSError as e:                        # an output folder that cannot be written
+        raise SystemExit(f"{os.path.basename(__file__)}: {e.strerror or e} ({e.filename})") from None
